@@ -1,0 +1,1 @@
+fn main() { eprintln!("loadgen: not yet implemented"); std::process::exit(2) }

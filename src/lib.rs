@@ -1,0 +1,32 @@
+//! ringtftp: a TFTP server for boot storms, built on io_uring.
+//!
+//! When a rack or a data hall PXE/iPXE/UEFI-boots at once, hundreds to thousands of machines
+//! pull the same bootloader, kernel and initrd over TFTP. This crate is the protocol and the
+//! server behind the `ringtftpd` daemon, usable as a library with any source of files (the Rust
+//! counterpart of Python's `nobodd.tftpd`).
+//!
+//! # Architecture
+//!
+//! ```text
+//!  datagram ─> packet::Packet::parse ─> transfer::inbound ─> Resolver::resolve ─> Source
+//!                                         └─> options::Negotiated::negotiate
+//!                                               └─> transfer::Transfer (sans-IO state machine)
+//!                                                    handle_* in, poll_* out
+//!  server: one shard per core, each its own io_uring runtime and SO_REUSEPORT main socket;
+//!          each transfer its own connected socket, registered buffers, one GSO send per window
+//! ```
+//!
+//! The protocol core — [`packet`], [`options`], [`netascii`], [`transfer`] and the path logic of
+//! [`resolve`] — never touches a socket, a thread or a clock: time comes in as `now`, and work
+//! goes out as values (what to send, which file range to read, when to wake). That makes every
+//! timer testable with a fake clock, and lets the load generator reuse the codec.
+//!
+//! Read on in that order: [`packet`] (the wire), [`options`] (negotiation), [`netascii`] (the
+//! text mode), [`transfer`] (the state machine and how a driver drives it), [`resolve`] (where
+//! files come from).
+
+pub mod netascii;
+pub mod options;
+pub mod packet;
+pub mod resolve;
+pub mod transfer;

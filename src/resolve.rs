@@ -1,0 +1,1127 @@
+//! Where files come from: the [`Resolver`] hook and the confined [`DirectoryResolver`].
+//!
+//! RFC 1350 says nothing about how a requested filename maps to a file: "the file name" is an
+//! opaque netascii string (§5), and which names a server honours is local policy. This module is
+//! that policy. It is the Rust counterpart of nobodd.tftpd's `TFTPBaseHandler.resolve_path` (the
+//! hook) and `SimpleTFTPHandler` (the directory server):
+//!
+//! - a [`Resolver`] turns `(filename, peer)` into a [`Source`]: an open file (the fast path, read
+//!   by the io_uring driver straight into registered buffers), bytes in memory (an iPXE script
+//!   generated per client) or anything that can [`ReadAt`] an offset (an archive member, a
+//!   partition of a disk image);
+//! - a failure is a [`ResolveError`], which knows the TFTP [`ErrorCode`] it becomes and a message
+//!   fit for the wire.
+//!
+//! # Security
+//!
+//! TFTP has no authentication, so the filename is attacker-controlled input from anyone who can
+//! reach the port. [`DirectoryResolver`] confines every request to its root *at open time*:
+//! `openat2(2)` with `RESOLVE_BENEATH` makes the kernel refuse any `..` or symlink (absolute or
+//! relative) that would leave the root, during the very lookup that opens the file, so there is
+//! no check-then-open race for a renamed directory or a swapped symlink to exploit. On kernels
+//! without `openat2` (before 5.6) a component-by-component walk with `O_NOFOLLOW` gives the same
+//! answers. Error messages sent to clients never contain server paths, unlike nobodd, whose
+//! `FileNotFoundError` text includes the full local path.
+
+use std::ffi::{CStr, CString};
+use std::fmt;
+use std::fs::File;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crate::packet::ErrorCode;
+
+/// Maps a requested filename to something that can be served: the only hook a server needs.
+///
+/// The server calls [`resolve`](Resolver::resolve) once per read request (RRQ), synchronously,
+/// on the thread that received it, before it answers. Keep it quick: opening a file costs a few
+/// microseconds, but a resolver that blocks on the network stalls every other request on that
+/// thread. Generate slow content ahead of time and hand out [`Source::memory`] copies.
+///
+/// Implemented for closures, so a one-off policy needs no type of its own:
+///
+/// ```
+/// use std::net::SocketAddr;
+/// use ringtftp::resolve::{ResolveError, Resolver, Source};
+///
+/// let ipxe = |name: &str, peer: SocketAddr| match name {
+///     "boot.ipxe" => Ok(Source::memory(format!("#!ipxe\necho hello {}\n", peer.ip()).into_bytes())),
+///     _ => Err(ResolveError::NotFound),
+/// };
+/// let peer: SocketAddr = "192.0.2.7:2000".parse().unwrap();
+/// assert_eq!(ipxe.resolve("boot.ipxe", peer).unwrap().len(), 29);
+/// ```
+pub trait Resolver: Send + Sync + 'static {
+    /// Resolves `filename`, exactly as the client sent it, for the client at `peer`.
+    fn resolve(&self, filename: &str, peer: SocketAddr) -> Result<Source, ResolveError>;
+}
+
+impl<R: Resolver + ?Sized> Resolver for Arc<R> {
+    fn resolve(&self, filename: &str, peer: SocketAddr) -> Result<Source, ResolveError> {
+        (**self).resolve(filename, peer)
+    }
+}
+
+impl<F> Resolver for F
+where
+    F: Fn(&str, SocketAddr) -> Result<Source, ResolveError> + Send + Sync + 'static,
+{
+    fn resolve(&self, filename: &str, peer: SocketAddr) -> Result<Source, ResolveError> {
+        self(filename, peer)
+    }
+}
+
+/// Something a transfer can read from: what a [`Resolver`] returns.
+///
+/// The length is fixed when the source is made; it is what the server announces as `tsize`
+/// (RFC 2349) and where it ends the transfer. A file that shrinks afterwards reads short.
+#[non_exhaustive]
+pub enum Source {
+    /// An open regular file. The io_uring driver reads these itself, through the descriptor.
+    File(FileSource),
+    /// Bytes in memory, shared rather than copied between transfers.
+    Memory(Arc<[u8]>),
+    /// Anything else that can read at an offset.
+    Custom(Box<dyn ReadAt>),
+}
+
+impl Source {
+    /// Wraps an open file, taking its length and [`FileId`] from `fstat` of the descriptor.
+    ///
+    /// Fails with [`io::ErrorKind::InvalidInput`] if `file` is not a regular file: a directory,
+    /// device or pipe has no meaningful length (wrap a block device in [`Source::custom`]).
+    pub fn file(file: File) -> io::Result<Source> {
+        Ok(Source::File(FileSource::new(file)?))
+    }
+
+    /// Wraps bytes in memory.
+    pub fn memory(bytes: impl Into<Arc<[u8]>>) -> Source {
+        Source::Memory(bytes.into())
+    }
+
+    /// Wraps any [`ReadAt`].
+    pub fn custom(source: impl ReadAt) -> Source {
+        Source::Custom(Box::new(source))
+    }
+
+    /// The length in bytes.
+    pub fn len(&self) -> u64 {
+        match self {
+            Source::File(file) => file.len(),
+            Source::Memory(bytes) => bytes.len() as u64,
+            Source::Custom(source) => source.len(),
+        }
+    }
+
+    /// Whether the source has no bytes (a transfer of one empty DATA block).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Reads into `buf` from `offset`, returning how many bytes were read: 0 at or past the end,
+    /// possibly fewer than asked before it (see [`read_full_at`](Self::read_full_at)).
+    ///
+    /// This is the generic slow path; the io_uring driver reads [`Source::File`] through the
+    /// descriptor into its registered buffers instead.
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        match self {
+            Source::File(file) => file.file.read_at(buf, offset),
+            Source::Memory(bytes) => Ok(copy_at(bytes, buf, offset)),
+            Source::Custom(source) => source.read_at(buf, offset),
+        }
+    }
+
+    /// Reads until `buf` is full or the source ends, returning how many bytes were read. A TFTP
+    /// block must be full unless it is the last, so a short read is only allowed at the end.
+    pub fn read_full_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let mut done = 0;
+        while done < buf.len() {
+            match self.read_at(&mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(done)
+    }
+}
+
+impl fmt::Debug for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::File(file) => f.debug_tuple("File").field(file).finish(),
+            // The bytes themselves would flood a log line.
+            Source::Memory(bytes) => f.debug_struct("Memory").field("len", &bytes.len()).finish(),
+            Source::Custom(source) => f.debug_tuple("Custom").field(source).finish(),
+        }
+    }
+}
+
+/// Anything that can be read at an offset: the interface of a [`Source::Custom`].
+pub trait ReadAt: Send + Sync + fmt::Debug + 'static {
+    /// The length in bytes, fixed for the life of the transfer.
+    fn len(&self) -> u64;
+
+    /// Reads into `buf` from `offset`, returning how many bytes were read (0 at or past the
+    /// end). Like `pread(2)`: takes `&self`, so concurrent transfers can share one source.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
+
+    /// Whether the source has no bytes.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// An open regular file, with the identity it had when it was opened.
+#[derive(Debug)]
+pub struct FileSource {
+    file: File,
+    id: FileId,
+}
+
+impl FileSource {
+    /// Wraps an open regular file; see [`Source::file`].
+    pub fn new(file: File) -> io::Result<FileSource> {
+        let meta = file.metadata()?;
+        if !meta.is_file() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
+        }
+        Ok(FileSource {
+            id: FileId::from_metadata(&meta),
+            file,
+        })
+    }
+
+    /// The open file.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// The identity of the file when it was opened.
+    pub fn id(&self) -> FileId {
+        self.id
+    }
+
+    /// The length in bytes when it was opened.
+    pub fn len(&self) -> u64 {
+        self.id.size
+    }
+
+    /// Whether the file was empty when it was opened.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Gives up the open file.
+    pub fn into_file(self) -> File {
+        self.file
+    }
+}
+
+impl AsFd for FileSource {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+}
+
+impl AsRawFd for FileSource {
+    fn as_raw_fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+}
+
+/// Which file, in which version: a cache key for sharing reads of a hot file between transfers.
+///
+/// Two opens of the same unchanged file give equal ids. Replacing the file (a new inode renamed
+/// over the name) changes `ino`; rewriting it in place changes `mtime` and usually `size`. A
+/// driver can compare a cached id with [`FileId::of`] a fresh open to tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FileId {
+    /// The device holding the file (`st_dev`).
+    pub dev: u64,
+    /// The inode number (`st_ino`).
+    pub ino: u64,
+    /// Last modification, whole seconds since the epoch (`st_mtime`).
+    pub mtime_sec: i64,
+    /// Last modification, nanoseconds within the second (`st_mtime_nsec`).
+    pub mtime_nsec: i64,
+    /// The length in bytes (`st_size`).
+    pub size: u64,
+}
+
+impl FileId {
+    /// The identity of an open file, from `fstat` of its descriptor (never of a path, which may
+    /// name a different file by now).
+    pub fn of(file: &File) -> io::Result<FileId> {
+        Ok(FileId::from_metadata(&file.metadata()?))
+    }
+
+    fn from_metadata(meta: &std::fs::Metadata) -> FileId {
+        FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            mtime_sec: meta.mtime(),
+            mtime_nsec: meta.mtime_nsec(),
+            size: meta.size(),
+        }
+    }
+}
+
+/// Why a filename could not be resolved.
+///
+/// [`message`](Self::message) is what goes to the client in the ERROR packet: fixed text that
+/// never names a server path. [`Display`](fmt::Display) is for logs and may add the underlying
+/// I/O error.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ResolveError {
+    /// No such file (or a path through something that is not a directory).
+    NotFound,
+    /// The request may not be served: it leaves the root, crosses a forbidden link, or the
+    /// server may not read the file.
+    AccessViolation,
+    /// The name is a directory, device, pipe or socket, not a regular file.
+    NotAFile,
+    /// Any other I/O failure (out of descriptors, a disk error...).
+    Io(io::Error),
+    /// A custom resolver's refusal; the text is sent to the client as is.
+    Other(String),
+}
+
+impl ResolveError {
+    /// The TFTP error code to send (RFC 1350 §5 Appendix).
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ResolveError::NotFound => ErrorCode::FileNotFound,
+            ResolveError::AccessViolation | ResolveError::NotAFile => ErrorCode::AccessViolation,
+            ResolveError::Io(_) | ResolveError::Other(_) => ErrorCode::Undefined,
+        }
+    }
+
+    /// The message to send: generic text, never a path.
+    pub fn message(&self) -> &str {
+        match self {
+            ResolveError::NotFound => ErrorCode::FileNotFound.message(),
+            ResolveError::AccessViolation => ErrorCode::AccessViolation.message(),
+            ResolveError::NotAFile => "Not a regular file",
+            // io::Error's text is usually harmless, but a custom resolver's may carry a path.
+            ResolveError::Io(_) => "I/O error",
+            ResolveError::Other(message) => message,
+        }
+    }
+}
+
+impl fmt::Display for ResolveError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ResolveError::Io(e) => write!(f, "I/O error: {e}"),
+            _ => f.write_str(self.message()),
+        }
+    }
+}
+
+impl std::error::Error for ResolveError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ResolveError::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<io::Error> for ResolveError {
+    fn from(e: io::Error) -> Self {
+        match e.raw_os_error() {
+            // ENOTDIR: a path through a regular file, which is simply not there.
+            Some(libc::ENOENT | libc::ENOTDIR | libc::ENAMETOOLONG) => ResolveError::NotFound,
+            // EXDEV: RESOLVE_BENEATH refused an escape; ELOOP: a symlink loop, too many hops
+            // or a /proc magic link; EPERM: an LSM or seccomp said no.
+            Some(libc::EACCES | libc::EPERM | libc::ELOOP | libc::EXDEV) => {
+                ResolveError::AccessViolation
+            }
+            Some(libc::EISDIR) => ResolveError::NotAFile,
+            Some(_) => ResolveError::Io(e),
+            None => match e.kind() {
+                io::ErrorKind::NotFound => ResolveError::NotFound,
+                io::ErrorKind::PermissionDenied => ResolveError::AccessViolation,
+                io::ErrorKind::IsADirectory => ResolveError::NotAFile,
+                _ => ResolveError::Io(e),
+            },
+        }
+    }
+}
+
+/// Serves regular files from beneath one directory: nobodd's `SimpleTFTPHandler`, confined.
+///
+/// How a filename becomes a path beneath the root:
+///
+/// - **Backslashes are separators.** `\` is translated to `/` before anything else, so Windows
+///   Deployment Services clients asking for `boot\x64\wdsnbp.com` get `boot/x64/wdsnbp.com`, and
+///   the translated path is confined like any other.
+/// - **Leading slashes are stripped.** `/pxelinux.0` (what many PXE ROMs and iPXE send) means
+///   `pxelinux.0` under the root, as with `in.tftpd -s`. This differs from nobodd, which joins
+///   the name onto its base path so that an absolute name escapes it.
+/// - **The rest is resolved by the kernel, confined.** `..` and symlinks work while they stay
+///   beneath the root (`a/../b`, a link to `../shared/initrd` from a subdirectory) and are an
+///   [`AccessViolation`](ResolveError::AccessViolation) when they would leave it, as is every
+///   absolute symlink and every `/proc` magic link. Mount points beneath the root are crossed.
+/// - **Only regular files are served.** An empty name (the root itself), a directory, device,
+///   pipe or socket is [`NotAFile`](ResolveError::NotAFile). Pipes are opened non-blocking so a
+///   FIFO in the tree cannot hang the server. Device nodes inside the root *are* opened before
+///   they are refused; keep them out of it.
+///
+/// The root is opened once, by [`new`](Self::new); renaming or replacing the directory later does
+/// not move the server.
+#[derive(Debug)]
+pub struct DirectoryResolver {
+    root: PathBuf,
+    dir: OwnedFd,
+    /// Set once `openat2` turns out to be missing (ENOSYS): use [`walk_beneath`] from then on.
+    no_openat2: AtomicBool,
+}
+
+impl DirectoryResolver {
+    /// Opens `root`, which must be an existing directory, to serve files from beneath it.
+    pub fn new(root: impl AsRef<Path>) -> io::Result<Self> {
+        let root = root.as_ref();
+        // std adds O_CLOEXEC; O_DIRECTORY makes a non-directory fail here rather than later.
+        let dir = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+            .open(root)?;
+        Ok(DirectoryResolver {
+            root: root.to_path_buf(),
+            dir: dir.into(),
+            no_openat2: AtomicBool::new(false),
+        })
+    }
+
+    /// The root, as given to [`new`](Self::new).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Opens `name` (already [`normalise`]d) beneath the root: `openat2` if the kernel has it,
+    /// else the walker.
+    fn open(&self, name: &CStr) -> io::Result<File> {
+        if !self.no_openat2.load(Ordering::Relaxed) {
+            match openat2_beneath(self.dir.as_fd(), name) {
+                // ENOSYS: before Linux 5.6 (or a seccomp profile that predates it); E2BIG: a
+                // kernel that does not know this open_how. Neither will change.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::E2BIG)) => {
+                    self.no_openat2.store(true, Ordering::Relaxed);
+                }
+                // EPERM may be a seccomp filter (then the walker works) or an LSM denying this
+                // file (then the walker fails the same way); not cached, as it may be the latter.
+                // EAGAIN: concurrent renames kept defeating RESOLVE_BENEATH's retry.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EAGAIN)) => {}
+                result => return result,
+            }
+        }
+        walk_beneath(self.dir.as_fd(), name)
+    }
+}
+
+impl Resolver for DirectoryResolver {
+    fn resolve(&self, filename: &str, _peer: SocketAddr) -> Result<Source, ResolveError> {
+        let name = normalise(filename)?;
+        let file = self.open(&name)?;
+        let meta = file.metadata()?;
+        if !meta.is_file() {
+            return Err(ResolveError::NotAFile);
+        }
+        clear_nonblock(&file)?;
+        Ok(Source::File(FileSource {
+            id: FileId::from_metadata(&meta),
+            file,
+        }))
+    }
+}
+
+/// Turns a requested filename into the name to open beneath the root: `\` becomes `/` and
+/// leading slashes go (see [`DirectoryResolver`]).
+fn normalise(filename: &str) -> Result<CString, ResolveError> {
+    let bytes: Vec<u8> = filename
+        .bytes()
+        .map(|b| if b == b'\\' { b'/' } else { b })
+        .skip_while(|&b| b == b'/')
+        .collect();
+    if bytes.is_empty() {
+        // Nothing left names the root directory itself.
+        return Err(ResolveError::NotAFile);
+    }
+    // The packet codec stops at NUL, so this is a custom caller's odd name: no file has it.
+    CString::new(bytes).map_err(|_| ResolveError::NotFound)
+}
+
+/// Opens `name` read-only beneath `root` in one `openat2(2)`, the kernel enforcing confinement.
+fn openat2_beneath(root: BorrowedFd<'_>, name: &CStr) -> io::Result<File> {
+    // SAFETY: open_how is three u64s (non_exhaustive only to allow growth); all-zero is valid
+    // and is what the kernel expects of fields we do not set.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = OPEN_FLAGS as u64;
+    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS;
+    let mut last = io::Error::from_raw_os_error(libc::EAGAIN);
+    for _ in 0..OPENAT2_ATTEMPTS {
+        // SAFETY: `name` is NUL-terminated and `how` a valid open_how of the size passed; both
+        // outlive the call. `root` is a live descriptor borrowed for the call.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                root.as_raw_fd(),
+                name.as_ptr(),
+                &how as *const libc::open_how,
+                std::mem::size_of::<libc::open_how>(),
+            )
+        };
+        if fd >= 0 {
+            // SAFETY: openat2 returned a new descriptor that nothing else owns.
+            return Ok(unsafe { File::from_raw_fd(fd as RawFd) });
+        }
+        last = io::Error::last_os_error();
+        // EAGAIN: a rename or mount raced the lookup (RESOLVE_BENEATH's seqlock check).
+        if !matches!(last.raw_os_error(), Some(libc::EAGAIN | libc::EINTR)) {
+            break;
+        }
+    }
+    Err(last)
+}
+
+/// Opens `name` read-only beneath `root` without `openat2`, one component at a time.
+///
+/// Gives the same answers (as errno values) as [`openat2_beneath`]: each component is opened with
+/// `O_PATH | O_NOFOLLOW`, so the kernel never follows a link for us; `..` pops back to a
+/// directory already opened and is `EXDEV` at the root; a symlink's target is read and walked
+/// in its place (`ELOOP` after [`MAX_SYMLINKS`]), and an absolute target is `EXDEV`. The last
+/// component is reopened for reading with `O_NOFOLLOW`, so a symlink swapped in after the walk
+/// is refused rather than followed.
+///
+/// Unlike `RESOLVE_BENEATH`, this does not notice a directory being moved out of the root while
+/// it is being walked. That takes write access to the tree, which a TFTP client does not have.
+fn walk_beneath(root: BorrowedFd<'_>, name: &CStr) -> io::Result<File> {
+    // Components still to walk, next last; directories walked into, innermost last.
+    let mut pending: Vec<Vec<u8>> = components(name.to_bytes());
+    let mut dirs: Vec<File> = Vec::new();
+    let mut hops = 0;
+    while let Some(component) = pending.pop() {
+        match component.as_slice() {
+            b"" | b"." => continue,
+            b".." => {
+                if dirs.pop().is_none() {
+                    return Err(io::Error::from_raw_os_error(libc::EXDEV));
+                }
+                continue;
+            }
+            _ => {}
+        }
+        let parent = dirs.last().map_or(root, |dir| dir.as_fd());
+        let component = CString::new(component).map_err(|_| einval())?;
+        let file = File::from(openat(parent, &component, libc::O_PATH | libc::O_NOFOLLOW)?);
+        let kind = file.metadata()?.file_type();
+        if kind.is_symlink() {
+            hops += 1;
+            if hops > MAX_SYMLINKS {
+                return Err(io::Error::from_raw_os_error(libc::ELOOP));
+            }
+            let target = readlink(file.as_fd())?;
+            if target.starts_with(b"/") {
+                return Err(io::Error::from_raw_os_error(libc::EXDEV));
+            }
+            // The target is walked from the link's own directory, which `dirs` still ends at.
+            pending.extend(components(&target));
+        } else if kind.is_dir() {
+            dirs.push(file);
+        } else if pending.is_empty() {
+            let flags = OPEN_FLAGS | libc::O_NOFOLLOW;
+            return Ok(File::from(openat(parent, &component, flags)?));
+        } else {
+            // Like the kernel: `file/more` (even `file/` or `file/.`) is not there.
+            return Err(io::Error::from_raw_os_error(libc::ENOTDIR));
+        }
+    }
+    // The walk ended on a directory (the name ended in `..`, `.` or `/`).
+    Err(io::Error::from_raw_os_error(libc::EISDIR))
+}
+
+/// `path`'s components in reverse, so that popping yields them in order.
+fn components(path: &[u8]) -> Vec<Vec<u8>> {
+    path.split(|&b| b == b'/').rev().map(<[u8]>::to_vec).collect()
+}
+
+fn openat(dir: BorrowedFd<'_>, name: &CStr, flags: libc::c_int) -> io::Result<OwnedFd> {
+    // SAFETY: `name` is NUL-terminated and outlives the call; `dir` is a live descriptor; no
+    // mode argument is needed as the flags never include O_CREAT.
+    let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: openat returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The target of the symlink open (with `O_PATH | O_NOFOLLOW`) as `link`.
+fn readlink(link: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; libc::PATH_MAX as usize];
+    // SAFETY: `buf` is valid for `buf.len()` bytes of writes; the empty path is NUL-terminated
+    // and, with an O_PATH descriptor, names the link itself (Linux 2.6.39+).
+    let n = unsafe {
+        libc::readlinkat(
+            link.as_raw_fd(),
+            c"".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let n = n as usize;
+    if n >= buf.len() {
+        // Possibly truncated: no path that long can be opened anyway.
+        return Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG));
+    }
+    buf.truncate(n);
+    Ok(buf)
+}
+
+/// Clears the O_NONBLOCK we opened with: io_uring honours it on regular files by failing reads
+/// of uncached pages with EAGAIN instead of doing them.
+fn clear_nonblock(file: &File) -> io::Result<()> {
+    let fd = file.as_raw_fd();
+    // SAFETY: F_GETFL on a live descriptor reads its flags and touches no memory.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: F_SETFL on a live descriptor sets its flags and touches no memory.
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn copy_at(bytes: &[u8], buf: &mut [u8], offset: u64) -> usize {
+    let Some(rest) = usize::try_from(offset).ok().and_then(|at| bytes.get(at..)) else {
+        return 0;
+    };
+    let n = rest.len().min(buf.len());
+    buf[..n].copy_from_slice(&rest[..n]);
+    n
+}
+
+fn einval() -> io::Error {
+    io::Error::from_raw_os_error(libc::EINVAL)
+}
+
+/// How files are opened for serving. O_NONBLOCK: opening a FIFO must not wait for a writer (it
+/// is refused right after, and cleared on the regular files kept); O_NOCTTY: a tty in the tree
+/// must not become our controlling terminal.
+const OPEN_FLAGS: libc::c_int = libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK;
+
+/// How many times to retry `openat2` failing with EAGAIN before walking instead.
+const OPENAT2_ATTEMPTS: usize = 4;
+
+/// Symlinks followed in one lookup before ELOOP, as the kernel's `MAXSYMLINKS`.
+const MAX_SYMLINKS: u32 = 40;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{symlink, PermissionsExt};
+    use std::sync::atomic::AtomicUsize;
+
+    /// A directory under the system temp dir, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(test: &str) -> TempDir {
+            static NEXT: AtomicUsize = AtomicUsize::new(0);
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let name = format!("ringtftp-resolve-{}-{test}-{n}", std::process::id());
+            let path = std::env::temp_dir().join(name);
+            let _ = std::fs::remove_dir_all(&path);
+            std::fs::create_dir_all(&path).unwrap();
+            TempDir(path)
+        }
+
+        fn write(&self, name: &str, bytes: &[u8]) {
+            let path = self.0.join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, bytes).unwrap();
+        }
+
+        fn mkdir(&self, name: &str) {
+            std::fs::create_dir_all(self.0.join(name)).unwrap();
+        }
+
+        fn symlink(&self, name: &str, target: impl AsRef<Path>) {
+            symlink(target, self.0.join(name)).unwrap();
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn peer() -> SocketAddr {
+        "192.0.2.1:1234".parse().unwrap()
+    }
+
+    /// The same tree served through openat2 and through the walker.
+    fn resolvers(dir: &TempDir) -> [DirectoryResolver; 2] {
+        let kernel = DirectoryResolver::new(&dir.0).unwrap();
+        let walker = DirectoryResolver::new(&dir.0).unwrap();
+        walker.no_openat2.store(true, Ordering::Relaxed);
+        [kernel, walker]
+    }
+
+    fn contents(source: &Source) -> Vec<u8> {
+        let mut buf = vec![0; source.len() as usize + 16];
+        let n = source.read_full_at(&mut buf, 0).unwrap();
+        buf.truncate(n);
+        buf
+    }
+
+    #[track_caller]
+    fn assert_serves(resolver: &DirectoryResolver, name: &str, expected: &[u8]) {
+        let source = resolver
+            .resolve(name, peer())
+            .unwrap_or_else(|e| panic!("{name:?}: {e}"));
+        assert!(matches!(source, Source::File(_)), "{name:?}");
+        assert_eq!(source.len(), expected.len() as u64, "{name:?}");
+        assert_eq!(contents(&source), expected, "{name:?}");
+    }
+
+    #[track_caller]
+    fn assert_refused(resolver: &DirectoryResolver, name: &str, code: ErrorCode) {
+        match resolver.resolve(name, peer()) {
+            Ok(source) => panic!("{name:?} served {source:?}"),
+            Err(e) => assert_eq!(e.code(), code, "{name:?}: {e:?}"),
+        }
+    }
+
+    #[test]
+    fn serves_a_regular_file() {
+        let dir = TempDir::new("regular");
+        dir.write("pxelinux.0", b"hello, boot storm");
+        for resolver in resolvers(&dir) {
+            assert_serves(&resolver, "pxelinux.0", b"hello, boot storm");
+            let Ok(Source::File(file)) = resolver.resolve("pxelinux.0", peer()) else {
+                panic!("not a file");
+            };
+            assert_eq!(file.len(), 17);
+            assert_eq!(file.id(), FileId::of(file.file()).unwrap());
+            // The descriptor is left blocking, for io_uring.
+            // SAFETY: F_GETFL on a live descriptor.
+            let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+            assert_eq!(flags & libc::O_NONBLOCK, 0);
+        }
+        assert_eq!(resolvers(&dir)[0].root(), dir.0.as_path());
+    }
+
+    #[test]
+    fn uses_openat2_where_the_kernel_has_it() {
+        let dir = TempDir::new("openat2");
+        dir.write("f", b"x");
+        let resolver = DirectoryResolver::new(&dir.0).unwrap();
+        resolver.resolve("f", peer()).unwrap();
+        let name = CString::new("f").unwrap();
+        match openat2_beneath(resolver.dir.as_fd(), &name) {
+            Ok(_) => assert!(!resolver.no_openat2.load(Ordering::Relaxed)),
+            Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
+                assert!(resolver.no_openat2.load(Ordering::Relaxed))
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn serves_empty_files() {
+        let dir = TempDir::new("empty");
+        dir.write("empty", b"");
+        for resolver in resolvers(&dir) {
+            let source = resolver.resolve("empty", peer()).unwrap();
+            assert!(source.is_empty());
+            assert_eq!(source.read_at(&mut [0; 8], 0).unwrap(), 0);
+        }
+    }
+
+    #[test]
+    fn leading_slashes_are_relative_to_the_root() {
+        let dir = TempDir::new("leading");
+        dir.write("pxelinux.0", b"boot");
+        dir.write("efi/grubx64.efi", b"grub");
+        for resolver in resolvers(&dir) {
+            assert_serves(&resolver, "/pxelinux.0", b"boot");
+            assert_serves(&resolver, "///pxelinux.0", b"boot");
+            assert_serves(&resolver, "/efi/grubx64.efi", b"grub");
+        }
+    }
+
+    #[test]
+    fn serves_nested_files() {
+        let dir = TempDir::new("nested");
+        dir.write("a/b/c", b"deep");
+        for resolver in resolvers(&dir) {
+            assert_serves(&resolver, "a/b/c", b"deep");
+            assert_serves(&resolver, "a//b/./c", b"deep");
+            assert_serves(&resolver, "a/b/../b/c", b"deep");
+            assert_refused(&resolver, "a/b/c/", ErrorCode::FileNotFound);
+            assert_refused(&resolver, "a/b/c/.", ErrorCode::FileNotFound);
+            assert_refused(&resolver, "a/b/c/d", ErrorCode::FileNotFound);
+        }
+    }
+
+    #[test]
+    fn missing_files_are_not_found() {
+        let dir = TempDir::new("missing");
+        dir.mkdir("a");
+        for resolver in resolvers(&dir) {
+            for name in ["nope", "a/nope", "nope/x", "/nope"] {
+                assert!(matches!(
+                    resolver.resolve(name, peer()),
+                    Err(ResolveError::NotFound)
+                ));
+                assert_refused(&resolver, name, ErrorCode::FileNotFound);
+            }
+        }
+    }
+
+    #[test]
+    fn dotdot_cannot_leave_the_root() {
+        let outer = TempDir::new("dotdot");
+        std::fs::write(outer.0.join("secret"), b"secret").unwrap();
+        std::fs::create_dir(outer.0.join("root")).unwrap();
+        std::fs::write(outer.0.join("root/inside"), b"inside").unwrap();
+        std::fs::create_dir(outer.0.join("root/a")).unwrap();
+        let kernel = DirectoryResolver::new(outer.0.join("root")).unwrap();
+        let walker = DirectoryResolver::new(outer.0.join("root")).unwrap();
+        walker.no_openat2.store(true, Ordering::Relaxed);
+        for resolver in [kernel, walker] {
+            for name in [
+                "../secret",
+                "a/../../secret",
+                "/../secret",
+                "..\\secret",
+                "a/../a/../../root/inside",
+                "..",
+                "../root/inside",
+            ] {
+                assert_refused(&resolver, name, ErrorCode::AccessViolation);
+            }
+            assert_serves(&resolver, "a/../inside", b"inside");
+        }
+    }
+
+    #[test]
+    fn symlinks_cannot_leave_the_root() {
+        let outer = TempDir::new("escape");
+        std::fs::write(outer.0.join("secret"), b"secret").unwrap();
+        std::fs::create_dir(outer.0.join("root")).unwrap();
+        let dir = TempDir(outer.0.join("root"));
+        dir.symlink("passwd", "/etc/passwd");
+        dir.symlink("etc", "/etc");
+        dir.symlink("up", "..");
+        dir.symlink("secret", "../secret");
+        dir.symlink("absolute-inside", dir.0.join("secret"));
+        dir.mkdir("sub");
+        dir.symlink("sub/upup", "../..");
+        for resolver in resolvers(&dir) {
+            for name in [
+                "passwd",
+                "etc/passwd",
+                "up/secret",
+                "secret",
+                "absolute-inside",
+                "sub/upup/secret",
+            ] {
+                assert_refused(&resolver, name, ErrorCode::AccessViolation);
+            }
+        }
+        std::mem::forget(dir); // removed with `outer`
+    }
+
+    #[test]
+    fn symlinks_inside_the_root_work() {
+        let dir = TempDir::new("inside");
+        dir.write("images/v2/vmlinuz", b"kernel v2");
+        dir.symlink("vmlinuz", "images/v2/vmlinuz");
+        dir.symlink("current", "images/v2");
+        dir.mkdir("hosts/rack1");
+        dir.symlink("hosts/rack1/vmlinuz", "../../vmlinuz");
+        dir.symlink("chain1", "chain2");
+        dir.symlink("chain2", "./current/vmlinuz");
+        for resolver in resolvers(&dir) {
+            assert_serves(&resolver, "vmlinuz", b"kernel v2");
+            assert_serves(&resolver, "current/vmlinuz", b"kernel v2");
+            assert_serves(&resolver, "hosts/rack1/vmlinuz", b"kernel v2");
+            assert_serves(&resolver, "chain1", b"kernel v2");
+            assert_refused(&resolver, "current", ErrorCode::AccessViolation);
+        }
+    }
+
+    #[test]
+    fn symlink_loops_are_refused() {
+        let dir = TempDir::new("loop");
+        dir.symlink("loop", "loop");
+        dir.symlink("ping", "pong");
+        dir.symlink("pong", "ping");
+        for resolver in resolvers(&dir) {
+            assert_refused(&resolver, "loop", ErrorCode::AccessViolation);
+            assert_refused(&resolver, "ping", ErrorCode::AccessViolation);
+        }
+    }
+
+    #[test]
+    fn directories_are_not_files_and_paths_stay_secret() {
+        let dir = TempDir::new("directory");
+        dir.mkdir("pxelinux.cfg");
+        dir.write("pxelinux.cfg/default", b"menu");
+        for resolver in resolvers(&dir) {
+            for name in ["pxelinux.cfg", "pxelinux.cfg/", "/", "", "\\", "pxelinux.cfg/.."] {
+                let e = resolver.resolve(name, peer()).unwrap_err();
+                assert!(matches!(e, ResolveError::NotAFile), "{name:?}: {e:?}");
+                assert_eq!(e.code(), ErrorCode::AccessViolation);
+                assert_eq!(e.message(), "Not a regular file");
+                for text in [e.message().to_string(), e.to_string()] {
+                    for part in dir.0.iter() {
+                        let part = part.to_string_lossy();
+                        if part != "/" {
+                            assert!(!text.contains(&*part), "{text:?} reveals {part:?}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn fifos_are_refused_without_blocking() {
+        let dir = TempDir::new("fifo");
+        let path = CString::new(dir.0.join("fifo").as_os_str().as_bytes()).unwrap();
+        // SAFETY: `path` is NUL-terminated.
+        assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o644) }, 0);
+        for resolver in resolvers(&dir) {
+            let e = resolver.resolve("fifo", peer()).unwrap_err();
+            assert!(matches!(e, ResolveError::NotAFile), "{e:?}");
+        }
+    }
+
+    #[test]
+    fn unreadable_files_are_access_violations() {
+        let dir = TempDir::new("unreadable");
+        dir.write("locked", b"x");
+        std::fs::set_permissions(dir.0.join("locked"), std::fs::Permissions::from_mode(0))
+            .unwrap();
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            return; // root reads it anyway (CAP_DAC_OVERRIDE)
+        }
+        for resolver in resolvers(&dir) {
+            assert_refused(&resolver, "locked", ErrorCode::AccessViolation);
+        }
+    }
+
+    #[test]
+    fn backslashes_are_separators() {
+        let dir = TempDir::new("backslash");
+        dir.write("boot/x64/wdsnbp.com", b"wds");
+        for resolver in resolvers(&dir) {
+            assert_serves(&resolver, "boot\\x64\\wdsnbp.com", b"wds");
+            assert_serves(&resolver, "\\boot\\x64\\wdsnbp.com", b"wds");
+            assert_serves(&resolver, "boot/x64\\wdsnbp.com", b"wds");
+        }
+    }
+
+    #[test]
+    fn normalises_names() {
+        let name = |s| normalise(s).map(|c| c.into_bytes());
+        assert_eq!(name("a").unwrap(), b"a");
+        assert_eq!(name("//a/b").unwrap(), b"a/b");
+        assert_eq!(name("\\a\\b").unwrap(), b"a/b");
+        assert_eq!(name("a/").unwrap(), b"a/");
+        assert!(matches!(name(""), Err(ResolveError::NotAFile)));
+        assert!(matches!(name("/\\/"), Err(ResolveError::NotAFile)));
+        assert!(matches!(name("a\0b"), Err(ResolveError::NotFound)));
+    }
+
+    #[test]
+    fn walker_answers_like_the_kernel() {
+        let outer = TempDir::new("walker");
+        std::fs::write(outer.0.join("secret"), b"secret").unwrap();
+        std::fs::create_dir(outer.0.join("root")).unwrap();
+        let dir = TempDir(outer.0.join("root"));
+        dir.write("a/b/file", b"file");
+        dir.symlink("abs", "/etc/passwd");
+        dir.symlink("up", "../secret");
+        dir.symlink("a/link", "b/file");
+        dir.symlink("loop", "loop");
+        let root = File::from(DirectoryResolver::new(&dir.0).unwrap().dir);
+        let walk = |name: &str| {
+            let name = CString::new(name).unwrap();
+            walk_beneath(root.as_fd(), &name).map_err(|e| e.raw_os_error())
+        };
+        let mut buf = [0; 8];
+        let file = walk("a/link").unwrap();
+        assert_eq!(file.read_at(&mut buf, 0).unwrap(), 4);
+        assert_eq!(&buf[..4], b"file");
+        assert!(walk("a/b/../b/file").is_ok());
+        assert_eq!(walk("../secret").unwrap_err(), Some(libc::EXDEV));
+        assert_eq!(walk("a/../../secret").unwrap_err(), Some(libc::EXDEV));
+        assert_eq!(walk("abs").unwrap_err(), Some(libc::EXDEV));
+        assert_eq!(walk("up").unwrap_err(), Some(libc::EXDEV));
+        assert_eq!(walk("loop").unwrap_err(), Some(libc::ELOOP));
+        assert_eq!(walk("nope").unwrap_err(), Some(libc::ENOENT));
+        assert_eq!(walk("a/b/file/x").unwrap_err(), Some(libc::ENOTDIR));
+        assert_eq!(walk("a/b").unwrap_err(), Some(libc::EISDIR));
+        assert_eq!(walk(".").unwrap_err(), Some(libc::EISDIR));
+        // The kernel agrees wherever it has openat2.
+        for name in ["../secret", "abs", "up", "loop", "nope", "a/b/file/x", "a/link"] {
+            let c = CString::new(name).unwrap();
+            match openat2_beneath(root.as_fd(), &c) {
+                Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => return,
+                kernel => assert_eq!(
+                    kernel.map(drop).map_err(|e| e.raw_os_error()),
+                    walk(name).map(drop),
+                    "{name:?}"
+                ),
+            }
+        }
+        std::mem::forget(dir); // removed with `outer`
+    }
+
+    #[test]
+    fn file_id_changes_when_the_file_is_replaced() {
+        let dir = TempDir::new("replace");
+        dir.write("initrd", b"old initrd");
+        let resolver = DirectoryResolver::new(&dir.0).unwrap();
+        let id = |resolver: &DirectoryResolver| match resolver.resolve("initrd", peer()) {
+            Ok(Source::File(file)) => file.id(),
+            other => panic!("{other:?}"),
+        };
+        let before = id(&resolver);
+        assert_eq!(id(&resolver), before, "same file, same id");
+        let held = resolver.resolve("initrd", peer()).unwrap();
+        dir.write("initrd.new", b"new initrd!");
+        std::fs::rename(dir.0.join("initrd.new"), dir.0.join("initrd")).unwrap();
+        let after = id(&resolver);
+        assert_ne!(after, before);
+        assert_ne!(after.ino, before.ino);
+        assert_eq!(after.size, 11);
+        // A transfer that opened the old file keeps reading the old bytes.
+        assert_eq!(contents(&held), b"old initrd");
+    }
+
+    #[test]
+    fn new_requires_a_directory() {
+        let dir = TempDir::new("new");
+        dir.write("file", b"x");
+        let e = DirectoryResolver::new(dir.0.join("missing")).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+        let e = DirectoryResolver::new(dir.0.join("file")).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOTDIR));
+    }
+
+    #[test]
+    fn memory_sources_read_at_offsets() {
+        let source = Source::memory(b"0123456789".to_vec());
+        assert_eq!(source.len(), 10);
+        assert!(!source.is_empty());
+        let mut buf = [0; 4];
+        assert_eq!(source.read_at(&mut buf, 0).unwrap(), 4);
+        assert_eq!(&buf, b"0123");
+        assert_eq!(source.read_at(&mut buf, 8).unwrap(), 2);
+        assert_eq!(&buf[..2], b"89");
+        assert_eq!(source.read_at(&mut buf, 10).unwrap(), 0);
+        assert_eq!(source.read_at(&mut buf, 11).unwrap(), 0);
+        assert_eq!(source.read_at(&mut buf, u64::MAX).unwrap(), 0);
+        assert!(Source::memory(Vec::new()).is_empty());
+        assert_eq!(format!("{source:?}"), "Memory { len: 10 }");
+    }
+
+    #[test]
+    fn custom_sources_and_read_full_at() {
+        /// Returns at most 3 bytes per read, like a short-reading device.
+        #[derive(Debug)]
+        struct Dribble(Vec<u8>);
+        impl ReadAt for Dribble {
+            fn len(&self) -> u64 {
+                self.0.len() as u64
+            }
+            fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+                let n = buf.len().min(3);
+                Ok(copy_at(&self.0, &mut buf[..n], offset))
+            }
+        }
+        let source = Source::custom(Dribble(b"abcdefghij".to_vec()));
+        assert_eq!(source.len(), 10);
+        let mut buf = [0; 8];
+        assert_eq!(source.read_at(&mut buf, 0).unwrap(), 3);
+        assert_eq!(source.read_full_at(&mut buf, 0).unwrap(), 8);
+        assert_eq!(&buf, b"abcdefgh");
+        assert_eq!(source.read_full_at(&mut buf, 8).unwrap(), 2);
+        assert_eq!(&buf[..2], b"ij");
+    }
+
+    #[test]
+    fn source_file_takes_only_regular_files() {
+        let dir = TempDir::new("source-file");
+        dir.write("f", b"abc");
+        let source = Source::file(File::open(dir.0.join("f")).unwrap()).unwrap();
+        assert_eq!(source.len(), 3);
+        assert_eq!(contents(&source), b"abc");
+        let e = Source::file(File::open(&dir.0).unwrap()).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn io_errors_map_to_tftp_errors() {
+        let code = |errno| ResolveError::from(io::Error::from_raw_os_error(errno)).code();
+        for errno in [libc::ENOENT, libc::ENOTDIR, libc::ENAMETOOLONG] {
+            assert_eq!(code(errno), ErrorCode::FileNotFound);
+        }
+        for errno in [libc::EACCES, libc::EPERM, libc::ELOOP, libc::EXDEV, libc::EISDIR] {
+            assert_eq!(code(errno), ErrorCode::AccessViolation);
+        }
+        assert_eq!(code(libc::EMFILE), ErrorCode::Undefined);
+        let e = ResolveError::from(io::Error::from_raw_os_error(libc::EMFILE));
+        assert_eq!(e.message(), "I/O error");
+        assert!(std::error::Error::source(&e).is_some());
+        let e = ResolveError::from(io::Error::new(io::ErrorKind::NotFound, "/srv/tftp/x"));
+        assert!(matches!(e, ResolveError::NotFound));
+        let e = ResolveError::from(io::Error::other("/srv/tftp/x is cursed"));
+        assert_eq!(e.message(), "I/O error");
+        let e = ResolveError::Other("Go away".into());
+        assert_eq!((e.code(), e.message()), (ErrorCode::Undefined, "Go away"));
+    }
+
+    #[test]
+    fn closures_and_arcs_are_resolvers() {
+        fn serve(resolver: impl Resolver) -> Result<Source, ResolveError> {
+            resolver.resolve("boot.ipxe", peer())
+        }
+        let script = |name: &str, peer: SocketAddr| match name {
+            "boot.ipxe" => Ok(Source::memory(format!("#!ipxe\n# {}\n", peer.ip()).into_bytes())),
+            _ => Err(ResolveError::NotFound),
+        };
+        let source = serve(script).unwrap();
+        assert_eq!(contents(&source), b"#!ipxe\n# 192.0.2.1\n");
+        let shared: Arc<dyn Resolver> = Arc::new(script);
+        assert!(serve(shared.clone()).is_ok());
+        assert!(matches!(
+            shared.resolve("other", peer()),
+            Err(ResolveError::NotFound)
+        ));
+        let dir = TempDir::new("arc");
+        assert!(serve(Arc::new(DirectoryResolver::new(&dir.0).unwrap())).is_err());
+    }
+}
