@@ -29,7 +29,6 @@ use std::fs::File;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -55,7 +54,7 @@ use crate::packet::ErrorCode;
 ///     _ => Err(ResolveError::NotFound),
 /// };
 /// let peer: SocketAddr = "192.0.2.7:2000".parse().unwrap();
-/// assert_eq!(ipxe.resolve("boot.ipxe", peer).unwrap().len(), 29);
+/// assert_eq!(ipxe.resolve("boot.ipxe", peer).unwrap().len(), 28);
 /// ```
 pub trait Resolver: Send + Sync + 'static {
     /// Resolves `filename`, exactly as the client sent it, for the client at `peer`.
@@ -191,7 +190,10 @@ impl FileSource {
     pub fn new(file: File) -> io::Result<FileSource> {
         let meta = file.metadata()?;
         if !meta.is_file() {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a regular file",
+            ));
         }
         Ok(FileSource {
             id: FileId::from_metadata(&meta),
@@ -552,7 +554,10 @@ fn walk_beneath(root: BorrowedFd<'_>, name: &CStr) -> io::Result<File> {
 
 /// `path`'s components in reverse, so that popping yields them in order.
 fn components(path: &[u8]) -> Vec<Vec<u8>> {
-    path.split(|&b| b == b'/').rev().map(<[u8]>::to_vec).collect()
+    path.split(|&b| b == b'/')
+        .rev()
+        .map(<[u8]>::to_vec)
+        .collect()
 }
 
 fn openat(dir: BorrowedFd<'_>, name: &CStr, flags: libc::c_int) -> io::Result<OwnedFd> {
@@ -623,7 +628,8 @@ fn einval() -> io::Error {
 /// How files are opened for serving. O_NONBLOCK: opening a FIFO must not wait for a writer (it
 /// is refused right after, and cleared on the regular files kept); O_NOCTTY: a tty in the tree
 /// must not become our controlling terminal.
-const OPEN_FLAGS: libc::c_int = libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK;
+const OPEN_FLAGS: libc::c_int =
+    libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK;
 
 /// How many times to retry `openat2` failing with EAGAIN before walking instead.
 const OPENAT2_ATTEMPTS: usize = 4;
@@ -634,6 +640,7 @@ const MAX_SYMLINKS: u32 = 40;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::{symlink, PermissionsExt};
     use std::sync::atomic::AtomicUsize;
 
@@ -847,7 +854,6 @@ mod tests {
                 assert_refused(&resolver, name, ErrorCode::AccessViolation);
             }
         }
-        std::mem::forget(dir); // removed with `outer`
     }
 
     #[test]
@@ -887,7 +893,14 @@ mod tests {
         dir.mkdir("pxelinux.cfg");
         dir.write("pxelinux.cfg/default", b"menu");
         for resolver in resolvers(&dir) {
-            for name in ["pxelinux.cfg", "pxelinux.cfg/", "/", "", "\\", "pxelinux.cfg/.."] {
+            for name in [
+                "pxelinux.cfg",
+                "pxelinux.cfg/",
+                "/",
+                "",
+                "\\",
+                "pxelinux.cfg/..",
+            ] {
                 let e = resolver.resolve(name, peer()).unwrap_err();
                 assert!(matches!(e, ResolveError::NotAFile), "{name:?}: {e:?}");
                 assert_eq!(e.code(), ErrorCode::AccessViolation);
@@ -920,7 +933,7 @@ mod tests {
     fn unreadable_files_are_access_violations() {
         let dir = TempDir::new("unreadable");
         dir.write("locked", b"x");
-        std::fs::set_permissions(dir.0.join("locked"), std::fs::Permissions::from_mode(0))
+        std::fs::set_permissions(dir.0.join("locked"), std::fs::Permissions::from_mode(0o000))
             .unwrap();
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } == 0 {
@@ -985,7 +998,15 @@ mod tests {
         assert_eq!(walk("a/b").unwrap_err(), Some(libc::EISDIR));
         assert_eq!(walk(".").unwrap_err(), Some(libc::EISDIR));
         // The kernel agrees wherever it has openat2.
-        for name in ["../secret", "abs", "up", "loop", "nope", "a/b/file/x", "a/link"] {
+        for name in [
+            "../secret",
+            "abs",
+            "up",
+            "loop",
+            "nope",
+            "a/b/file/x",
+            "a/link",
+        ] {
             let c = CString::new(name).unwrap();
             match openat2_beneath(root.as_fd(), &c) {
                 Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => return,
@@ -996,7 +1017,6 @@ mod tests {
                 ),
             }
         }
-        std::mem::forget(dir); // removed with `outer`
     }
 
     #[test]
@@ -1089,7 +1109,13 @@ mod tests {
         for errno in [libc::ENOENT, libc::ENOTDIR, libc::ENAMETOOLONG] {
             assert_eq!(code(errno), ErrorCode::FileNotFound);
         }
-        for errno in [libc::EACCES, libc::EPERM, libc::ELOOP, libc::EXDEV, libc::EISDIR] {
+        for errno in [
+            libc::EACCES,
+            libc::EPERM,
+            libc::ELOOP,
+            libc::EXDEV,
+            libc::EISDIR,
+        ] {
             assert_eq!(code(errno), ErrorCode::AccessViolation);
         }
         assert_eq!(code(libc::EMFILE), ErrorCode::Undefined);
@@ -1110,7 +1136,9 @@ mod tests {
             resolver.resolve("boot.ipxe", peer())
         }
         let script = |name: &str, peer: SocketAddr| match name {
-            "boot.ipxe" => Ok(Source::memory(format!("#!ipxe\n# {}\n", peer.ip()).into_bytes())),
+            "boot.ipxe" => Ok(Source::memory(
+                format!("#!ipxe\n# {}\n", peer.ip()).into_bytes(),
+            )),
             _ => Err(ResolveError::NotFound),
         };
         let source = serve(script).unwrap();
