@@ -29,4 +29,5 @@ pub mod netascii;
 pub mod options;
 pub mod packet;
 pub mod resolve;
+pub mod server;
 pub mod transfer;

@@ -1,1 +1,330 @@
-fn main() {}
+//! `ringtftpd`: serve a directory over TFTP, read-only, built for boot storms.
+//!
+//! Command-line compatible with `python -m nobodd.tftpd`: `ringtftpd [PORT] [--bind ADDR]
+//! [--directory DIR]`, port 6969 by default.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, ValueEnum};
+use ringtftp::options::Limits;
+use ringtftp::resolve::DirectoryResolver;
+use ringtftp::server::{Config, Server};
+use ringtftp::transfer;
+
+/// Serve a directory over TFTP (read-only), fast enough for a whole data hall booting at once.
+///
+/// ringtftpd answers read requests (RRQ) for the files under DIR with the options of RFC 2347,
+/// 2348, 2349 and 7440 (blksize, tsize, timeout/utimeout, windowsize). Write requests are
+/// refused: nothing is ever written. Each CPU gets a shard with its own socket on PORT, and each
+/// transfer its own port, as RFC 1350 requires. It stops on Ctrl-C or SIGTERM, letting running
+/// transfers finish for up to --grace seconds.
+///
+/// Examples:
+///   ringtftpd                          serve the current directory on port 6969
+///   ringtftpd 69 -d /srv/tftp          the standard port (needs root or CAP_NET_BIND_SERVICE)
+///   ringtftpd -b 10.0.0.1 --port-range 40000-40999
+#[derive(Debug, Parser)]
+#[command(
+    name = "ringtftpd",
+    version,
+    verbatim_doc_comment,
+    max_term_width = 100
+)]
+struct Cli {
+    /// Port to listen on: a number or a service name such as `tftp`.
+    #[arg(default_value = "6969", value_name = "PORT")]
+    port: String,
+
+    /// Address to listen on [default: all interfaces, IPv4 and IPv6].
+    #[arg(short, long, value_name = "ADDR")]
+    bind: Option<IpAddr>,
+
+    /// Directory to serve [default: the current directory].
+    #[arg(short, long, value_name = "DIR")]
+    directory: Option<PathBuf>,
+
+    /// Shards (threads, each with its own socket on PORT) [default: one per CPU].
+    #[arg(long, value_name = "N")]
+    shards: Option<usize>,
+
+    /// Largest block size granted to a client (RFC 2348 allows 8 to 65464).
+    #[arg(long, value_name = "BYTES", default_value_t = Limits::default().blksize_max,
+          value_parser = clap::value_parser!(u16).range(8..=65464))]
+    blksize_max: u16,
+
+    /// Largest window granted to a client (RFC 7440 allows 1 to 65535).
+    #[arg(long, value_name = "BLOCKS", default_value_t = Limits::default().windowsize_max,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    windowsize_max: u16,
+
+    /// Retransmission timeout in seconds before a client's round-trip time is known; it then
+    /// adapts (unless the client fixed one with the timeout option).
+    #[arg(long, value_name = "SECS", default_value = "1")]
+    timeout: f64,
+
+    /// Retransmissions without an answer before a transfer is abandoned.
+    #[arg(long, value_name = "N", default_value_t = transfer::Config::default().retries)]
+    retries: u32,
+
+    /// Concurrent transfers; requests beyond get an ERROR saying the server is busy.
+    #[arg(long, value_name = "N", default_value_t = Config::default().max_transfers)]
+    max_transfers: usize,
+
+    /// Local ports for transfers, such as 40000-40999 for a firewall [default: ephemeral].
+    #[arg(long, value_name = "LO-HI", value_parser = parse_range)]
+    port_range: Option<(u16, u16)>,
+
+    /// Seconds a stop waits for running transfers.
+    #[arg(long, value_name = "SECS", default_value = "10")]
+    grace: f64,
+
+    /// I/O backend: io_uring with an epoll fallback, or epoll only.
+    #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
+    backend: BackendArg,
+
+    /// Log level (error, warn, info, debug, trace) or a tracing filter; RUST_LOG also works.
+    #[arg(long, value_name = "LEVEL", default_value = "info")]
+    log_level: String,
+
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum BackendArg {
+    /// io_uring where the kernel allows it, epoll elsewhere.
+    Auto,
+    /// epoll only.
+    Epoll,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    init_logging(&cli);
+    if let Err(e) = run(cli) {
+        eprintln!("ringtftpd: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let port = parse_port(&cli.port)?;
+    let directory = match &cli.directory {
+        Some(dir) => dir.clone(),
+        None => std::env::current_dir().context("cannot read the current directory")?,
+    };
+    if !directory.exists() {
+        bail!("directory {} does not exist", directory.display());
+    }
+    if !directory.is_dir() {
+        bail!("{} is not a directory", directory.display());
+    }
+    let resolver = DirectoryResolver::new(&directory)
+        .with_context(|| format!("cannot open directory {}", directory.display()))?;
+    if !(0.01..=255.0).contains(&cli.timeout) {
+        bail!("--timeout must lie between 0.01 and 255 seconds");
+    }
+    let grace =
+        Duration::try_from_secs_f64(cli.grace).context("--grace must be a number of seconds")?;
+
+    let mut config = Config::default();
+    config.shards = cli.shards.unwrap_or(0);
+    config.limits = Limits {
+        blksize_max: cli.blksize_max,
+        windowsize_max: cli.windowsize_max,
+    };
+    config.transfer.rto_initial = Duration::from_secs_f64(cli.timeout);
+    config.transfer.retries = cli.retries;
+    config.max_transfers = cli.max_transfers;
+    config.port_range = cli.port_range;
+    config.grace = grace;
+    config.force_epoll |= cli.backend == BackendArg::Epoll;
+    raise_fd_limit(&mut config);
+
+    let signals = block_stop_signals();
+    let server = bind(cli.bind, port, resolver, config)?;
+    let handle = server.start().context("cannot start the shards")?;
+    tracing::info!(
+        directory = %directory.display(),
+        address = %handle.local_addr(),
+        shards = handle.shards(),
+        backend = %handle.backend(),
+        "serving {} on {} with {} shard{} ({})",
+        directory.display(),
+        handle.local_addr(),
+        handle.shards(),
+        if handle.shards() == 1 { "" } else { "s" },
+        handle.backend(),
+    );
+
+    let signal = wait_for_signal(&signals);
+    tracing::info!(signal, "stopping: no new requests; waiting for running transfers");
+    handle.stop();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Blocks SIGINT and SIGTERM in this thread and every thread it starts afterwards, so that
+/// [`wait_for_signal`] receives them synchronously (no handler, no self-pipe).
+fn block_stop_signals() -> libc::sigset_t {
+    // SAFETY: sigset manipulation on a local set, then pthread_sigmask on the calling thread.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn wait_for_signal(set: &libc::sigset_t) -> &'static str {
+    let mut signal = 0;
+    // SAFETY: sigwait on a set that every thread blocks.
+    unsafe {
+        while libc::sigwait(set, &mut signal) != 0 {}
+    }
+    if signal == libc::SIGINT {
+        "SIGINT"
+    } else {
+        "SIGTERM"
+    }
+}
+/// Binds the main sockets, turning the usual failures into advice.
+fn bind(
+    addr: Option<IpAddr>,
+    port: u16,
+    resolver: DirectoryResolver,
+    config: Config,
+) -> Result<Server> {
+    let explain = |e: std::io::Error, addr: SocketAddr| -> anyhow::Error {
+        match e.raw_os_error() {
+            Some(libc::EADDRINUSE) => {
+                anyhow::anyhow!("cannot listen on {addr}: the port is in use by another program")
+            }
+            Some(libc::EACCES) if port < 1024 => anyhow::anyhow!(
+                "cannot listen on {addr}: ports below 1024 need root or the CAP_NET_BIND_SERVICE \
+                 capability (setcap cap_net_bind_service=+ep ringtftpd)"
+            ),
+            Some(libc::EADDRNOTAVAIL) => {
+                anyhow::anyhow!("cannot listen on {addr}: no interface has this address")
+            }
+            _ => anyhow::Error::new(e).context(format!("cannot listen on {addr}")),
+        }
+    };
+    // All interfaces by default: one dual-stack socket, or IPv4 alone where IPv6 is disabled.
+    let ip = addr.unwrap_or_else(|| {
+        if ipv6_available() {
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+        } else {
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+        }
+    });
+    let addr = SocketAddr::new(ip, port);
+    Server::bind(addr, resolver, config).map_err(|e| explain(e, addr))
+}
+
+fn ipv6_available() -> bool {
+    std::net::UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0)).is_ok()
+}
+
+fn parse_port(port: &str) -> Result<u16> {
+    if let Ok(n) = port.parse::<u16>() {
+        return Ok(n);
+    }
+    if port.bytes().all(|b| b.is_ascii_digit()) {
+        bail!("port {port} is out of range (0-65535)");
+    }
+    service_port(port).with_context(|| format!("unknown port or service name: {port}"))
+}
+
+/// Looks a service name up in /etc/services (as getservbyname does, without its global state).
+fn service_port(name: &str) -> Option<u16> {
+    let services = std::fs::read_to_string("/etc/services").ok()?;
+    services.lines().find_map(|line| {
+        let line = line.split('#').next()?;
+        let mut fields = line.split_whitespace();
+        let service = fields.next()?;
+        let (port, proto) = fields.next()?.split_once('/')?;
+        let aliases: Vec<&str> = fields.collect();
+        (proto == "udp" && (service == name || aliases.contains(&name)))
+            .then(|| port.parse().ok())
+            .flatten()
+    })
+}
+
+fn parse_range(s: &str) -> Result<(u16, u16), String> {
+    let (lo, hi) = s
+        .split_once('-')
+        .ok_or("expected LO-HI, such as 40000-40999")?;
+    let lo: u16 = lo.trim().parse().map_err(|_| format!("bad port {lo}"))?;
+    let hi: u16 = hi.trim().parse().map_err(|_| format!("bad port {hi}"))?;
+    if lo == 0 || lo > hi {
+        return Err("expected 1 <= LO <= HI".into());
+    }
+    Ok((lo, hi))
+}
+
+/// Each transfer holds a socket and a file: raise the descriptor limit to the hard limit and
+/// keep `--max-transfers` within it.
+fn raise_fd_limit(config: &mut Config) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid rlimit struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    let fds = usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX);
+    let fit = fds.saturating_sub(64) / 2;
+    if config.max_transfers > fit {
+        tracing::warn!(
+            fds,
+            max_transfers = fit,
+            "the descriptor limit (ulimit -n) allows only {fit} concurrent transfers"
+        );
+        config.max_transfers = fit.max(1);
+    }
+}
+
+fn init_logging(cli: &Cli) {
+    use tracing_subscriber::EnvFilter;
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .or_else(|| EnvFilter::try_new(&cli.log_level).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false);
+    match cli.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

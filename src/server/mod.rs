@@ -1,0 +1,295 @@
+//! The server: shards, sockets and the I/O drivers around the protocol core.
+//!
+//! The Rust counterpart of nobodd's `TFTPBaseServer` (any [`Resolver`]) and `SimpleTFTPServer`
+//! ([`serve_directory`]). [`Server::bind`] binds the port at once (so a port in use is an error
+//! the caller sees), [`Server::start`] starts one shard per core, and the returned [`Handle`]
+//! stops them and waits for running transfers.
+//!
+//! ```no_run
+//! use ringtftp::server::{serve_directory, Config};
+//!
+//! let server = serve_directory("[::]:6969".parse()?, "/srv/tftp", Config::default())?;
+//! println!("serving on {} with {}", server.local_addr(), server.backend());
+//! server.wait();
+//! # Ok::<(), std::io::Error>(())
+//! ```
+
+mod driver;
+mod fallback;
+mod shard;
+mod socket;
+mod uring;
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, AtomicUsize};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::options::Limits;
+use crate::resolve::{DirectoryResolver, Resolver};
+use crate::transfer;
+
+/// Server configuration.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Config {
+    /// Shards (threads, each with its own main socket); 0 means one per CPU.
+    pub shards: usize,
+    /// Caps on negotiated options.
+    pub limits: Limits,
+    /// Retransmission settings.
+    pub transfer: transfer::Config,
+    /// Concurrent transfers across all shards; requests beyond get an ERROR.
+    pub max_transfers: usize,
+    /// Local ports for transfer sockets: `None` for ephemeral ports, or an inclusive range.
+    pub port_range: Option<(u16, u16)>,
+    /// How long a stop waits for running transfers.
+    pub grace: Duration,
+    /// Serve with epoll even where io_uring works (also set by `RINGTFTP_BACKEND=epoll`).
+    pub force_epoll: bool,
+    /// Receive buffer of each main socket, in bytes.
+    pub recv_buffer: usize,
+    /// The largest file served in netascii mode (it is encoded in memory).
+    pub netascii_max: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            shards: 0,
+            limits: Limits::default(),
+            transfer: transfer::Config::default(),
+            max_transfers: 16_384,
+            port_range: None,
+            grace: Duration::from_secs(10),
+            force_epoll: std::env::var("RINGTFTP_BACKEND").is_ok_and(|v| v == "epoll"),
+            recv_buffer: 8 << 20,
+            netascii_max: 64 << 20,
+        }
+    }
+}
+
+impl Config {
+    fn ports(&self) -> socket::Ports {
+        match self.port_range {
+            Some((lo, hi)) => socket::Ports::Range(lo.min(hi), lo.max(hi)),
+            None => socket::Ports::Ephemeral,
+        }
+    }
+}
+
+/// The I/O backend a server runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Backend {
+    /// io_uring, with or without registered block buffers.
+    IoUring {
+        /// Whether the block buffers are registered with the ring (fixed reads).
+        registered_buffers: bool,
+    },
+    /// epoll through tokio, where io_uring is unavailable or was refused.
+    Epoll,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::IoUring {
+                registered_buffers: true,
+            } => f.write_str("io_uring (registered buffers)"),
+            Self::IoUring {
+                registered_buffers: false,
+            } => f.write_str("io_uring (unregistered buffers)"),
+            Self::Epoll => f.write_str("epoll"),
+        }
+    }
+}
+
+/// What all shards share: nothing on the data path.
+pub(crate) struct Shared {
+    resolver: Box<dyn Resolver>,
+    config: Config,
+    /// Transfers running across shards, for `max_transfers`.
+    running: AtomicUsize,
+    /// Spreads transfer sockets over `--port-range`.
+    port_hint: AtomicU32,
+    /// The effective ports policy.
+    ports: socket::Ports,
+}
+
+/// A server bound to its port, not yet serving.
+pub struct Server {
+    sockets: Vec<socket2::Socket>,
+    local: SocketAddr,
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Server {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server")
+            .field("local", &self.local)
+            .field("shards", &self.sockets.len())
+            .finish()
+    }
+}
+
+impl Server {
+    /// Binds one main socket per shard on `addr` and prepares to serve from `resolver`.
+    ///
+    /// `[::]` serves IPv4 and IPv6 alike. Port 0 picks a free port, shared by all shards.
+    pub fn bind(addr: SocketAddr, resolver: impl Resolver, config: Config) -> io::Result<Server> {
+        let shards = if config.shards == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            config.shards
+        };
+        let first = socket::bind_main(addr, config.recv_buffer)?;
+        let local = first
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| io::Error::other("not an IP socket"))?;
+        let mut sockets = vec![first];
+        for _ in 1..shards {
+            sockets.push(socket::bind_main(local, config.recv_buffer)?);
+        }
+        let ports = config.ports();
+        let mut config = config;
+        config.shards = shards;
+        Ok(Server {
+            sockets,
+            local,
+            shared: Arc::new(Shared {
+                resolver: Box::new(resolver),
+                config,
+                running: AtomicUsize::new(0),
+                port_hint: AtomicU32::new(std::process::id()),
+                ports,
+            }),
+        })
+    }
+
+    /// The bound address (with the port chosen when 0 was asked).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Starts the shards; returns once each has chosen its backend.
+    pub fn start(self) -> io::Result<Handle> {
+        let (stop, stop_rx) = watch::channel(false);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let mut threads = Vec::new();
+        for (index, socket) in self.sockets.into_iter().enumerate() {
+            let shared = self.shared.clone();
+            let stop_rx = stop_rx.clone();
+            let ready = ready_tx.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("shard-{index}"))
+                .spawn(move || shard::run(index, socket, shared, stop_rx, ready))?;
+            threads.push(thread);
+        }
+        drop(ready_tx);
+        let mut backend = None;
+        for _ in 0..threads.len() {
+            match ready_rx.recv() {
+                // Report the weakest backend any shard runs.
+                Ok(b) => {
+                    backend = Some(match (backend, b) {
+                        (Some(Backend::Epoll), _) | (_, Backend::Epoll) => Backend::Epoll,
+                        (
+                            Some(Backend::IoUring {
+                                registered_buffers: a,
+                            }),
+                            Backend::IoUring {
+                                registered_buffers: b,
+                            },
+                        ) => Backend::IoUring {
+                            registered_buffers: a && b,
+                        },
+                        (None, b) => b,
+                    })
+                }
+                Err(_) => return Err(io::Error::other("a shard failed to start")),
+            }
+        }
+        Ok(Handle {
+            stop,
+            threads,
+            local: self.local,
+            backend: backend.unwrap_or(Backend::Epoll),
+            shards: self.shared.config.shards,
+        })
+    }
+}
+
+/// A running server.
+#[derive(Debug)]
+pub struct Handle {
+    stop: watch::Sender<bool>,
+    threads: Vec<JoinHandle<()>>,
+    local: SocketAddr,
+    backend: Backend,
+    shards: usize,
+}
+
+impl Handle {
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// The I/O backend in use (the weakest across shards).
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// How many shards serve.
+    pub fn shards(&self) -> usize {
+        self.shards
+    }
+
+    /// A handle that can stop the server from elsewhere (a signal handler's thread).
+    pub fn stopper(&self) -> Stopper {
+        Stopper(self.stop.clone())
+    }
+
+    /// Stops taking requests, lets running transfers finish within the grace period, and
+    /// returns when every shard has ended.
+    pub fn stop(self) {
+        let _ = self.stop.send(true);
+        self.wait();
+    }
+
+    /// Waits until the server stops (through a [`Stopper`]).
+    pub fn wait(self) {
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Stops a server from another thread; see [`Handle::stopper`].
+#[derive(Debug, Clone)]
+pub struct Stopper(watch::Sender<bool>);
+
+impl Stopper {
+    /// Asks the server to stop; [`Handle::wait`] returns once it has.
+    pub fn stop(&self) {
+        let _ = self.0.send(true);
+    }
+}
+
+/// Serves the files under `root` on `addr`: nobodd's `SimpleTFTPServer` in one call.
+pub fn serve_directory(
+    addr: SocketAddr,
+    root: impl AsRef<Path>,
+    config: Config,
+) -> io::Result<Handle> {
+    let resolver = DirectoryResolver::new(root)?;
+    Server::bind(addr, resolver, config)?.start()
+}

@@ -1,0 +1,319 @@
+//! One shard: a thread with its own runtime, its own main socket on the shared port, and every
+//! transfer whose request that socket received. Shards share nothing on the data path; the
+//! kernel's `SO_REUSEPORT` hash picks the shard for each client address and port.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use socket2::Socket;
+use tokio::sync::{watch, Notify};
+
+use super::driver::{self, Data, End, Io, Meta};
+use super::socket::{self, MainSocket, RecvBatch};
+use super::{Backend, Shared};
+use crate::netascii;
+use crate::options::Negotiated;
+use crate::packet::{self, ErrorCode, Mode, Request};
+use crate::resolve::Source;
+use crate::transfer::{self, Inbound, Outcome, Transfer};
+
+/// Runs shard `index` on the calling thread until the server stops; reports the backend it
+/// chose through `ready` before serving.
+pub(crate) fn run(
+    index: usize,
+    socket: Socket,
+    shared: Arc<Shared>,
+    stop: watch::Receiver<bool>,
+    ready: std::sync::mpsc::Sender<Backend>,
+) {
+    if !shared.config.force_epoll {
+        match super::uring::runtime() {
+            Ok(rt) => {
+                rt.block_on(async move {
+                    let io = super::uring::Uring::new(index);
+                    let _ = ready.send(Backend::IoUring {
+                        registered_buffers: io.registered(),
+                    });
+                    let io = Rc::new(io);
+                    serve(io.clone(), socket, shared, stop).await;
+                    if io.spilled() > 0 {
+                        tracing::debug!(
+                            shard = index,
+                            spilled = io.spilled(),
+                            "heap buffers used when the registered pool ran dry"
+                        );
+                    }
+                });
+                return;
+            }
+            Err(e) => {
+                if index == 0 {
+                    tracing::warn!(error = %e, "io_uring is unavailable (seccomp, kernel.io_uring_disabled or an old kernel); serving with epoll");
+                }
+            }
+        }
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(shard = index, error = %e, "cannot create a runtime");
+            return;
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    let _ = ready.send(Backend::Epoll);
+    local.block_on(
+        &rt,
+        serve(Rc::new(super::fallback::Epoll), socket, shared, stop),
+    );
+}
+
+/// The shard's view of its running transfers.
+struct State {
+    /// Clients with a running transfer: a retransmitted RRQ must not start a second one.
+    active: RefCell<HashSet<SocketAddr>>,
+    /// Transfers running on this shard, and a wake-up for when one ends (for a graceful stop).
+    running: Cell<usize>,
+    ended: Notify,
+}
+
+async fn serve<I: Io>(
+    io: Rc<I>,
+    socket: Socket,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let main = match MainSocket::new(socket) {
+        Ok(main) => Rc::new(main),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot register the main socket");
+            return;
+        }
+    };
+    let main_ip = main.local_addr().map(|a| a.ip()).ok();
+    let state = Rc::new(State {
+        active: RefCell::new(HashSet::new()),
+        running: Cell::new(0),
+        ended: Notify::new(),
+    });
+    let mut batch = RecvBatch::new();
+    loop {
+        tokio::select! {
+            result = main.recv_batch(&mut batch) => match result {
+                Ok(_) => {
+                    for (received, bytes) in batch.iter() {
+                        let local = received.local.or(main_ip);
+                        handle(&io, &shared, &state, &main, received.peer, local, bytes, received.truncated);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "main socket receive failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+            },
+            _ = stop.changed() => break,
+        }
+    }
+    // Stop taking requests, then let running transfers finish within the grace period.
+    drop(main);
+    let deadline = tokio::time::Instant::now() + shared.config.grace;
+    while state.running.get() > 0 {
+        tokio::select! {
+            () = state.ended.notified() => {}
+            () = tokio::time::sleep_until(deadline) => {
+                tracing::warn!(running = state.running.get(), "grace period over; abandoning running transfers");
+                break;
+            }
+        }
+    }
+}
+
+/// Answers one datagram on the main port.
+#[allow(clippy::too_many_arguments)]
+fn handle<I: Io>(
+    io: &Rc<I>,
+    shared: &Arc<Shared>,
+    state: &Rc<State>,
+    main: &MainSocket,
+    peer: SocketAddr,
+    local: Option<IpAddr>,
+    bytes: &[u8],
+    truncated: bool,
+) {
+    let reject = |code: ErrorCode, message: &str| {
+        let mut buf = [0u8; 600];
+        if let Ok(n) = packet::emit_error(code, message, &mut buf) {
+            if let Err(e) = main.send_to(&buf[..n], peer, local) {
+                tracing::debug!(%peer, error = %e, "cannot send an ERROR");
+            }
+        }
+    };
+    if truncated {
+        // RFC 2347: a request, options included, must fit in 512 bytes.
+        reject(
+            ErrorCode::IllegalOperation,
+            "Invalid request, request too large",
+        );
+        return;
+    }
+    let request = match transfer::inbound(bytes) {
+        Inbound::Read(request) => request,
+        Inbound::Reject { code, message } => {
+            tracing::info!(%peer, code = code.to_u16(), message, "request refused");
+            reject(code, message);
+            return;
+        }
+        Inbound::Ignore => return,
+    };
+    if state.active.borrow().contains(&peer) {
+        // RFC 1350 §4: the client repeated its RRQ before our first reply arrived; the running
+        // transfer answers it.
+        tracing::debug!(%peer, file = request.filename, "repeated request ignored");
+        return;
+    }
+    let running = shared.running.fetch_add(1, Ordering::AcqRel);
+    if running >= shared.config.max_transfers {
+        shared.running.fetch_sub(1, Ordering::AcqRel);
+        tracing::warn!(%peer, file = request.filename, running, "too many transfers; request refused");
+        reject(
+            ErrorCode::Undefined,
+            "Server busy: too many transfers, try again later",
+        );
+        return;
+    }
+    match start(io, shared, state, peer, local, &request) {
+        Ok(()) => {}
+        Err((code, message)) => {
+            shared.running.fetch_sub(1, Ordering::AcqRel);
+            tracing::info!(%peer, file = request.filename, code = code.to_u16(), %message, "request refused");
+            reject(code, &message);
+        }
+    }
+}
+
+/// Resolves, negotiates and spawns the transfer for one RRQ.
+fn start<I: Io>(
+    io: &Rc<I>,
+    shared: &Arc<Shared>,
+    state: &Rc<State>,
+    peer: SocketAddr,
+    local: Option<IpAddr>,
+    request: &Request<'_>,
+) -> Result<(), (ErrorCode, String)> {
+    let source = shared
+        .resolver
+        .resolve(request.filename, peer)
+        .map_err(|e| (e.code(), e.message().to_owned()))?;
+    let source = match request.mode {
+        Mode::Octet => source,
+        Mode::Netascii => encode_netascii(&source, shared.config.netascii_max)?,
+    };
+    let len = source.len();
+    let negotiated = Negotiated::negotiate(&request.options, &shared.config.limits, || Some(len))
+        .map_err(|e| (e.code(), e.message().to_owned()))?;
+    let local = local.unwrap_or(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED));
+    let hint = shared.port_hint.fetch_add(1, Ordering::Relaxed);
+    let sock = socket::bind_transfer(local, peer, shared.ports, hint)
+        .and_then(|s| io.socket(s))
+        .map_err(|e| {
+            tracing::warn!(%peer, error = %e, "cannot open a transfer socket");
+            (
+                ErrorCode::Undefined,
+                "Server busy: no transfer port available".to_owned(),
+            )
+        })?;
+    let data = match source {
+        Source::File(file) => Data::File(io.file(file.into_file())),
+        Source::Memory(bytes) => Data::Memory(bytes),
+        Source::Custom(custom) => Data::Custom(custom),
+        #[allow(unreachable_patterns)]
+        _ => return Err((ErrorCode::Undefined, "Unsupported source".to_owned())),
+    };
+    let meta = Meta {
+        peer,
+        filename: request.filename.into(),
+        mode: request.mode,
+    };
+    let t = Transfer::new(Instant::now(), negotiated, len, shared.config.transfer);
+    tracing::debug!(%peer, file = request.filename, mode = request.mode.as_str(), ?negotiated, "transfer starting");
+    state.active.borrow_mut().insert(peer);
+    state.running.set(state.running.get() + 1);
+    let (io, shared, state) = (io.clone(), shared.clone(), state.clone());
+    tokio::task::spawn_local(async move {
+        let (end, t) = driver::run(io, sock, data, t).await;
+        log_end(&meta, &t, end);
+        state.active.borrow_mut().remove(&meta.peer);
+        state.running.set(state.running.get() - 1);
+        shared.running.fetch_sub(1, Ordering::AcqRel);
+        state.ended.notify_waiters();
+    });
+    Ok(())
+}
+
+/// Reads a whole source and encodes it as netascii, so `tsize` is exact and blocks are cut
+/// from the encoded stream.
+fn encode_netascii(source: &Source, max: u64) -> Result<Source, (ErrorCode, String)> {
+    if source.len() > max {
+        return Err((
+            ErrorCode::DiskFull,
+            "File too large for netascii mode".to_owned(),
+        ));
+    }
+    let mut raw = vec![0; source.len() as usize];
+    let n = source
+        .read_full_at(&mut raw, 0)
+        .map_err(|_| (ErrorCode::Undefined, "Read error".to_owned()))?;
+    raw.truncate(n);
+    Ok(Source::memory(netascii::encode_to_vec(&raw)))
+}
+
+/// The one line per finished transfer.
+fn log_end(meta: &Meta, t: &Transfer, end: End) {
+    let stats = t.stats();
+    let opts = t.options();
+    let secs = stats.duration(Instant::now()).as_secs_f64();
+    let rate_kib = if secs > 0.0 {
+        stats.bytes as f64 / 1024.0 / secs
+    } else {
+        0.0
+    };
+    macro_rules! line {
+        ($level:ident, $msg:expr) => {
+            tracing::$level!(
+                peer = %meta.peer,
+                file = %meta.filename,
+                mode = %meta.mode.as_str(),
+                blksize = opts.blksize,
+                windowsize = opts.windowsize,
+                bytes = stats.bytes,
+                blocks = stats.blocks,
+                retransmits = stats.retransmits,
+                ms = (secs * 1000.0) as u64,
+                kib_per_s = rate_kib as u64,
+                $msg
+            )
+        };
+    }
+    match end {
+        End::Outcome(Outcome::Complete) => line!(info, "transfer complete"),
+        // UEFI firmware ends its tsize probe this way before asking again: not a problem.
+        End::Outcome(Outcome::Cancelled(code)) => {
+            tracing::info!(peer = %meta.peer, file = %meta.filename, code = code.to_u16(), bytes = stats.bytes, "transfer ended by the client")
+        }
+        End::Outcome(Outcome::TimedOut) => {
+            line!(warn, "transfer timed out: the client went silent")
+        }
+        End::Outcome(Outcome::Failed(code)) => {
+            tracing::warn!(peer = %meta.peer, file = %meta.filename, code = code.to_u16(), bytes = stats.bytes, "transfer failed")
+        }
+        End::Unreachable => line!(warn, "transfer ended: the client's port is closed"),
+    }
+}

@@ -1,0 +1,449 @@
+//! Sockets: the shards' main sockets on the server port and each transfer's own socket.
+//!
+//! The main socket is read with `recvmmsg` through tokio's readiness API rather than io_uring:
+//! it drains a whole burst of requests per wake-up, and it delivers `IP_PKTINFO` /
+//! `IPV6_PKTINFO`, the address each request was sent *to*, which tokio-uring's `recvmsg` cannot.
+//! Each transfer socket is then bound to that address, so on a multi-homed host the replies come
+//! from the address the client asked (PXE firmware drops them otherwise), and connected to the
+//! client, so the kernel filters out every other transfer ID (RFC 1350 §4).
+
+use std::io;
+use std::mem::{size_of, zeroed};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::{AsRawFd, RawFd};
+
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+
+/// `UDP_SEGMENT` from `linux/udp.h`; the libc crate does not export it.
+const UDP_SEGMENT: libc::c_int = 103;
+
+/// Datagrams taken per `recvmmsg` call.
+const BATCH: usize = 32;
+/// Room for one request. RFC 2347 limits a request to 512 bytes; larger ones are refused.
+pub(crate) const REQUEST_MAX: usize = 2048;
+/// Room for either kind of packet-info control message.
+const CMSG_SPACE: usize = 64;
+
+/// Creates a main socket bound to `addr` with `SO_REUSEPORT`, so every shard can bind its own
+/// on the same port and the kernel spreads clients over them by their address and port.
+pub(crate) fn bind_main(addr: SocketAddr, rcvbuf: usize) -> io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        // `[::]` serves IPv4 too (as mapped addresses), like `python -m nobodd.tftpd`.
+        socket.set_only_v6(false)?;
+        set_opt(&socket, libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO, 1)?;
+    } else {
+        set_opt(&socket, libc::IPPROTO_IP, libc::IP_PKTINFO, 1)?;
+    }
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    // A boot storm arrives as one burst; a small buffer drops requests that clients then only
+    // repeat after their (long) timeout. The kernel caps this at net.core.rmem_max unless
+    // SO_RCVBUFFORCE is allowed (root), so try that first.
+    if socket.set_recv_buffer_size(rcvbuf).is_err() || recv_buffer(&socket) < rcvbuf {
+        let _ = set_opt(
+            &socket,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            rcvbuf as libc::c_int,
+        );
+    }
+    socket.bind(&addr.into())?;
+    Ok(socket)
+}
+
+fn recv_buffer(socket: &Socket) -> usize {
+    socket.recv_buffer_size().unwrap_or(0)
+}
+
+/// One received request.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Received {
+    /// The client.
+    pub peer: SocketAddr,
+    /// The address the client sent to, when the kernel said.
+    pub local: Option<IpAddr>,
+    /// Bytes in the buffer.
+    pub len: usize,
+    /// The datagram did not fit in [`REQUEST_MAX`].
+    pub truncated: bool,
+}
+
+/// A main socket inside a shard's runtime.
+pub(crate) struct MainSocket {
+    fd: AsyncFd<Socket>,
+}
+
+impl std::fmt::Debug for MainSocket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MainSocket")
+            .field("fd", &self.fd.as_raw_fd())
+            .finish()
+    }
+}
+
+/// Buffers for one `recvmmsg` batch, reused for every call.
+pub(crate) struct RecvBatch {
+    bufs: Box<[[u8; REQUEST_MAX]; BATCH]>,
+    names: Box<[libc::sockaddr_storage; BATCH]>,
+    controls: Box<[[u8; CMSG_SPACE]; BATCH]>,
+    iovecs: Box<[libc::iovec; BATCH]>,
+    headers: Box<[libc::mmsghdr; BATCH]>,
+    received: Vec<Received>,
+}
+
+impl std::fmt::Debug for RecvBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecvBatch")
+            .field("received", &self.received)
+            .finish()
+    }
+}
+
+impl RecvBatch {
+    pub(crate) fn new() -> Self {
+        // SAFETY: all-zero is a valid value for these plain C structs and byte arrays.
+        unsafe {
+            Self {
+                bufs: Box::new([[0; REQUEST_MAX]; BATCH]),
+                names: Box::new(zeroed()),
+                controls: Box::new([[0; CMSG_SPACE]; BATCH]),
+                iovecs: Box::new(zeroed()),
+                headers: Box::new(zeroed()),
+                received: Vec::with_capacity(BATCH),
+            }
+        }
+    }
+
+    /// The datagrams of the last batch with their bytes.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&Received, &[u8])> {
+        self.received
+            .iter()
+            .zip(self.bufs.iter())
+            .map(|(r, buf)| (r, &buf[..r.len.min(REQUEST_MAX)]))
+    }
+}
+
+impl MainSocket {
+    /// Registers `socket` with the current tokio reactor.
+    pub(crate) fn new(socket: Socket) -> io::Result<Self> {
+        Ok(Self {
+            // SAFETY: the socket owns its descriptor, which is neither closed nor replaced
+            // while the AsyncFd holds it.
+            fd: unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE) }
+                .map_err(io::Error::from)?,
+        })
+    }
+
+    /// The bound address.
+    pub(crate) fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.fd
+            .get_ref()
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| io::Error::other("not an IP socket"))
+    }
+
+    /// Waits for requests and takes up to a batch of them in one system call.
+    pub(crate) async fn recv_batch(&self, batch: &mut RecvBatch) -> io::Result<usize> {
+        loop {
+            let mut guard = self.fd.readable().await?;
+            match guard.try_io(|fd| recvmmsg(fd.as_raw_fd(), batch)) {
+                Ok(result) => return result,
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    /// Sends `data` to `peer` from the address `local` (when known), without waiting: a reply
+    /// from the main port (an ERROR) is dropped rather than queued when the socket is full.
+    pub(crate) fn send_to(
+        &self,
+        data: &[u8],
+        peer: SocketAddr,
+        local: Option<IpAddr>,
+    ) -> io::Result<()> {
+        let fd = self.fd.as_raw_fd();
+        let v6_socket = self.local_addr()?.is_ipv6();
+        let peer = if v6_socket { to_v6(peer) } else { peer };
+        let name = SockAddr::from(peer);
+        let mut iov = libc::iovec {
+            iov_base: data.as_ptr() as *mut libc::c_void,
+            iov_len: data.len(),
+        };
+        let mut control = [0u8; CMSG_SPACE];
+        // SAFETY: msghdr is a plain C struct; every pointer set below outlives the call.
+        let mut msg: libc::msghdr = unsafe { zeroed() };
+        msg.msg_name = name.as_ptr() as *mut libc::c_void;
+        msg.msg_namelen = name.len();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        if let Some(local) = local {
+            let len = write_pktinfo(&mut control, local, v6_socket);
+            if len > 0 {
+                msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+                msg.msg_controllen = len;
+            }
+        }
+        // SAFETY: `msg` points at live buffers of the stated lengths.
+        let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+fn recvmmsg(fd: RawFd, batch: &mut RecvBatch) -> io::Result<usize> {
+    batch.received.clear();
+    for i in 0..BATCH {
+        batch.iovecs[i] = libc::iovec {
+            iov_base: batch.bufs[i].as_mut_ptr() as *mut libc::c_void,
+            iov_len: REQUEST_MAX,
+        };
+        let hdr = &mut batch.headers[i];
+        hdr.msg_len = 0;
+        hdr.msg_hdr.msg_name = &mut batch.names[i] as *mut _ as *mut libc::c_void;
+        hdr.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        hdr.msg_hdr.msg_iov = &mut batch.iovecs[i];
+        hdr.msg_hdr.msg_iovlen = 1;
+        hdr.msg_hdr.msg_control = batch.controls[i].as_mut_ptr() as *mut libc::c_void;
+        hdr.msg_hdr.msg_controllen = CMSG_SPACE;
+        hdr.msg_hdr.msg_flags = 0;
+    }
+    // SAFETY: every header points into `batch`'s boxed arrays, which outlive the call.
+    let n = unsafe {
+        libc::recvmmsg(
+            fd,
+            batch.headers.as_mut_ptr(),
+            BATCH as libc::c_uint,
+            libc::MSG_DONTWAIT,
+            std::ptr::null_mut(),
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let n = n as usize;
+    for i in 0..n {
+        let hdr = &batch.headers[i];
+        // SAFETY: the kernel filled `names[i]` with `msg_namelen` bytes of a socket address.
+        let name = unsafe {
+            let mut storage = socket2::SockAddrStorage::zeroed();
+            *storage.view_as::<libc::sockaddr_storage>() = batch.names[i];
+            SockAddr::new(storage, hdr.msg_hdr.msg_namelen)
+        };
+        let Some(peer) = name.as_socket() else {
+            continue;
+        };
+        batch.received.push(Received {
+            peer: canonical(peer),
+            local: read_pktinfo(&hdr.msg_hdr),
+            len: hdr.msg_len as usize,
+            truncated: hdr.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
+        });
+    }
+    // Keep `received[k]` aligned with `bufs[k]`: a non-IP sender (impossible on a UDP socket)
+    // was skipped above, so only trust the batch when nothing was.
+    if batch.received.len() != n {
+        batch.received.clear();
+    }
+    Ok(batch.received.len())
+}
+
+/// The destination address from an `IP_PKTINFO` or `IPV6_PKTINFO` control message.
+fn read_pktinfo(msg: &libc::msghdr) -> Option<IpAddr> {
+    // SAFETY: the CMSG_* macros walk the control buffer the kernel filled, within
+    // `msg_controllen`; each payload is read unaligned.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(msg);
+        while !cmsg.is_null() {
+            let c = &*cmsg;
+            if c.cmsg_level == libc::IPPROTO_IP && c.cmsg_type == libc::IP_PKTINFO {
+                let info: libc::in_pktinfo =
+                    std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const libc::in_pktinfo);
+                return Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                    info.ipi_addr.s_addr,
+                ))));
+            }
+            if c.cmsg_level == libc::IPPROTO_IPV6 && c.cmsg_type == libc::IPV6_PKTINFO {
+                let info: libc::in6_pktinfo =
+                    std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const libc::in6_pktinfo);
+                return Some(IpAddr::V6(Ipv6Addr::from(info.ipi6_addr.s6_addr)).to_canonical());
+            }
+            cmsg = libc::CMSG_NXTHDR(msg, cmsg);
+        }
+    }
+    None
+}
+
+/// Writes a packet-info control message that sets the source address; returns its length.
+fn write_pktinfo(control: &mut [u8; CMSG_SPACE], local: IpAddr, v6_socket: bool) -> usize {
+    // SAFETY: the control buffer is large and aligned enough for one cmsghdr with either
+    // payload (checked by CMSG_SPACE below); the header and payload are written unaligned.
+    unsafe {
+        let (level, kind, payload_len) = if v6_socket {
+            (
+                libc::IPPROTO_IPV6,
+                libc::IPV6_PKTINFO,
+                size_of::<libc::in6_pktinfo>(),
+            )
+        } else {
+            (
+                libc::IPPROTO_IP,
+                libc::IP_PKTINFO,
+                size_of::<libc::in_pktinfo>(),
+            )
+        };
+        let space = libc::CMSG_SPACE(payload_len as u32) as usize;
+        if space > CMSG_SPACE {
+            return 0;
+        }
+        let mut msg: libc::msghdr = zeroed();
+        msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+        msg.msg_controllen = space;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        if cmsg.is_null() {
+            return 0;
+        }
+        (*cmsg).cmsg_level = level;
+        (*cmsg).cmsg_type = kind;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(payload_len as u32) as usize;
+        let data = libc::CMSG_DATA(cmsg);
+        if v6_socket {
+            let addr = match local {
+                IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+                IpAddr::V6(v6) => v6,
+            };
+            let mut info: libc::in6_pktinfo = zeroed();
+            info.ipi6_addr.s6_addr = addr.octets();
+            std::ptr::write_unaligned(data as *mut libc::in6_pktinfo, info);
+        } else {
+            let IpAddr::V4(v4) = local else { return 0 };
+            let mut info: libc::in_pktinfo = zeroed();
+            info.ipi_spec_dst.s_addr = u32::from(v4).to_be();
+            std::ptr::write_unaligned(data as *mut libc::in_pktinfo, info);
+        }
+        space
+    }
+}
+
+/// Where transfer sockets may bind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ports {
+    /// Any ephemeral port.
+    Ephemeral,
+    /// A port in `lo..=hi` (for firewalls that open only a range).
+    Range(u16, u16),
+}
+
+/// Creates a transfer socket bound to `local` (the address the request was sent to) and
+/// connected to `peer`, so it sends only to and receives only from the client's transfer ID.
+pub(crate) fn bind_transfer(
+    local: IpAddr,
+    peer: SocketAddr,
+    ports: Ports,
+    hint: u32,
+) -> io::Result<std::net::UdpSocket> {
+    let peer = canonical(peer);
+    let local = match (local.to_canonical(), peer) {
+        (IpAddr::V6(v6), SocketAddr::V4(_)) if v6.is_unspecified() => {
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+        }
+        (IpAddr::V4(v4), SocketAddr::V6(_)) if v4.is_unspecified() => {
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+        }
+        (local, _) => local,
+    };
+    let socket = Socket::new(Domain::for_address(peer), Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_nonblocking(true)?;
+    match ports {
+        Ports::Ephemeral => socket.bind(&SocketAddr::new(local, 0).into())?,
+        Ports::Range(lo, hi) => {
+            // Start at a different port for each transfer so a busy range is not probed from
+            // its first port every time.
+            let span = u32::from(hi - lo) + 1;
+            let mut bound = false;
+            for i in 0..span {
+                let port = lo + ((hint.wrapping_add(i)) % span) as u16;
+                match socket.bind(&SocketAddr::new(local, port).into()) {
+                    Ok(()) => {
+                        bound = true;
+                        break;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::AddrInUse => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            if !bound {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    "every port of --port-range is in use",
+                ));
+            }
+        }
+    }
+    socket.connect(&peer.into())?;
+    Ok(socket.into())
+}
+
+/// Asks the kernel to cut every send on `socket` into datagrams of `segment` bytes (UDP GSO),
+/// so a window of blocks goes out in one system call. Returns false where the kernel refuses.
+pub(crate) fn enable_gso(fd: RawFd, segment: u16) -> bool {
+    let value = libc::c_int::from(segment);
+    // SAFETY: a plain setsockopt with an int payload.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_UDP,
+            UDP_SEGMENT,
+            &value as *const libc::c_int as *const libc::c_void,
+            size_of::<libc::c_int>() as libc::socklen_t,
+        ) == 0
+    }
+}
+
+fn set_opt(
+    socket: &Socket,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: a plain setsockopt with an int payload on a live descriptor.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            &value as *const libc::c_int as *const libc::c_void,
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// A v4-mapped IPv6 address (`::ffff:a.b.c.d`, what a dual-stack socket reports) as plain IPv4.
+pub(crate) fn canonical(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::V4(SocketAddrV4::new(v4, v6.port())),
+            None => addr,
+        },
+        v4 => v4,
+    }
+}
+
+fn to_v6(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V4(v4) => {
+            SocketAddr::V6(SocketAddrV6::new(v4.ip().to_ipv6_mapped(), v4.port(), 0, 0))
+        }
+        v6 => v6,
+    }
+}
