@@ -1,1 +1,4 @@
-fn main() { eprintln!("loadgen: not yet implemented"); std::process::exit(2) }
+fn main() {
+    eprintln!("loadgen: not yet implemented");
+    std::process::exit(2)
+}
