@@ -170,7 +170,10 @@ fn run(cli: Cli) -> Result<()> {
     );
 
     let signal = wait_for_signal(&signals);
-    tracing::info!(signal, "stopping: no new requests; waiting for running transfers");
+    tracing::info!(
+        signal,
+        "stopping: no new requests; waiting for running transfers"
+    );
     handle.stop();
     tracing::info!("stopped");
     Ok(())
@@ -193,9 +196,7 @@ fn block_stop_signals() -> libc::sigset_t {
 fn wait_for_signal(set: &libc::sigset_t) -> &'static str {
     let mut signal = 0;
     // SAFETY: sigwait on a set that every thread blocks.
-    unsafe {
-        while libc::sigwait(set, &mut signal) != 0 {}
-    }
+    unsafe { while libc::sigwait(set, &mut signal) != 0 {} }
     if signal == libc::SIGINT {
         "SIGINT"
     } else {

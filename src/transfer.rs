@@ -206,13 +206,18 @@ pub struct Transfer {
     deadline: Option<Instant>,
     /// Timeouts since the last progress.
     tries: u32,
+    /// The exponent of the RTO backoff: raised by each timeout, kept across progress until a
+    /// round-trip sample is taken (RFC 6298 §5.5–5.7, Karn's algorithm), so a client that slowed
+    /// down past the RTO is eventually measured instead of being sent every block several times.
+    backoff: u32,
     /// When the client last made progress (or the transfer started).
     progress_at: Instant,
     rtt: RttEstimator,
-    /// When the packets now in flight were sent, and whether any of them was sent before
-    /// (Karn's rule: an ACK for a retransmitted packet is no round-trip sample).
+    /// When the last run was sent, and the first block of it sent for the first time (0: a first
+    /// OACK, `u64::MAX`: none). Only an ACK for such a block is a round-trip sample (Karn's rule:
+    /// an ACK for a retransmitted packet is ambiguous).
     flight_at: Instant,
-    flight_clean: bool,
+    fresh_from: u64,
     stats: Stats,
     outcome: Option<Outcome>,
 }
@@ -237,10 +242,11 @@ impl Transfer {
             pending: None,
             deadline: None,
             tries: 0,
+            backoff: 0,
             progress_at: now,
             rtt: RttEstimator::new(config.rto_initial),
             flight_at: now,
-            flight_clean: true,
+            fresh_from: u64::MAX,
             stats: Stats {
                 bytes: 0,
                 blocks: 0,
@@ -261,6 +267,10 @@ impl Transfer {
 
     /// Handles a datagram from the client's transfer ID.
     pub fn handle_datagram(&mut self, now: Instant, datagram: &[u8]) {
+        if self.outcome.is_some() {
+            // Once ended, nothing is answered and the outcome stands.
+            return;
+        }
         match Packet::parse(datagram) {
             Ok(Packet::Ack { block }) => self.handle_ack(now, block),
             Ok(Packet::Error { code, .. }) => self.handle_error(now, code),
@@ -284,7 +294,7 @@ impl Transfer {
             // Only ACK 0 answers an OACK; anything else is a stray from another life.
             if block == 0 {
                 self.oack = false;
-                self.progress(now);
+                self.progress(now, 0);
                 self.pending = Some(self.window(false));
             }
             return;
@@ -299,7 +309,7 @@ impl Transfer {
                 .map(|b| self.block_len(b) as u64)
                 .sum::<u64>();
             self.acked = block;
-            self.progress(now);
+            self.progress(now, block);
             if self.acked == self.last {
                 self.finish(now, Outcome::Complete);
             } else {
@@ -325,7 +335,6 @@ impl Transfer {
     /// Handles an ERROR from the client: the transfer ends quietly (RFC 1350 §7).
     pub fn handle_error(&mut self, now: Instant, code: ErrorCode) {
         if self.outcome.is_none() {
-            self.pending = None;
             self.finish(now, Outcome::Cancelled(code));
         }
     }
@@ -339,11 +348,11 @@ impl Transfer {
             return;
         }
         if self.tries >= self.config.retries {
-            self.pending = None;
             self.finish(now, Outcome::TimedOut);
             return;
         }
         self.tries += 1;
+        self.backoff = (self.backoff + 1).min(16);
         self.deadline = None;
         self.pending = Some(if self.oack {
             Transmit::Oack
@@ -365,18 +374,19 @@ impl Transfer {
         let transmit = self.pending.take()?;
         match transmit {
             Transmit::Oack => {
+                let first = self.tries == 0;
                 self.stats.sent += 1;
-                if self.deadline_armed(now, self.tries > 0) {
-                    self.stats.retransmits += 1;
-                }
+                self.stats.retransmits += u64::from(!first);
+                self.arm(now, first.then_some(0));
             }
             Transmit::Blocks(run) => {
                 let end = run.first + u64::from(run.count) - 1;
                 let resent = self.sent.min(end).saturating_sub(run.first - 1);
+                let fresh = (end > self.sent).then(|| run.first.max(self.sent + 1));
                 self.stats.sent += u64::from(run.count);
                 self.stats.retransmits += resent;
                 self.sent = self.sent.max(end);
-                self.deadline_armed(now, resent > 0);
+                self.arm(now, fresh);
             }
             Transmit::Error { .. } => {}
         }
@@ -464,19 +474,22 @@ impl Transfer {
         })
     }
 
-    /// Arms the timer for what was just sent; returns `resent`.
-    fn deadline_armed(&mut self, now: Instant, resent: bool) -> bool {
-        if resent {
-            self.flight_clean = false;
-        } else {
-            self.flight_at = now;
-            self.flight_clean = true;
+    /// Arms the timer for what was just sent; `fresh` is the first block of it (0 for the OACK)
+    /// sent for the first time, if any.
+    fn arm(&mut self, now: Instant, fresh: Option<u64>) {
+        match fresh {
+            Some(first) => {
+                self.flight_at = now;
+                self.fresh_from = first;
+            }
+            None => self.fresh_from = u64::MAX,
         }
         let mut wait = self.base_rto();
         if self.opts.timeout.is_none() {
-            // RFC 6298 §5.5: back off exponentially while the client stays silent.
+            // RFC 6298 §5.5: back off exponentially while the client stays silent, and keep
+            // the backoff until the next sample (§5.7).
             wait = wait
-                .saturating_mul(1 << self.tries.min(16))
+                .saturating_mul(1 << self.backoff)
                 .min(self.config.rto_max);
         }
         if self.tries >= self.config.retries {
@@ -485,7 +498,6 @@ impl Transfer {
             wait = wait.max(self.config.patience.saturating_sub(silent));
         }
         self.deadline = Some(now + wait);
-        resent
     }
 
     fn base_rto(&self) -> Duration {
@@ -495,10 +507,12 @@ impl Transfer {
         }
     }
 
-    fn progress(&mut self, now: Instant) {
-        if self.flight_clean {
+    /// The client acknowledged `block` (0: the OACK), new progress.
+    fn progress(&mut self, now: Instant, block: u64) {
+        if block >= self.fresh_from {
             self.rtt
                 .sample(now.saturating_duration_since(self.flight_at));
+            self.backoff = 0;
         }
         self.tries = 0;
         self.progress_at = now;
@@ -506,12 +520,14 @@ impl Transfer {
     }
 
     fn fail(&mut self, now: Instant, code: ErrorCode, message: &'static str) {
-        self.pending = Some(Transmit::Error { code, message });
         self.finish(now, Outcome::Failed(code));
+        self.pending = Some(Transmit::Error { code, message });
     }
 
+    /// Ends the transfer; a retransmission not yet sent is dropped with the timer.
     fn finish(&mut self, now: Instant, outcome: Outcome) {
         self.outcome = Some(outcome);
+        self.pending = None;
         self.deadline = None;
         self.stats.ended = Some(now);
     }
@@ -563,5 +579,1595 @@ impl RttEstimator {
         // G, the clock granularity: the drivers' timers tick in milliseconds.
         let granularity = Duration::from_millis(1);
         (srtt + (self.rttvar * 4).max(granularity)).clamp(config.rto_min, config.rto_max)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::options::Limits;
+    use crate::packet::Options;
+
+    /// A fake clock: one base instant, captured once per test; every time is an offset from it.
+    #[derive(Clone, Copy)]
+    struct Clock(Instant);
+
+    impl Clock {
+        fn new() -> Self {
+            Self(Instant::now())
+        }
+
+        fn ms(self, ms: u64) -> Instant {
+            self.0 + Duration::from_millis(ms)
+        }
+    }
+
+    fn ms(ms: u64) -> Duration {
+        Duration::from_millis(ms)
+    }
+
+    fn negotiated(raw: &[u8]) -> Negotiated {
+        Negotiated::negotiate(&Options::parse(raw), &Limits::default(), || None).unwrap()
+    }
+
+    fn ack(block: u16) -> [u8; 4] {
+        let [hi, lo] = block.to_be_bytes();
+        [0, 4, hi, lo]
+    }
+
+    fn error(code: u16, message: &str) -> Vec<u8> {
+        let mut dgram = vec![0, 5];
+        dgram.extend_from_slice(&code.to_be_bytes());
+        dgram.extend_from_slice(message.as_bytes());
+        dgram.push(0);
+        dgram
+    }
+
+    fn blocks(first: u64, count: u16, retransmit: bool) -> Option<Transmit> {
+        Some(Transmit::Blocks(Blocks {
+            first,
+            count,
+            retransmit,
+        }))
+    }
+
+    /// Everything `poll_transmit` has to send at `now`.
+    fn drain(t: &mut Transfer, now: Instant) -> Vec<Transmit> {
+        std::iter::from_fn(|| t.poll_transmit(now)).collect()
+    }
+
+    /// Fires the timer at its deadline and returns that deadline.
+    fn fire(t: &mut Transfer) -> Instant {
+        let deadline = t.poll_timeout().expect("the timer is armed");
+        t.handle_timeout(deadline);
+        deadline
+    }
+
+    /// Asserts the transfer has ended with `outcome` and is inert.
+    fn assert_ended(t: &mut Transfer, now: Instant, outcome: Outcome) {
+        assert_eq!(t.outcome(), Some(outcome));
+        assert_eq!(t.poll_transmit(now), None);
+        assert_eq!(t.poll_timeout(), None);
+        assert!(t.stats().ended.is_some());
+    }
+
+    /// A lock-step transfer of 512-byte blocks without options: DATA 1 is sent at once.
+    fn lockstep(c: Clock, len: u64, config: Config) -> Transfer {
+        let mut t = Transfer::new(c.ms(0), Negotiated::DEFAULT, len, config);
+        assert_eq!(t.poll_transmit(c.ms(0)), blocks(1, 1, false));
+        t
+    }
+
+    #[test]
+    fn oack_is_retransmitted_with_backoff_until_ack_0_then_data_1() {
+        let c = Clock::new();
+        let mut t = Transfer::new(
+            c.ms(0),
+            negotiated(b"blksize\x001024\x00"),
+            5000,
+            Config::default(),
+        );
+        assert_eq!(t.poll_transmit(c.ms(0)), Some(Transmit::Oack));
+        assert_eq!(t.poll_transmit(c.ms(0)), None);
+        let mut buf = [0; 64];
+        let n = t.emit_oack(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"\x00\x06blksize\x001024\x00");
+        assert_eq!(t.poll_timeout(), Some(c.ms(1000)));
+        // Early timer calls do nothing.
+        t.handle_timeout(c.ms(999));
+        assert_eq!(t.poll_transmit(c.ms(999)), None);
+        // 1 s, then 2 s, then 4 s.
+        assert_eq!(fire(&mut t), c.ms(1000));
+        assert_eq!(t.poll_transmit(c.ms(1000)), Some(Transmit::Oack));
+        assert_eq!(t.poll_timeout(), Some(c.ms(3000)));
+        assert_eq!(fire(&mut t), c.ms(3000));
+        assert_eq!(t.poll_transmit(c.ms(3000)), Some(Transmit::Oack));
+        assert_eq!(t.poll_timeout(), Some(c.ms(7000)));
+        // Only ACK 0 answers an OACK.
+        t.handle_datagram(c.ms(3500), &ack(1));
+        assert_eq!(t.poll_transmit(c.ms(3500)), None);
+        assert_eq!(t.poll_timeout(), Some(c.ms(7000)));
+        t.handle_datagram(c.ms(3500), &ack(0));
+        assert_eq!(t.poll_transmit(c.ms(3500)), blocks(1, 1, false));
+        assert_eq!(t.poll_transmit(c.ms(3500)), None);
+        assert!(t.poll_timeout().unwrap() > c.ms(3500));
+        assert_eq!((t.stats().sent, t.stats().retransmits), (4, 2));
+        // A late copy of ACK 0 is a duplicate.
+        let deadline = t.poll_timeout();
+        t.handle_datagram(c.ms(3600), &ack(0));
+        assert_eq!(t.poll_transmit(c.ms(3600)), None);
+        assert_eq!(t.poll_timeout(), deadline);
+        assert_eq!(t.outcome(), None);
+    }
+
+    #[test]
+    fn without_options_data_1_goes_at_once() {
+        let c = Clock::new();
+        let mut t = Transfer::new(c.ms(0), Negotiated::DEFAULT, 1300, Config::default());
+        assert!(!t.options().has_oack());
+        assert_eq!(t.poll_transmit(c.ms(0)), blocks(1, 1, false));
+        assert_eq!(t.poll_transmit(c.ms(0)), None);
+        assert_eq!(t.poll_timeout(), Some(c.ms(1000)));
+        // A stray ACK 0 is no answer to an OACK that was never sent.
+        t.handle_datagram(c.ms(5), &ack(0));
+        assert_eq!(t.poll_transmit(c.ms(5)), None);
+        t.handle_datagram(c.ms(10), &ack(1));
+        assert_eq!(t.poll_transmit(c.ms(10)), blocks(2, 1, false));
+        assert_eq!(t.stats().sent, 2);
+    }
+
+    #[test]
+    fn block_is_retransmitted_after_the_rto() {
+        let c = Clock::new();
+        let mut t = lockstep(c, 4000, Config::default());
+        // Before any sample the RTO is the initial 1 s.
+        assert_eq!(t.rto(), ms(1000));
+        assert_eq!(t.poll_timeout(), Some(c.ms(1000)));
+        assert_eq!(fire(&mut t), c.ms(1000));
+        assert_eq!(t.poll_transmit(c.ms(1000)), blocks(1, 1, true));
+        assert_eq!(t.stats().retransmits, 1);
+        // ACK 1 after the retransmission; then a clean 100 ms round trip sets the RTO to
+        // SRTT + 4 RTTVAR = 100 + 4 * 50 = 300 ms.
+        t.handle_datagram(c.ms(1100), &ack(1));
+        assert_eq!(t.poll_transmit(c.ms(1100)), blocks(2, 1, false));
+        t.handle_datagram(c.ms(1200), &ack(2));
+        assert_eq!(t.rto(), ms(300));
+        assert_eq!(t.poll_transmit(c.ms(1200)), blocks(3, 1, false));
+        assert_eq!(t.poll_timeout(), Some(c.ms(1500)));
+        t.handle_timeout(c.ms(1499));
+        assert_eq!(t.poll_transmit(c.ms(1499)), None);
+        t.handle_timeout(c.ms(1500));
+        assert_eq!(t.poll_transmit(c.ms(1500)), blocks(3, 1, true));
+        assert_eq!(t.stats().retransmits, 2);
+    }
+
+    #[test]
+    fn adaptive_timeout_backs_off_exponentially_up_to_the_ceiling() {
+        let c = Clock::new();
+        let config = Config {
+            retries: 8,
+            rto_initial: ms(100),
+            rto_max: ms(1000),
+            ..Config::default()
+        };
+        let mut t = lockstep(c, 4000, config);
+        let mut sent_at = c.ms(0);
+        let mut waits = Vec::new();
+        while t.outcome().is_none() {
+            let deadline = fire(&mut t);
+            waits.push((deadline - sent_at).as_millis());
+            sent_at = deadline;
+            drain(&mut t, deadline);
+        }
+        assert_eq!(
+            waits,
+            [100, 200, 400, 800, 1000, 1000, 1000, 1000, 1000],
+            "each wait doubles, up to rto_max"
+        );
+        assert_eq!(t.outcome(), Some(Outcome::TimedOut));
+        assert_eq!(t.stats().retransmits, 8);
+    }
+
+    #[test]
+    fn a_timeout_fixed_by_the_client_is_used_as_is() {
+        let c = Clock::new();
+        let opts = Negotiated::negotiate(
+            &Options::parse(b"timeout\x002\x00"),
+            &Limits::default(),
+            || None,
+        )
+        .unwrap();
+        assert_eq!(opts.timeout, Some(ms(2000)));
+        let mut t = Transfer::new(c.ms(0), opts, 100_000, Config::default());
+        assert_eq!(t.poll_transmit(c.ms(0)), Some(Transmit::Oack));
+        assert_eq!(t.poll_timeout(), Some(c.ms(2000)));
+        assert_eq!(fire(&mut t), c.ms(2000));
+        assert_eq!(t.poll_transmit(c.ms(2000)), Some(Transmit::Oack));
+        assert_eq!(t.poll_timeout(), Some(c.ms(4000)), "no backoff");
+        t.handle_datagram(c.ms(4005), &ack(0));
+        assert_eq!(t.poll_transmit(c.ms(4005)), blocks(1, 1, false));
+        assert_eq!(t.poll_timeout(), Some(c.ms(6005)));
+        // Fast round trips teach it nothing: the client's interval stands.
+        t.handle_datagram(c.ms(4010), &ack(1));
+        assert_eq!(t.rto(), ms(2000));
+        assert_eq!(t.poll_transmit(c.ms(4010)), blocks(2, 1, false));
+        let mut at = c.ms(4010);
+        for _ in 0..5 {
+            assert_eq!(t.poll_timeout(), Some(at + ms(2000)));
+            at = fire(&mut t);
+            assert_eq!(t.poll_transmit(at), blocks(2, 1, true));
+        }
+        // Five retries (the default), the last wait already past `patience`.
+        assert_eq!(t.poll_timeout(), Some(at + ms(2000)));
+        let end = fire(&mut t);
+        assert_ended(&mut t, end, Outcome::TimedOut);
+        assert_eq!(end, c.ms(4010 + 6 * 2000));
+    }
+
+    #[test]
+    fn gives_up_after_exactly_retries_retransmissions() {
+        let c = Clock::new();
+        let mut t = lockstep(c, 4000, Config::default());
+        // Waits 1, 2, 4, 4 (ceiling), 4, 4 s: five retransmissions, then the end.
+        let mut deadlines = Vec::new();
+        loop {
+            let deadline = t.poll_timeout().unwrap();
+            t.handle_timeout(deadline - ms(1));
+            assert_eq!(t.poll_transmit(deadline - ms(1)), None);
+            assert_eq!(t.outcome(), None);
+            t.handle_timeout(deadline);
+            deadlines.push(deadline);
+            if t.outcome().is_some() {
+                break;
+            }
+            assert_eq!(t.poll_transmit(deadline), blocks(1, 1, true));
+        }
+        let expected: Vec<Instant> = [1000, 3000, 7000, 11000, 15000, 19000]
+            .map(|m| c.ms(m))
+            .to_vec();
+        assert_eq!(deadlines, expected);
+        assert_ended(&mut t, c.ms(19000), Outcome::TimedOut);
+        assert_eq!((t.stats().sent, t.stats().retransmits), (6, 5));
+        assert_eq!(t.stats().ended, Some(c.ms(19000)));
+        // The end is final.
+        t.handle_datagram(c.ms(19001), &ack(1));
+        assert_ended(&mut t, c.ms(19001), Outcome::TimedOut);
+    }
+
+    #[test]
+    fn the_last_wait_is_stretched_to_patience() {
+        let c = Clock::new();
+        let config = Config {
+            retries: 3,
+            rto_initial: ms(10),
+            ..Config::default()
+        };
+        let mut t = lockstep(c, 4000, config);
+        let mut deadlines = Vec::new();
+        while t.outcome().is_none() {
+            let deadline = fire(&mut t);
+            deadlines.push(deadline);
+            drain(&mut t, deadline);
+        }
+        // 10, 20, 40 ms, then the last wait reaches 5 s of silence.
+        let expected: Vec<Instant> = [10, 30, 70, 5000].map(|m| c.ms(m)).to_vec();
+        assert_eq!(deadlines, expected);
+        assert_eq!(t.stats().retransmits, 3);
+        assert_ended(&mut t, c.ms(5000), Outcome::TimedOut);
+    }
+
+    /// Drives one lock-step block against a client that answers the first copy of each DATA
+    /// `rtt` later, firing the timer whenever it comes due first, as a driver would. Returns the
+    /// time of the ACK and the retransmissions it took.
+    fn exchange(t: &mut Transfer, now: Instant, rtt: Duration) -> (Instant, u64) {
+        let before = t.stats().retransmits;
+        let sent = drain(t, now);
+        assert!(matches!(sent[..], [Transmit::Blocks(_)]), "{sent:?}");
+        let ack_at = now + rtt;
+        while let Some(deadline) = t.poll_timeout() {
+            if deadline >= ack_at {
+                break;
+            }
+            t.handle_timeout(deadline);
+            drain(t, deadline);
+        }
+        assert_eq!(t.outcome(), None);
+        t.handle_datagram(ack_at, &ack(wire(t.acked() + 1)));
+        (ack_at, t.stats().retransmits - before)
+    }
+
+    #[test]
+    fn adaptive_timeout_converges_to_the_measured_round_trip() {
+        let c = Clock::new();
+        // Unclamped, 5 ms round trips bring the RTO down towards SRTT + G = 6 ms.
+        let config = Config {
+            rto_min: ms(1),
+            ..Config::default()
+        };
+        let mut t = lockstep(c, 512 * 1000, config);
+        t.handle_datagram(c.ms(5), &ack(1));
+        // The first sample: SRTT = 5 ms, RTTVAR = 2.5 ms.
+        assert_eq!(t.rto(), ms(15));
+        let mut now = c.ms(5);
+        let mut last = t.rto();
+        for _ in 0..60 {
+            (now, _) = exchange(&mut t, now, ms(5));
+            assert!(t.rto() <= last, "{:?} then {:?}", last, t.rto());
+            last = t.rto();
+        }
+        assert!(t.rto() >= ms(6) && t.rto() < ms(7), "{:?}", t.rto());
+
+        // With the default floor it sits at 20 ms.
+        let mut t = lockstep(c, 512 * 1000, Config::default());
+        t.handle_datagram(c.ms(5), &ack(1));
+        assert_eq!(t.rto(), ms(20));
+        let mut now = c.ms(5);
+        for _ in 0..30 {
+            (now, _) = exchange(&mut t, now, ms(5));
+            assert_eq!(t.rto(), ms(20));
+        }
+        // The client slows down to 300 ms: the early timeouts back off until an ACK comes for
+        // a block sent once, then the RTO follows the new round trip.
+        let mut retransmits = Vec::new();
+        for _ in 0..40 {
+            let r;
+            (now, r) = exchange(&mut t, now, ms(300));
+            retransmits.push(r);
+        }
+        assert!(t.rto() > ms(300), "{:?} {retransmits:?}", t.rto());
+        assert!(t.rto() < ms(400), "{:?}", t.rto());
+        assert!(
+            retransmits[5..].iter().all(|&r| r == 0),
+            "the RTO never learnt the slower round trip: {retransmits:?}"
+        );
+        assert!(retransmits.iter().sum::<u64>() <= 6, "{retransmits:?}");
+    }
+
+    #[test]
+    fn karn_no_sample_from_a_retransmitted_block_and_the_backoff_is_kept() {
+        let c = Clock::new();
+        let mut t = lockstep(c, 512 * 10, Config::default());
+        t.handle_datagram(c.ms(100), &ack(1));
+        assert_eq!(t.rto(), ms(300));
+        assert_eq!(t.poll_transmit(c.ms(100)), blocks(2, 1, false));
+        assert_eq!(fire(&mut t), c.ms(400));
+        assert_eq!(t.poll_transmit(c.ms(400)), blocks(2, 1, true));
+        // Was that ACK for the first copy (350 ms) or the second (50 ms)? Neither counts.
+        t.handle_datagram(c.ms(450), &ack(2));
+        assert_eq!(t.rto(), ms(300), "no sample after a retransmission");
+        // The backed-off timeout stays until a sample is taken (RFC 6298 §5.7).
+        assert_eq!(t.poll_transmit(c.ms(450)), blocks(3, 1, false));
+        assert_eq!(t.poll_timeout(), Some(c.ms(450 + 600)));
+        // A clean 100 ms sample: SRTT 100, RTTVAR 37.5 → 250 ms, and the backoff collapses.
+        t.handle_datagram(c.ms(550), &ack(3));
+        assert_eq!(t.rto(), ms(250));
+        assert_eq!(t.poll_transmit(c.ms(550)), blocks(4, 1, false));
+        assert_eq!(t.poll_timeout(), Some(c.ms(550 + 250)));
+    }
+
+    #[test]
+    fn karn_only_blocks_sent_once_give_a_sample_in_a_partly_resent_window() {
+        let c = Clock::new();
+        let mut t = Transfer::new(
+            c.ms(0),
+            negotiated(b"windowsize\x004\x00"),
+            512 * 40,
+            Config::default(),
+        );
+        assert_eq!(t.poll_transmit(c.ms(0)), Some(Transmit::Oack));
+        // ACK 0 for the first OACK: a 100 ms sample, RTO 300 ms.
+        t.handle_datagram(c.ms(100), &ack(0));
+        assert_eq!(t.rto(), ms(300));
+        assert_eq!(t.poll_transmit(c.ms(100)), blocks(1, 4, false));
+        // Block 3 lost: the ACK of 2 is a sample for blocks sent once (40 ms).
+        t.handle_datagram(c.ms(140), &ack(2));
+        let rto = t.rto();
+        assert_ne!(rto, ms(300));
+        // Blocks 3 and 4 go again with 5 and 6 new.
+        assert_eq!(t.poll_transmit(c.ms(140)), blocks(3, 4, false));
+        assert_eq!(t.stats().retransmits, 2);
+        // The ACK of 4, sent twice, says nothing.
+        t.handle_datagram(c.ms(150), &ack(4));
+        assert_eq!(t.rto(), rto);
+        // 5 and 6 go a second time, 7 and 8 a first: the ACK of 6 says nothing.
+        assert_eq!(t.poll_transmit(c.ms(150)), blocks(5, 4, false));
+        assert_eq!(t.stats().retransmits, 4);
+        t.handle_datagram(c.ms(160), &ack(6));
+        assert_eq!(t.rto(), rto);
+        // 7 and 8 go a second time, 9 and 10 a first: the ACK of 10 is a sample.
+        assert_eq!(t.poll_transmit(c.ms(160)), blocks(7, 4, false));
+        t.handle_datagram(c.ms(200), &ack(10));
+        assert_ne!(t.rto(), rto);
+    }
+
+    /// Runs a lock-step transfer of `len` bytes to the end with instant ACKs; returns the blocks
+    /// sent with their lengths.
+    fn run_lockstep(len: u64) -> (Transfer, Vec<(u64, usize)>) {
+        let c = Clock::new();
+        let mut t = Transfer::new(c.ms(0), Negotiated::DEFAULT, len, Config::default());
+        let mut sent = Vec::new();
+        for step in 0.. {
+            let now = c.ms(step);
+            for tx in drain(&mut t, now) {
+                let Transmit::Blocks(run) = tx else {
+                    panic!("{tx:?}")
+                };
+                for b in run.iter() {
+                    sent.push((b, t.block_len(b)));
+                    t.handle_datagram(now, &ack(Transfer::wire_block(b)));
+                }
+            }
+            if t.outcome().is_some() {
+                break;
+            }
+        }
+        assert_ended(&mut t, c.ms(99_999), Outcome::Complete);
+        (t, sent)
+    }
+
+    #[test]
+    fn the_final_block_is_short() {
+        let (mut t, sent) = run_lockstep(1300);
+        assert_eq!(sent, [(1, 512), (2, 512), (3, 276)]);
+        // Late datagrams change nothing.
+        t.handle_datagram(Instant::now(), &ack(3));
+        t.handle_datagram(Instant::now(), b"\x00\x01f\x00octet\x00");
+        assert_ended(&mut t, Instant::now(), Outcome::Complete);
+        assert_eq!(t.last_block(), 3);
+        assert_eq!((t.offset(1), t.offset(2), t.offset(3)), (0, 512, 1024));
+        assert_eq!((t.stats().bytes, t.stats().blocks), (1300, 3));
+    }
+
+    #[test]
+    fn an_exact_multiple_ends_with_an_empty_block() {
+        let (t, sent) = run_lockstep(1024);
+        assert_eq!(sent, [(1, 512), (2, 512), (3, 0)]);
+        assert_eq!((t.stats().bytes, t.stats().blocks), (1024, 3));
+    }
+
+    #[test]
+    fn an_empty_file_is_one_empty_block() {
+        let (t, sent) = run_lockstep(0);
+        assert_eq!(sent, [(1, 0)]);
+        assert!(t.is_empty());
+        assert_eq!((t.stats().bytes, t.stats().blocks), (0, 1));
+    }
+
+    #[test]
+    fn block_numbers_roll_over_past_65535() {
+        const BLOCKS: u64 = 70_000;
+        for windowsize in [1u16, 64] {
+            let c = Clock::new();
+            let raw = format!("blksize\x008\x00windowsize\x00{windowsize}\x00");
+            let len = BLOCKS * 8 - 3;
+            let mut t = Transfer::new(c.ms(0), negotiated(raw.as_bytes()), len, Config::default());
+            assert_eq!(t.last_block(), BLOCKS);
+            assert_eq!(t.poll_transmit(c.ms(0)), Some(Transmit::Oack));
+            t.handle_datagram(c.ms(1), &ack(0));
+            let mut wires = Vec::with_capacity(BLOCKS as usize);
+            let mut now = c.ms(1);
+            while t.outcome().is_none() {
+                let mut last = None;
+                for tx in drain(&mut t, now) {
+                    let Transmit::Blocks(run) = tx else {
+                        panic!("{tx:?}")
+                    };
+                    assert!(!run.retransmit);
+                    wires.extend(run.iter().map(Transfer::wire_block));
+                    last = run.iter().last();
+                }
+                now += ms(1);
+                t.handle_datagram(now, &ack(Transfer::wire_block(last.unwrap())));
+            }
+            assert_ended(&mut t, now, Outcome::Complete);
+            assert_eq!(wires.len() as u64, BLOCKS);
+            assert_eq!(&wires[65533..65539], [65534, 65535, 0, 1, 2, 3]);
+            assert!(wires.iter().enumerate().all(|(i, &w)| w == (i + 1) as u16));
+            assert_eq!(
+                (t.stats().blocks, t.stats().bytes, t.stats().retransmits),
+                (BLOCKS, len, 0)
+            );
+        }
+    }
+
+    #[test]
+    fn duplicate_ack_sends_nothing_and_keeps_the_timer() {
+        let c = Clock::new();
+        let mut t = lockstep(c, 512 * 10, Config::default());
+        // The Sorcerer's Apprentice: DATA 1 is retransmitted, and both copies are ACKed.
+        assert_eq!(fire(&mut t), c.ms(1000));
+        assert_eq!(t.poll_transmit(c.ms(1000)), blocks(1, 1, true));
+        t.handle_datagram(c.ms(1010), &ack(1));
+        assert_eq!(t.poll_transmit(c.ms(1010)), blocks(2, 1, false));
+        let deadline = t.poll_timeout();
+        let sent = t.stats().sent;
+        for at in [1020, 1030, 1500] {
+            t.handle_datagram(c.ms(at), &ack(1));
+            assert_eq!(
+                t.poll_transmit(c.ms(at)),
+                None,
+                "a duplicate ACK sends nothing"
+            );
+            assert_eq!(t.poll_timeout(), deadline, "nor moves the timer");
+        }
+        assert_eq!(t.stats().sent, sent);
+        assert_eq!(t.outcome(), None);
+        // With a window the duplicate of the window's end is just as inert.
+        let mut t = Transfer::new(
+            c.ms(0),
+            negotiated(b"windowsize\x004\x00"),
+            512 * 20,
+            Config::default(),
+        );
+        drain(&mut t, c.ms(0));
+        t.handle_datagram(c.ms(1), &ack(0));
+        assert_eq!(t.poll_transmit(c.ms(1)), blocks(1, 4, false));
+        t.handle_datagram(c.ms(2), &ack(4));
+        assert_eq!(t.poll_transmit(c.ms(2)), blocks(5, 4, false));
+        let deadline = t.poll_timeout();
+        t.handle_datagram(c.ms(3), &ack(4));
+        t.handle_datagram(c.ms(3), &ack(0));
+        assert_eq!(t.poll_transmit(c.ms(3)), None);
+        assert_eq!(t.poll_timeout(), deadline);
+    }
+
+    #[test]
+    fn stale_acks_are_ignored_even_across_the_rollover() {
+        let c = Clock::new();
+        let mut t = lockstep(c, 512 * 100, Config::default());
+        for b in 1..=10u16 {
+            t.handle_datagram(c.ms(u64::from(b)), &ack(b));
+            drain(&mut t, c.ms(u64::from(b)));
+        }
+        assert_eq!(t.acked(), 10);
+        let deadline = t.poll_timeout();
+        // Anything up to half the sequence space behind the last ACK is the past.
+        for stale in [3, 0, 9, 10, 10u16.wrapping_sub(0x7fff)] {
+            t.handle_datagram(c.ms(20), &ack(stale));
+            assert_eq!(t.poll_transmit(c.ms(20)), None, "ACK {stale}");
+            assert_eq!(t.poll_timeout(), deadline);
+        }
+        assert_eq!(t.outcome(), None);
+
+        // Past the rollover, ACK 65535 (absolute 65535) is behind absolute 65537 (wire 1).
+        let raw = b"blksize\x008\x00windowsize\x0064\x00";
+        let mut t = Transfer::new(c.ms(0), negotiated(raw), 8 * 70_000, Config::default());
+        drain(&mut t, c.ms(0));
+        t.handle_datagram(c.ms(0), &ack(0));
+        while t.acked() < 65537 {
+            let run = match drain(&mut t, c.ms(0))[..] {
+                [Transmit::Blocks(run)] => run,
+                ref other => panic!("{other:?}"),
+            };
+            let to = (run.first + u64::from(run.count) - 1).min(65537);
+            t.handle_datagram(c.ms(0), &ack(wire(to)));
+        }
+        assert_eq!(t.poll_transmit(c.ms(0)), blocks(65538, 64, false));
+        for stale in [65535, 65534, 0, 1] {
+            t.handle_datagram(c.ms(1), &ack(stale));
+            assert_eq!(t.poll_transmit(c.ms(1)), None, "ACK {stale}");
+        }
+        assert_eq!(t.outcome(), None);
+        // Wire 2 is absolute 65538, in flight.
+        t.handle_datagram(c.ms(1), &ack(2));
+        assert_eq!(t.acked(), 65538);
+    }
+
+    #[test]
+    fn ack_for_a_block_never_sent_is_an_error() {
+        let c = Clock::new();
+        let mut t = lockstep(c, 512 * 10, Config::default());
+        t.handle_datagram(c.ms(5), &ack(2));
+        // The ERROR must go out before the outcome shows.
+        assert_eq!(t.outcome(), None);
+        assert_eq!(
+            t.poll_transmit(c.ms(5)),
+            Some(Transmit::Error {
+                code: ErrorCode::IllegalOperation,
+                message: "Invalid request, invalid block number requested",
+            })
+        );
+        assert_ended(
+            &mut t,
+            c.ms(5),
+            Outcome::Failed(ErrorCode::IllegalOperation),
+        );
+        assert_eq!(t.stats().ended, Some(c.ms(5)));
+
+        // Past the end of the window, too.
+        let mut t = Transfer::new(
+            c.ms(0),
+            negotiated(b"windowsize\x004\x00"),
+            512 * 20,
+            Config::default(),
+        );
+        drain(&mut t, c.ms(0));
+        t.handle_datagram(c.ms(1), &ack(0));
+        assert_eq!(t.poll_transmit(c.ms(1)), blocks(1, 4, false));
+        t.handle_datagram(c.ms(2), &ack(5));
+        assert!(matches!(
+            t.poll_transmit(c.ms(2)),
+            Some(Transmit::Error {
+                code: ErrorCode::IllegalOperation,
+                ..
+            })
+        ));
+        assert_ended(
+            &mut t,
+            c.ms(2),
+            Outcome::Failed(ErrorCode::IllegalOperation),
+        );
+    }
+
+    #[test]
+    fn error_from_the_client_cancels_quietly() {
+        let c = Clock::new();
+        let mut t = lockstep(c, 512 * 10, Config::default());
+        t.handle_datagram(c.ms(5), &ack(1));
+        drain(&mut t, c.ms(5));
+        t.handle_datagram(c.ms(7), &error(0, "user cancelled"));
+        assert_ended(&mut t, c.ms(7), Outcome::Cancelled(ErrorCode::Undefined));
+        assert_eq!(t.stats().ended, Some(c.ms(7)));
+        // Nothing revives it, nor turns it into a failure: an ERROR is never answered.
+        t.handle_datagram(c.ms(8), &ack(2));
+        t.handle_datagram(c.ms(8), b"\x00\x03\x00\x02data");
+        assert_eq!(t.poll_transmit(c.ms(8)), None);
+        t.handle_timeout(c.ms(100_000));
+        t.abort(c.ms(9), ErrorCode::Undefined, "late");
+        assert_ended(&mut t, c.ms(9), Outcome::Cancelled(ErrorCode::Undefined));
+    }
+
+    #[test]
+    fn error_8_after_the_oack_is_an_edk2_size_probe() {
+        let c = Clock::new();
+        let opts = Negotiated::negotiate(
+            &Options::parse(b"tsize\x000\x00blksize\x001468\x00windowsize\x004\x00"),
+            &Limits::default(),
+            || Some(123_456),
+        )
+        .unwrap();
+        let mut t = Transfer::new(c.ms(0), opts, 123_456, Config::default());
+        assert_eq!(t.poll_transmit(c.ms(0)), Some(Transmit::Oack));
+        let mut buf = [0; 128];
+        let n = t.emit_oack(&mut buf).unwrap();
+        assert_eq!(
+            &buf[..n],
+            b"\x00\x06tsize\x00123456\x00blksize\x001468\x00windowsize\x004\x00"
+        );
+        t.handle_datagram(c.ms(3), &error(8, "tsize only"));
+        assert_ended(
+            &mut t,
+            c.ms(3),
+            Outcome::Cancelled(ErrorCode::OptionRefused),
+        );
+        assert_eq!(t.stats().sent, 1);
+    }
+
+    #[test]
+    fn anything_but_ack_or_error_fails_the_transfer_and_garbage_is_dropped() {
+        let c = Clock::new();
+        let mut t = lockstep(c, 512 * 10, Config::default());
+        let deadline = t.poll_timeout();
+        for garbage in [
+            &b""[..],
+            b"\x00",
+            b"\x00\x04",
+            b"\x00\x09ab",
+            b"\x00\x05\x00\x01x",
+        ] {
+            t.handle_datagram(c.ms(1), garbage);
+            assert_eq!(t.poll_transmit(c.ms(1)), None, "{garbage:?}");
+            assert_eq!(t.poll_timeout(), deadline);
+        }
+        t.handle_datagram(c.ms(2), b"\x00\x03\x00\x01hello");
+        assert_eq!(
+            t.poll_transmit(c.ms(2)),
+            Some(Transmit::Error {
+                code: ErrorCode::IllegalOperation,
+                message: "Illegal TFTP operation: only ACK and ERROR are expected",
+            })
+        );
+        assert_ended(
+            &mut t,
+            c.ms(2),
+            Outcome::Failed(ErrorCode::IllegalOperation),
+        );
+    }
+
+    #[test]
+    fn windows_slide_from_the_acknowledged_block() {
+        for windowsize in [1u16, 4, 16, 64] {
+            let c = Clock::new();
+            let w = u64::from(windowsize);
+            let raw = format!("blksize\x008\x00windowsize\x00{windowsize}\x00");
+            let last = 10 * w + 3;
+            let mut t = Transfer::new(
+                c.ms(0),
+                negotiated(raw.as_bytes()),
+                8 * last - 1,
+                Config::default(),
+            );
+            assert_eq!(t.poll_transmit(c.ms(0)), Some(Transmit::Oack));
+            t.handle_datagram(c.ms(1), &ack(0));
+            assert_eq!(t.poll_transmit(c.ms(1)), blocks(1, windowsize, false));
+            assert_eq!(t.poll_transmit(c.ms(1)), None);
+            let mut expected_retransmits = 0;
+            let mut first = w + 1;
+            if w > 1 {
+                // The client lost block mid + 1: the next window starts right after `mid`,
+                // and the blocks of the last window sent again count as retransmissions.
+                let mid = w / 2;
+                t.handle_datagram(c.ms(2), &ack(wire(mid)));
+                assert_eq!(t.poll_transmit(c.ms(2)), blocks(mid + 1, windowsize, false));
+                expected_retransmits += w - mid;
+                assert_eq!(t.stats().retransmits, expected_retransmits);
+                assert_eq!(t.poll_timeout(), Some(c.ms(2) + t.rto()));
+                first = mid + w + 1;
+            }
+            // The ACK of a window's last block slides it fully.
+            t.handle_datagram(c.ms(3), &ack(wire(first - 1)));
+            assert_eq!(t.poll_transmit(c.ms(3)), blocks(first, windowsize, false));
+            assert_eq!(t.stats().retransmits, expected_retransmits);
+            // A timeout resends the window from the last ACK (RFC 7440 §4).
+            let at = fire(&mut t);
+            assert_eq!(t.poll_transmit(at), blocks(first, windowsize, true));
+            expected_retransmits += w;
+            assert_eq!(t.stats().retransmits, expected_retransmits);
+            // Full windows to the end; the final one is cut short.
+            let mut now = at;
+            loop {
+                now += ms(1);
+                let end = (first + w - 1).min(last);
+                t.handle_datagram(now, &ack(wire(end)));
+                if end == last {
+                    break;
+                }
+                first = end + 1;
+                let count = (last - end).min(w) as u16;
+                assert_eq!(t.poll_transmit(now), blocks(first, count, false));
+            }
+            assert_ended(&mut t, now, Outcome::Complete);
+            assert_eq!(t.stats().retransmits, expected_retransmits);
+            assert_eq!(t.stats().blocks, last);
+            assert_eq!(t.stats().bytes, 8 * last - 1);
+        }
+    }
+
+    #[test]
+    fn inbound_classifies_what_the_main_port_receives() {
+        let Inbound::Read(req) =
+            inbound(b"\x00\x01boot/pxelinux.0\x00octet\x00blksize\x001468\x00")
+        else {
+            panic!("an RRQ starts a transfer")
+        };
+        assert_eq!(req.filename, "boot/pxelinux.0");
+        assert_eq!(req.options.get("blksize"), Some(&b"1468"[..]));
+        let reject = |dgram: &[u8]| match inbound(dgram) {
+            Inbound::Reject { code, .. } => code,
+            other => panic!("{dgram:?}: {other:?}"),
+        };
+        assert_eq!(
+            reject(b"\x00\x02upload\x00octet\x00"),
+            ErrorCode::AccessViolation
+        );
+        for wrong_port in [
+            &b"\x00\x03\x00\x01data"[..],
+            b"\x00\x04\x00\x01",
+            b"\x00\x06blksize\x00512\x00",
+        ] {
+            assert_eq!(reject(wrong_port), ErrorCode::IllegalOperation);
+        }
+        assert_eq!(reject(b"\x00\x09whatever"), ErrorCode::IllegalOperation);
+        assert_eq!(
+            reject(b"\x00\x04"),
+            ErrorCode::IllegalOperation,
+            "truncated"
+        );
+        assert_eq!(reject(b"\x00\x01f\x00mail\x00"), ErrorCode::Undefined);
+        assert_eq!(
+            reject(b"\x00\x01a\x1bb\x00octet\x00"),
+            ErrorCode::AccessViolation
+        );
+        assert_eq!(inbound(b"\x00\x05\x00\x01oops\x00"), Inbound::Ignore);
+        assert_eq!(inbound(b""), Inbound::Ignore);
+        assert_eq!(inbound(b"\x01"), Inbound::Ignore);
+    }
+
+    #[test]
+    fn stats_count_what_was_sent_and_acknowledged() {
+        let c = Clock::new();
+        let mut t = Transfer::new(
+            c.ms(0),
+            negotiated(b"blksize\x00512\x00"),
+            1300,
+            Config::default(),
+        );
+        assert_eq!(t.poll_transmit(c.ms(0)), Some(Transmit::Oack));
+        t.handle_datagram(c.ms(10), &ack(0));
+        assert_eq!(t.poll_transmit(c.ms(10)), blocks(1, 1, false));
+        t.handle_datagram(c.ms(20), &ack(1));
+        assert_eq!((t.stats().bytes, t.stats().blocks), (512, 1));
+        assert_eq!(t.stats().duration(c.ms(25)), ms(25));
+        assert_eq!(t.poll_transmit(c.ms(20)), blocks(2, 1, false));
+        let at = fire(&mut t);
+        assert_eq!(t.poll_transmit(at), blocks(2, 1, true));
+        t.handle_datagram(at + ms(10), &ack(2));
+        assert_eq!(t.poll_transmit(at + ms(10)), blocks(3, 1, false));
+        t.handle_datagram(at + ms(20), &ack(3));
+        assert_ended(&mut t, at + ms(20), Outcome::Complete);
+        let stats = *t.stats();
+        assert_eq!(
+            (stats.bytes, stats.blocks, stats.sent, stats.retransmits),
+            (1300, 3, 5, 1)
+        );
+        assert_eq!(stats.started, c.ms(0));
+        assert_eq!(stats.ended, Some(at + ms(20)));
+        assert_eq!(stats.duration(at + ms(99_999)), at + ms(20) - c.ms(0));
+    }
+
+    #[test]
+    fn abort_sends_an_error_then_fails() {
+        let c = Clock::new();
+        let mut t = lockstep(c, 512 * 10, Config::default());
+        t.handle_datagram(c.ms(5), &ack(1));
+        // The driver aborts before it sends the block it could not read.
+        t.abort(c.ms(5), ErrorCode::Undefined, "Short read");
+        assert_eq!(t.outcome(), None);
+        assert_eq!(
+            drain(&mut t, c.ms(5)),
+            [Transmit::Error {
+                code: ErrorCode::Undefined,
+                message: "Short read",
+            }]
+        );
+        assert_ended(&mut t, c.ms(5), Outcome::Failed(ErrorCode::Undefined));
+        t.abort(c.ms(6), ErrorCode::DiskFull, "again");
+        assert_ended(&mut t, c.ms(6), Outcome::Failed(ErrorCode::Undefined));
+    }
+
+    #[test]
+    fn completion_discards_a_retransmission_not_yet_sent() {
+        let c = Clock::new();
+        let mut t = lockstep(c, 100, Config::default());
+        // The timer fires, and the ACK arrives before the driver sent the retransmission.
+        fire(&mut t);
+        t.handle_datagram(c.ms(1001), &ack(1));
+        assert_ended(&mut t, c.ms(1001), Outcome::Complete);
+        assert_eq!(t.stats().sent, 1);
+    }
+
+    /// A lossy in-memory link between the server [`Transfer`] and a simulated RFC 1350/7440
+    /// reader, on a virtual clock that jumps to the earliest wake-up (in the style of
+    /// quinn-proto's `Pair`).
+    mod sim {
+        use std::cmp::Reverse;
+        use std::collections::{BinaryHeap, VecDeque};
+
+        use super::super::*;
+        use crate::options::Limits;
+        use crate::packet::{self, Options};
+
+        /// xorshift64* (Vigna 2014): enough randomness for a link model, without a dependency.
+        pub struct Rng(u64);
+
+        impl Rng {
+            pub fn new(seed: u64) -> Self {
+                Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+            }
+
+            pub fn next_u64(&mut self) -> u64 {
+                let mut x = self.0;
+                x ^= x >> 12;
+                x ^= x << 25;
+                x ^= x >> 27;
+                self.0 = x;
+                x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+            }
+
+            /// True with probability `p`.
+            pub fn chance(&mut self, p: f64) -> bool {
+                p > 0.0 && ((self.next_u64() >> 11) as f64) / ((1u64 << 53) as f64) < p
+            }
+
+            pub fn below(&mut self, n: u64) -> u64 {
+                self.next_u64() % n.max(1)
+            }
+        }
+
+        /// What one direction of the link does to each datagram.
+        #[derive(Debug, Clone, Copy)]
+        pub struct Link {
+            pub loss: f64,
+            pub dup: f64,
+            /// The chance that a datagram is held back by up to `reorder_delay`.
+            pub reorder: f64,
+            pub latency: Duration,
+            pub reorder_delay: Duration,
+        }
+
+        impl Link {
+            pub fn lossy(loss: f64) -> Self {
+                Self {
+                    loss,
+                    dup: loss / 2.0,
+                    reorder: loss / 2.0,
+                    latency: Duration::from_millis(1),
+                    reorder_delay: Duration::from_millis(20),
+                }
+            }
+        }
+
+        /// One direction: datagrams in flight, by arrival time, then by sending order.
+        #[derive(Default)]
+        struct Wire {
+            queue: BinaryHeap<Reverse<(Instant, u64, Vec<u8>)>>,
+            seq: u64,
+        }
+
+        impl Wire {
+            fn send(&mut self, now: Instant, dgram: Vec<u8>, link: &Link, rng: &mut Rng) {
+                if rng.chance(link.loss) {
+                    return;
+                }
+                let copies = if rng.chance(link.dup) { 2 } else { 1 };
+                for _ in 0..copies {
+                    let mut at = now + link.latency;
+                    if rng.chance(link.reorder) {
+                        let max = link.reorder_delay.as_micros() as u64;
+                        at += Duration::from_micros(rng.below(max + 1));
+                    }
+                    self.seq += 1;
+                    self.queue.push(Reverse((at, self.seq, dgram.clone())));
+                }
+            }
+
+            fn next_arrival(&self) -> Option<Instant> {
+                self.queue.peek().map(|Reverse((at, _, _))| *at)
+            }
+
+            fn pop(&mut self) -> Vec<u8> {
+                self.queue.pop().expect("a datagram is due").0 .2
+            }
+
+            fn is_empty(&self) -> bool {
+                self.queue.is_empty()
+            }
+        }
+
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum ClientState {
+            /// Waiting for the OACK (options asked) or DATA 1.
+            Waiting,
+            Receiving,
+            /// Got the final block; re-ACKs it if it comes again, until then.
+            Dallying(Instant),
+            Done,
+            Failed(&'static str),
+        }
+
+        /// A reader as RFC 1350 and RFC 7440 describe it.
+        pub struct Client {
+            blksize: usize,
+            windowsize: u64,
+            /// Whether the request asked options, so that an OACK must come first.
+            options: bool,
+            tsize: Option<u64>,
+            timeout: Duration,
+            retries: u32,
+            dally: Duration,
+            pub state: ClientState,
+            pub file: Vec<u8>,
+            /// The highest block received in order (absolute).
+            pos: u64,
+            /// The block of the last ACK sent (absolute).
+            last_ack: Option<u64>,
+            /// Blocks received in order since the last ACK.
+            since_ack: u64,
+            /// Whether the gap after `pos` was already reported.
+            gap_acked: bool,
+            timer: Option<Instant>,
+            tries: u32,
+            outbox: VecDeque<Vec<u8>>,
+            pub acks: u64,
+        }
+
+        impl Client {
+            fn new(blksize: u16, windowsize: u16, options: bool, tsize: Option<u64>) -> Self {
+                Self {
+                    blksize: usize::from(blksize),
+                    windowsize: u64::from(windowsize),
+                    options,
+                    tsize,
+                    timeout: Duration::from_secs(1),
+                    retries: 30,
+                    dally: Duration::from_secs(60),
+                    state: ClientState::Waiting,
+                    file: Vec::new(),
+                    pos: 0,
+                    last_ack: None,
+                    since_ack: 0,
+                    gap_acked: false,
+                    timer: None,
+                    tries: 0,
+                    outbox: VecDeque::new(),
+                    acks: 0,
+                }
+            }
+
+            fn start(&mut self, now: Instant) {
+                // The RRQ itself is implicit: the server transfer exists already.
+                self.timer = Some(now + self.timeout);
+            }
+
+            fn poll_timeout(&self) -> Option<Instant> {
+                match self.state {
+                    ClientState::Dallying(until) => Some(until),
+                    ClientState::Done | ClientState::Failed(_) => None,
+                    _ => self.timer,
+                }
+            }
+
+            fn send_ack(&mut self, now: Instant, block: u64) {
+                let [hi, lo] = (block as u16).to_be_bytes();
+                self.outbox.push_back(vec![0, 4, hi, lo]);
+                self.acks += 1;
+                self.last_ack = Some(block);
+                self.since_ack = 0;
+                if !matches!(self.state, ClientState::Dallying(_)) {
+                    self.timer = Some(now + self.timeout);
+                }
+            }
+
+            fn handle_datagram(&mut self, now: Instant, dgram: &[u8]) {
+                if matches!(self.state, ClientState::Done | ClientState::Failed(_)) {
+                    return;
+                }
+                match Packet::parse(dgram).expect("the server sends well-formed packets") {
+                    Packet::Oack(opts) => {
+                        assert!(self.options, "an OACK for a request without options");
+                        if self.pos > 0 {
+                            // A late copy: the transfer is under way.
+                            return;
+                        }
+                        let get = |name| {
+                            opts.get(name)
+                                .map(|v| std::str::from_utf8(v).unwrap().parse::<u64>().unwrap())
+                        };
+                        assert_eq!(get("blksize").unwrap_or(512), self.blksize as u64);
+                        assert_eq!(get("windowsize").unwrap_or(1), self.windowsize);
+                        assert_eq!(get("tsize"), self.tsize);
+                        self.state = ClientState::Receiving;
+                        self.tries = 0;
+                        self.send_ack(now, 0);
+                    }
+                    Packet::Data { block, data } => self.data(now, block, data),
+                    Packet::Error { .. } => self.state = ClientState::Failed("ERROR from server"),
+                    other => panic!("a reader never gets {other:?}"),
+                }
+            }
+
+            fn data(&mut self, now: Instant, wire_block: u16, data: &[u8]) {
+                assert!(
+                    !self.options || self.last_ack.is_some(),
+                    "DATA before the OACK was acknowledged"
+                );
+                let dallying = matches!(self.state, ClientState::Dallying(_));
+                // Unwrap the 16-bit number around the next expected block.
+                let delta = wire_block.wrapping_sub((self.pos + 1) as u16) as i16;
+                let abs = (self.pos + 1).checked_add_signed(i64::from(delta)).unwrap();
+                if abs == self.pos + 1 && !dallying {
+                    assert!(data.len() <= self.blksize, "oversized block {abs}");
+                    let offset = (abs - 1) as usize * self.blksize;
+                    self.file.resize(offset + data.len(), 0);
+                    self.file[offset..].copy_from_slice(data);
+                    self.state = ClientState::Receiving;
+                    self.pos = abs;
+                    self.since_ack += 1;
+                    self.gap_acked = false;
+                    self.tries = 0;
+                    if data.len() < self.blksize {
+                        self.send_ack(now, abs);
+                        self.state = ClientState::Dallying(now + self.dally);
+                        self.timer = None;
+                    } else if self.since_ack >= self.windowsize {
+                        self.send_ack(now, abs);
+                    } else {
+                        self.timer = Some(now + self.timeout);
+                    }
+                } else if abs > self.pos {
+                    assert!(!dallying, "DATA {abs} past the final block {}", self.pos);
+                    // RFC 7440 §4: report a sequence error with the last block in order, once.
+                    if !self.gap_acked {
+                        self.gap_acked = true;
+                        self.send_ack(now, self.pos);
+                    }
+                } else if Some(abs) == self.last_ack {
+                    // The server did not hear that ACK: say again where we are.
+                    self.send_ack(now, self.pos);
+                }
+            }
+
+            fn handle_timeout(&mut self, now: Instant) {
+                match self.state {
+                    ClientState::Dallying(until) if now >= until => self.state = ClientState::Done,
+                    ClientState::Waiting | ClientState::Receiving
+                        if self.timer.is_some_and(|t| now >= t) =>
+                    {
+                        self.tries += 1;
+                        if self.tries > self.retries {
+                            self.state = ClientState::Failed("client gave up");
+                        } else if self.last_ack.is_some() {
+                            self.send_ack(now, self.pos);
+                        } else {
+                            self.timer = Some(now + self.timeout);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+
+        /// The file's bytes: a position hash, so a misplaced block shows.
+        pub fn pattern(len: usize) -> Vec<u8> {
+            (0..len as u64)
+                .map(|i| (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8)
+                .collect()
+        }
+
+        #[derive(Debug, Clone, Copy)]
+        pub struct Case {
+            pub loss: f64,
+            pub windowsize: u16,
+            pub blksize: u16,
+            pub len: usize,
+            pub seed: u64,
+        }
+
+        #[derive(Debug)]
+        pub struct Report {
+            pub outcome: Option<Outcome>,
+            pub client: ClientState,
+            pub identical: bool,
+            pub blocks: u64,
+            pub stats: Stats,
+            pub client_acks: u64,
+            pub steps: u64,
+            pub elapsed: Duration,
+        }
+
+        /// The server and the client, the link between them, and the virtual clock.
+        pub struct Pair {
+            pub now: Instant,
+            start: Instant,
+            pub server: Transfer,
+            pub client: Client,
+            file: Vec<u8>,
+            link: Link,
+            rng: Rng,
+            to_client: Wire,
+            to_server: Wire,
+            pub steps: u64,
+        }
+
+        impl Pair {
+            pub fn new(case: &Case) -> Self {
+                let now = Instant::now();
+                let file = pattern(case.len);
+                let mut raw = [0u8; 128];
+                let mut n = 0;
+                let mut options = false;
+                if case.blksize != 512 {
+                    packet::push_option(&mut raw, &mut n, "blksize", &case.blksize.to_string())
+                        .unwrap();
+                    options = true;
+                }
+                if case.windowsize != 1 {
+                    let w = case.windowsize.to_string();
+                    packet::push_option(&mut raw, &mut n, "windowsize", &w).unwrap();
+                    options = true;
+                }
+                if options {
+                    packet::push_option(&mut raw, &mut n, "tsize", "0").unwrap();
+                }
+                let opts =
+                    Negotiated::negotiate(&Options::parse(&raw[..n]), &Limits::default(), || {
+                        Some(case.len as u64)
+                    })
+                    .unwrap();
+                assert_eq!(opts.has_oack(), options);
+                let config = Config {
+                    retries: 10,
+                    ..Config::default()
+                };
+                let server = Transfer::new(now, opts, case.len as u64, config);
+                let mut client = Client::new(
+                    case.blksize,
+                    case.windowsize,
+                    options,
+                    options.then_some(case.len as u64),
+                );
+                client.start(now);
+                Self {
+                    now,
+                    start: now,
+                    server,
+                    client,
+                    file,
+                    link: Link::lossy(case.loss),
+                    rng: Rng::new(case.seed),
+                    to_client: Wire::default(),
+                    to_server: Wire::default(),
+                    steps: 0,
+                }
+            }
+
+            /// Plays the server's driver: sends everything the transfer asks for.
+            fn drive_server(&mut self) {
+                let now = self.now;
+                while let Some(transmit) = self.server.poll_transmit(now) {
+                    match transmit {
+                        Transmit::Oack => {
+                            let mut buf = [0; 512];
+                            let n = self.server.emit_oack(&mut buf).unwrap();
+                            let dgram = buf[..n].to_vec();
+                            self.to_client.send(now, dgram, &self.link, &mut self.rng);
+                        }
+                        Transmit::Blocks(run) => {
+                            for block in run.iter() {
+                                let mut header = [0; packet::DATA_HEADER_LEN];
+                                packet::emit_data_header(Transfer::wire_block(block), &mut header);
+                                let offset = self.server.offset(block) as usize;
+                                let len = self.server.block_len(block);
+                                let mut dgram = Vec::with_capacity(header.len() + len);
+                                dgram.extend_from_slice(&header);
+                                dgram.extend_from_slice(&self.file[offset..offset + len]);
+                                self.to_client.send(now, dgram, &self.link, &mut self.rng);
+                            }
+                        }
+                        Transmit::Error { code, message } => {
+                            let mut buf = [0; 512];
+                            let n = packet::emit_error(code, message, &mut buf).unwrap();
+                            let dgram = buf[..n].to_vec();
+                            self.to_client.send(now, dgram, &self.link, &mut self.rng);
+                        }
+                    }
+                }
+            }
+
+            fn drive_client(&mut self) {
+                while let Some(dgram) = self.client.outbox.pop_front() {
+                    self.to_server
+                        .send(self.now, dgram, &self.link, &mut self.rng);
+                }
+            }
+
+            /// Runs until the server has ended and nothing is in flight; each event (an arrival
+            /// or a timer) is one step.
+            pub fn run(&mut self, max_steps: u64, max_time: Duration) -> Report {
+                loop {
+                    self.drive_server();
+                    self.drive_client();
+                    if self.server.outcome().is_some()
+                        && self.to_client.is_empty()
+                        && self.to_server.is_empty()
+                    {
+                        break;
+                    }
+                    self.steps += 1;
+                    assert!(self.steps <= max_steps, "more than {max_steps} steps");
+                    let next = [
+                        self.to_server.next_arrival(),
+                        self.to_client.next_arrival(),
+                        self.server.poll_timeout(),
+                        self.client.poll_timeout(),
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .min()
+                    .expect("something is in flight or a timer is armed");
+                    self.now = self.now.max(next);
+                    assert!(self.now - self.start <= max_time, "over {max_time:?}");
+                    let due = |at: Option<Instant>| at.is_some_and(|at| at <= self.now);
+                    // Arrivals before timers at a tie, the earlier arrival first.
+                    let up = self.to_server.next_arrival();
+                    let down = self.to_client.next_arrival();
+                    if due(up) && (down.is_none() || up <= down) {
+                        let dgram = self.to_server.pop();
+                        // Once ended, the server's socket is closed.
+                        if self.server.outcome().is_none() {
+                            self.server.handle_datagram(self.now, &dgram);
+                        }
+                    } else if due(down) {
+                        let dgram = self.to_client.pop();
+                        self.client.handle_datagram(self.now, &dgram);
+                    } else if due(self.server.poll_timeout()) {
+                        self.server.handle_timeout(self.now);
+                    } else {
+                        self.client.handle_timeout(self.now);
+                    }
+                }
+                Report {
+                    outcome: self.server.outcome(),
+                    client: self.client.state,
+                    identical: self.client.file == self.file,
+                    blocks: self.server.last_block(),
+                    stats: *self.server.stats(),
+                    client_acks: self.client.acks,
+                    steps: self.steps,
+                    elapsed: self.now - self.start,
+                }
+            }
+        }
+    }
+
+    /// The most retransmissions a case may take: a window's worth per lost block, four times
+    /// over, plus slack for a small file.
+    fn retransmit_bound(blocks: u64, windowsize: u16, loss: f64) -> u64 {
+        (blocks as f64 * f64::from(windowsize) * (loss * 4.0 + 0.02)) as u64 + 50
+    }
+
+    /// Runs one case and checks it; returns its report and bound.
+    fn simulate(case: sim::Case) -> (sim::Report, u64) {
+        let blocks = case.len as u64 / u64::from(case.blksize) + 1;
+        let bound = retransmit_bound(blocks, case.windowsize, case.loss);
+        let max_steps = 20 * (bound + blocks) + 1000;
+        let mut pair = sim::Pair::new(&case);
+        let report = pair.run(max_steps, Duration::from_secs(3600));
+        assert_eq!(
+            report.outcome,
+            Some(Outcome::Complete),
+            "{case:?}: {report:?}"
+        );
+        assert!(
+            matches!(
+                report.client,
+                sim::ClientState::Dallying(_) | sim::ClientState::Done
+            ),
+            "{case:?}: {report:?}"
+        );
+        assert!(report.identical, "{case:?}: the file differs");
+        assert_eq!(report.stats.bytes, case.len as u64);
+        assert_eq!(report.stats.blocks, blocks);
+        assert!(
+            report.stats.retransmits <= bound,
+            "{case:?}: {} retransmits > {bound}: {report:?}",
+            report.stats.retransmits
+        );
+        if case.loss == 0.0 {
+            assert_eq!(report.stats.retransmits, 0, "{case:?}: {report:?}");
+        }
+        (report, bound)
+    }
+
+    /// The matrix at one loss rate: every window, block size and interesting file size.
+    fn simulate_matrix(loss: f64) {
+        let started = std::time::Instant::now();
+        let mut lines = Vec::new();
+        let mut worst = 0.0f64;
+        for windowsize in [1u16, 4, 16, 64] {
+            for blksize in [512u16, 1428, 8192] {
+                let b = usize::from(blksize);
+                let sizes = [0, 1, b - 1, b, b + 1, 3 * b * usize::from(windowsize) + 7];
+                let (mut min, mut max) = (u64::MAX, 0);
+                for (i, len) in sizes.into_iter().enumerate() {
+                    let seed = (loss * 1000.0) as u64 * 1_000_003
+                        + u64::from(windowsize) * 10_007
+                        + u64::from(blksize) * 101
+                        + i as u64;
+                    let case = sim::Case {
+                        loss,
+                        windowsize,
+                        blksize,
+                        len,
+                        seed,
+                    };
+                    let (report, bound) = simulate(case);
+                    let r = report.stats.retransmits;
+                    (min, max) = (min.min(r), max.max(r));
+                    worst = worst.max(r as f64 / bound as f64);
+                    if i == sizes.len() - 1 {
+                        lines.push(format!(
+                            "loss {:>4.0}% w {windowsize:>2} blksize {blksize:>4}: retransmits \
+                             {min}..={max} (largest file: {} blocks, {r} <= bound {bound}, \
+                             {} steps, {:?} virtual)",
+                            loss * 100.0,
+                            report.blocks,
+                            report.steps,
+                            report.elapsed,
+                        ));
+                    }
+                }
+            }
+        }
+        for line in &lines {
+            println!("{line}");
+        }
+        println!(
+            "loss {:.0}%: 72 cases in {:?}, worst retransmits/bound {worst:.2}",
+            loss * 100.0,
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn simulation_lossless() {
+        simulate_matrix(0.0);
+    }
+
+    #[test]
+    fn simulation_loss_1_percent() {
+        simulate_matrix(0.01);
+    }
+
+    #[test]
+    fn simulation_loss_5_percent() {
+        simulate_matrix(0.05);
+    }
+
+    #[test]
+    fn simulation_loss_20_percent() {
+        simulate_matrix(0.20);
+    }
+
+    /// More than 65536 blocks of 8 bytes: the block numbers roll over under loss.
+    fn simulate_rollover(loss: f64) {
+        let started = std::time::Instant::now();
+        let case = sim::Case {
+            loss,
+            windowsize: 16,
+            blksize: 8,
+            len: 70_000 * 8 + 5,
+            seed: 65_536 + (loss * 100.0) as u64,
+        };
+        let (report, bound) = simulate(case);
+        assert!(report.blocks > 65_536);
+        println!(
+            "rollover loss {:.0}%: {} blocks, {} retransmits <= bound {bound}, {} ACKs, {} \
+             steps, {:?} virtual, {:?} real",
+            loss * 100.0,
+            report.blocks,
+            report.stats.retransmits,
+            report.client_acks,
+            report.steps,
+            report.elapsed,
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn simulation_rollover_lossless() {
+        simulate_rollover(0.0);
+    }
+
+    #[test]
+    fn simulation_rollover_loss_5_percent() {
+        simulate_rollover(0.05);
+    }
+
+    mod props {
+        use proptest::prelude::*;
+
+        use super::super::*;
+        use super::{ack, error};
+        use crate::options::Limits;
+        use crate::packet::{self, Options};
+
+        #[derive(Debug, Clone)]
+        enum Event {
+            /// An ACK for any wire number.
+            Ack(u16),
+            /// An ACK near the last acknowledged block, where the interesting cases are.
+            AckNear(i8),
+            Error(u16),
+            /// Time passes by this many milliseconds, and the timer is handled.
+            Advance(u16),
+            /// Time jumps to the deadline, and the timer is handled.
+            Fire,
+            Datagram(Vec<u8>),
+            Drain,
+            Abort,
+        }
+
+        fn event() -> impl Strategy<Value = Event> {
+            prop_oneof![
+                2 => any::<u16>().prop_map(Event::Ack),
+                8 => (-3i8..70).prop_map(Event::AckNear),
+                1 => any::<u16>().prop_map(Event::Error),
+                2 => (0u16..3000).prop_map(Event::Advance),
+                4 => Just(Event::Fire),
+                1 => prop::collection::vec(any::<u8>(), 0..12).prop_map(Event::Datagram),
+                8 => Just(Event::Drain),
+                1 => Just(Event::Abort),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn arbitrary_events_never_panic_and_keep_the_invariants(
+                blksize in prop_oneof![Just(8u16), Just(512)],
+                windowsize in prop_oneof![Just(1u16), Just(2), Just(4), Just(64)],
+                tsize in any::<bool>(),
+                timeout in prop_oneof![Just(None), Just(Some("1")), Just(Some("0.05"))],
+                len in 0u64..3000,
+                retries in 0u32..6,
+                events in prop::collection::vec(event(), 0..300),
+            ) {
+                let mut raw = [0u8; 128];
+                let mut n = 0;
+                if blksize != 512 {
+                    packet::push_option(&mut raw, &mut n, "blksize", &blksize.to_string())
+                        .unwrap();
+                }
+                if windowsize != 1 {
+                    packet::push_option(&mut raw, &mut n, "windowsize", &windowsize.to_string())
+                        .unwrap();
+                }
+                if tsize {
+                    packet::push_option(&mut raw, &mut n, "tsize", "0").unwrap();
+                }
+                if let Some(t) = timeout {
+                    packet::push_option(&mut raw, &mut n, "timeout", t).unwrap();
+                }
+                let opts =
+                    Negotiated::negotiate(&Options::parse(&raw[..n]), &Limits::default(), || {
+                        Some(len)
+                    })
+                    .unwrap();
+                let config = Config { retries, ..Config::default() };
+                let mut now = Instant::now();
+                let mut t = Transfer::new(now, opts, len, config);
+                let mut ended: Option<Outcome> = None;
+                for event in events {
+                    match event {
+                        Event::Ack(block) => t.handle_datagram(now, &ack(block)),
+                        Event::AckNear(delta) => {
+                            let block = t.acked().saturating_add_signed(i64::from(delta));
+                            t.handle_datagram(now, &ack(wire(block)));
+                        }
+                        Event::Error(code) => t.handle_datagram(now, &error(code, "x")),
+                        Event::Advance(ms) => {
+                            now += Duration::from_millis(u64::from(ms));
+                            t.handle_timeout(now);
+                        }
+                        Event::Fire => {
+                            if let Some(deadline) = t.poll_timeout() {
+                                now = now.max(deadline);
+                                t.handle_timeout(now);
+                            }
+                        }
+                        Event::Datagram(bytes) => t.handle_datagram(now, &bytes),
+                        Event::Drain => {
+                            while let Some(transmit) = t.poll_transmit(now) {
+                                if let Transmit::Blocks(run) = transmit {
+                                    prop_assert!(run.first >= 1 && run.count >= 1);
+                                    prop_assert!(run.count <= windowsize);
+                                    prop_assert!(run.first > t.acked());
+                                    prop_assert!(run.iter().all(|b| b <= t.last_block()));
+                                }
+                            }
+                        }
+                        Event::Abort => t.abort(now, ErrorCode::Undefined, "abort"),
+                    }
+                    prop_assert!(t.acked <= t.sent && t.sent <= t.last, "{:?}", t);
+                    let stats = *t.stats();
+                    prop_assert_eq!(stats.blocks, t.acked);
+                    prop_assert_eq!(stats.bytes, len.min(t.acked * u64::from(blksize)));
+                    prop_assert!(stats.retransmits <= stats.sent);
+                    prop_assert_eq!(stats.ended.is_some(), t.outcome.is_some());
+                    match (ended, t.outcome()) {
+                        (Some(before), now_) => prop_assert_eq!(now_, Some(before)),
+                        (None, Some(outcome)) => ended = Some(outcome),
+                        (None, None) => {
+                            // Alive: something to send or a timer to wait for.
+                            prop_assert!(t.pending.is_some() || t.poll_timeout().is_some());
+                        }
+                    }
+                    if ended.is_some() {
+                        prop_assert_eq!(t.poll_transmit(now), None);
+                        prop_assert_eq!(t.poll_timeout(), None);
+                    }
+                }
+            }
+        }
     }
 }

@@ -11,7 +11,7 @@
 //! let server = serve_directory("[::]:6969".parse()?, "/srv/tftp", Config::default())?;
 //! println!("serving on {} with {}", server.local_addr(), server.backend());
 //! server.wait();
-//! # Ok::<(), std::io::Error>(())
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 mod driver;
