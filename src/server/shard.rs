@@ -167,7 +167,13 @@ fn handle<I: Io>(
     let request = match transfer::inbound(bytes) {
         Inbound::Read(request) => request,
         Inbound::Reject { code, message } => {
-            tracing::info!(%peer, code = code.to_u16(), message, "request refused");
+            if matches!(bytes, [0, 1 | 2, ..]) {
+                tracing::info!(%peer, code = code.to_u16(), message, "request refused");
+            } else {
+                // Not a request at all (tftp-hpa ACKs the ERROR that ends a failed request):
+                // worth a line only when debugging.
+                tracing::debug!(%peer, code = code.to_u16(), message, "datagram refused");
+            }
             reject(code, message);
             return;
         }
@@ -217,7 +223,10 @@ fn start<I: Io>(
         Mode::Netascii => encode_netascii(&source, shared.config.netascii_max)?,
     };
     let len = source.len();
-    let negotiated = Negotiated::negotiate(&request.options, &shared.config.limits, || Some(len))
+    // An empty file's size is left out of the OACK: RFC 2349 lets a server ignore `tsize`, and
+    // curl (through 8.x) refuses an OACK that says `tsize 0`.
+    let tsize = || (len > 0).then_some(len);
+    let negotiated = Negotiated::negotiate(&request.options, &shared.config.limits, tsize)
         .map_err(|e| (e.code(), e.message().to_owned()))?;
     let local = local.unwrap_or(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED));
     let hint = shared.port_hint.fetch_add(1, Ordering::Relaxed);
