@@ -2,14 +2,16 @@
 //! I/O backend the shard runs ([`Io`]: io_uring or the epoll fallback).
 //!
 //! It follows the drain order documented on [`crate::transfer`]: feed what happened, send what
-//! the transfer asks for, then wait for the next datagram or the retransmission timer. Blocks
-//! live in the transfer's block cache ([`Blocks`]): each is read once, straight into the buffer
-//! after its DATA header, and stays there until acknowledged, so a retransmission is a send and
-//! never a read. The next window is read while the current one is on the wire.
+//! the transfer asks for, then wait for the next datagram or the retransmission timer. The
+//! transfer's [`Window`] holds the file chunks covering the blocks in flight and the next window
+//! (read ahead while the current one is on the wire), taken from the shard's [`ChunkCache`] or
+//! read once with a fixed read; a retransmission is a send and never a read.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::RawFd;
 use std::pin::{pin, Pin};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -17,10 +19,11 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use tokio_uring::buf::fixed::FixedBuf;
-use tokio_uring::buf::{BoundedBuf, IoBuf, IoBufMut, Slice};
+use tokio_uring::buf::{IoBuf, IoBufMut};
 
+use super::cache::{header, Chunk, ChunkCache, Lookup, Piece, CHUNK};
 use crate::packet::{self, ErrorCode, Mode, DATA_HEADER_LEN};
-use crate::resolve::ReadAt;
+use crate::resolve::{FileId, ReadAt};
 use crate::transfer::{Outcome, Transfer, Transmit};
 
 /// Datagrams in one GSO send: the kernel's UDP_MAX_SEGMENTS is 64 on older kernels.
@@ -42,19 +45,19 @@ pub(crate) trait Io: 'static {
     fn socket(&self, socket: std::net::UdpSocket) -> io::Result<Self::Socket>;
     /// Adopts an open file.
     fn file(&self, file: std::fs::File) -> Self::File;
-    /// A buffer of at least `capacity` bytes: registered where the backend has one spare.
-    fn buffer(&self, capacity: usize) -> BlockBuf;
+    /// A buffer of [`CHUNK`] bytes for file data: registered where the backend has one spare.
+    fn chunk_buffer(&self) -> BlockBuf;
     /// Receives one datagram. The future must be kept until it completes (never dropped early):
     /// with io_uring a dropped receive stays armed and swallows the next datagram.
     fn recv(
         socket: &Self::Socket,
         buf: Vec<u8>,
     ) -> impl Future<Output = (io::Result<usize>, Vec<u8>)>;
-    /// Sends `bufs` back to back in one message (one datagram each where GSO is enabled).
+    /// Sends `pieces` as one message (cut into datagrams by GSO where the socket has it set).
     fn send(
         socket: &Self::Socket,
-        bufs: Vec<Slice<BlockBuf>>,
-    ) -> impl Future<Output = (io::Result<usize>, Vec<Slice<BlockBuf>>)>;
+        pieces: Vec<Piece>,
+    ) -> impl Future<Output = (io::Result<usize>, Vec<Piece>)>;
     /// Reads file bytes at `offset` into `buf[begin..end]`.
     fn read(
         file: &Self::File,
@@ -65,11 +68,13 @@ pub(crate) trait Io: 'static {
     ) -> impl Future<Output = (io::Result<usize>, BlockBuf)>;
     /// Shuts the socket down so a receive still armed completes and releases it.
     fn close(socket: &Self::Socket);
-    /// The raw descriptor, for socket options.
-    fn raw_fd(socket: &Self::Socket) -> std::os::fd::RawFd;
+    /// The socket's raw descriptor, for socket options.
+    fn raw_fd(socket: &Self::Socket) -> RawFd;
+    /// The file's raw descriptor, to check it has not changed.
+    fn file_fd(file: &Self::File) -> RawFd;
 }
 
-/// A block buffer: registered with the ring (fixed reads) or plain heap memory.
+/// A data buffer: registered with the ring (fixed reads) or plain heap memory.
 pub(crate) enum BlockBuf {
     /// A registered buffer from the shard's pool.
     Fixed(FixedBuf),
@@ -128,22 +133,14 @@ unsafe impl IoBufMut for BlockBuf {
     }
 }
 
-impl BlockBuf {
-    fn as_mut_slice(&mut self) -> &mut [u8] {
-        match self {
-            Self::Fixed(b) => &mut b[..],
-            Self::Heap(v) => &mut v[..],
-        }
-    }
-}
-
 /// Where a transfer's bytes come from.
 pub(crate) enum Data<F> {
-    /// An open file, read by the backend (fixed reads under io_uring).
-    File(F),
-    /// Bytes in memory (generated per client, or a netascii encoding).
+    /// An open file, read by the backend (fixed reads under io_uring), and what it was when
+    /// opened.
+    File(F, FileId),
+    /// Bytes in memory (generated per client, or a netascii encoding), sent without a copy.
     Memory(Arc<[u8]>),
-    /// Any other source, read synchronously.
+    /// Any other source, read synchronously into private chunks.
     Custom(Box<dyn ReadAt>),
 }
 
@@ -164,21 +161,26 @@ pub(crate) enum End {
     Unreachable,
 }
 
+/// What a transfer task needs from its shard.
+pub(crate) struct Context<I: Io> {
+    pub io: Rc<I>,
+    pub cache: Rc<ChunkCache>,
+}
+
 /// Runs one transfer to its end.
 pub(crate) async fn run<I: Io>(
-    io: Rc<I>,
+    cx: Context<I>,
     socket: I::Socket,
     data: Data<I::File>,
     mut t: Transfer,
 ) -> (End, Transfer) {
     let blksize = usize::from(t.options().blksize);
-    let window = usize::from(t.options().windowsize.max(1));
+    let window = u64::from(t.options().windowsize.max(1));
     let mut gso = window > 1
-        && I::raw_fd(&socket) >= 0
         && super::socket::enable_gso(I::raw_fd(&socket), (DATA_HEADER_LEN + blksize) as u16);
-    let mut cache = Blocks::new(window, DATA_HEADER_LEN + blksize);
-    let mut batch: Vec<Slice<BlockBuf>> = Vec::with_capacity(window.min(GSO_SEGMENTS_MAX));
-    let mut scratch = vec![0u8; 512];
+    let mut chunks = Window::default();
+    let mut pieces: Vec<Piece> = Vec::new();
+    let mut scratch = [0u8; 512];
 
     let mut recv = pin!(I::recv(&socket, vec![0; RECV_BUF]));
     let end = 'transfer: loop {
@@ -186,28 +188,36 @@ pub(crate) async fn run<I: Io>(
         while let Some(transmit) = t.poll_transmit(now) {
             let result = match transmit {
                 Transmit::Oack => match t.emit_oack(&mut scratch) {
-                    Ok(n) => send_bytes::<I>(&io, &socket, &scratch[..n]).await,
+                    Ok(n) => send_packet::<I>(&socket, &scratch[..n]).await,
                     Err(_) => Ok(()),
                 },
                 Transmit::Error { code, message } => {
                     let n = packet::emit_error(code, message, &mut scratch).unwrap_or(0);
                     // The transfer is over whatever happens to this datagram.
-                    let _ = send_bytes::<I>(&io, &socket, &scratch[..n]).await;
+                    let _ = send_packet::<I>(&socket, &scratch[..n]).await;
                     Ok(())
                 }
                 Transmit::Blocks(run) => {
                     let last = run.first + u64::from(run.count) - 1;
-                    if let Err(e) = cache.load(&*io, &data, &t, last).await {
+                    let loaded = chunks.load(&cx, &data, &t, last).await;
+                    // Never let a client finish a file that changed under it: what it got may
+                    // mix two versions.
+                    let loaded = loaded.and_then(|()| match last == t.last_block() {
+                        true => unchanged::<I>(&data),
+                        false => Ok(()),
+                    });
+                    if let Err(e) = loaded {
                         t.abort(Instant::now(), e.code, e.message);
                         continue;
                     }
                     send_blocks::<I>(
                         &socket,
-                        &mut cache,
-                        &mut batch,
+                        &chunks,
+                        &data,
+                        &t,
+                        &mut pieces,
                         run.iter(),
                         &mut gso,
-                        blksize,
                     )
                     .await
                 }
@@ -224,8 +234,8 @@ pub(crate) async fn run<I: Io>(
             break End::Outcome(outcome);
         }
         // Read the next window ahead while this one is on the wire.
-        let ahead = (t.acked() + 2 * window as u64).min(t.last_block());
-        if let Err(e) = cache.load(&*io, &data, &t, ahead).await {
+        let ahead = (t.acked() + 2 * window).min(t.last_block());
+        if let Err(e) = chunks.load(&cx, &data, &t, ahead).await {
             // A failed read-ahead is reported when (if) that block is needed.
             tracing::debug!(message = e.message, "read-ahead failed");
         }
@@ -251,62 +261,72 @@ pub(crate) async fn run<I: Io>(
     (end, t)
 }
 
-async fn send_bytes<I: Io>(io: &I, socket: &I::Socket, bytes: &[u8]) -> io::Result<()> {
-    let mut buf = io.buffer(bytes.len());
-    buf.as_mut_slice()[..bytes.len()].copy_from_slice(bytes);
-    let (result, _) = I::send(socket, vec![buf.slice(0..bytes.len())]).await;
+/// Sends one small packet (OACK, ERROR).
+async fn send_packet<I: Io>(socket: &I::Socket, bytes: &[u8]) -> io::Result<()> {
+    let (result, _) = I::send(socket, vec![Piece::Owned(bytes.to_vec())]).await;
     result.map(drop)
 }
 
-/// Sends blocks from the cache: several per system call with GSO, else one each.
+/// Sends a run of blocks: several per system call with GSO, else one each.
 async fn send_blocks<I: Io>(
     socket: &I::Socket,
-    cache: &mut Blocks,
-    batch: &mut Vec<Slice<BlockBuf>>,
-    blocks: std::ops::Range<u64>,
+    chunks: &Window,
+    data: &Data<I::File>,
+    t: &Transfer,
+    pieces: &mut Vec<Piece>,
+    run: std::ops::Range<u64>,
     gso: &mut bool,
-    blksize: usize,
 ) -> io::Result<()> {
-    let per_send = if *gso {
-        (GSO_BYTES_MAX / (DATA_HEADER_LEN + blksize)).clamp(1, GSO_SEGMENTS_MAX) as u64
-    } else {
-        1
-    };
-    let mut first = blocks.start;
-    while first < blocks.end {
-        let end = (first + per_send).min(blocks.end);
+    let segment = DATA_HEADER_LEN + usize::from(t.options().blksize);
+    let mut first = run.start;
+    while first < run.end {
+        let per_send = if *gso {
+            (GSO_BYTES_MAX / segment).clamp(1, GSO_SEGMENTS_MAX) as u64
+        } else {
+            1
+        };
+        let end = (first + per_send).min(run.end);
         for block in first..end {
-            batch.push(cache.take(block));
-        }
-        let (result, bufs) = I::send(socket, std::mem::take(batch)).await;
-        *batch = bufs;
-        for (block, slice) in (first..end).zip(batch.drain(..)) {
-            cache.put(block, slice.into_inner());
-        }
-        if let Err(e) = result {
-            if *gso
-                && matches!(
-                    e.raw_os_error(),
-                    Some(libc::EIO | libc::EINVAL | libc::EMSGSIZE)
-                )
-            {
-                // The path refuses segmentation offload: carry on one datagram per send.
-                *gso = false;
-                return Box::pin(send_blocks::<I>(
-                    socket,
-                    cache,
-                    batch,
-                    first..blocks.end,
-                    gso,
-                    blksize,
-                ))
-                .await;
+            if !chunks.pieces(data, t, block, pieces) {
+                pieces.clear();
+                return Err(io::Error::other("block not loaded"));
             }
-            return Err(e);
         }
-        first = end;
+        let (result, mut sent) = I::send(socket, std::mem::take(pieces)).await;
+        sent.clear();
+        *pieces = sent;
+        match result {
+            Err(e)
+                if *gso
+                    && matches!(
+                        e.raw_os_error(),
+                        Some(libc::EIO | libc::EINVAL | libc::EMSGSIZE)
+                    ) =>
+            {
+                // The path refuses segmentation offload: go on with one datagram per send.
+                *gso = false;
+            }
+            Err(e) => return Err(e),
+            Ok(_) => first = end,
+        }
     }
     Ok(())
+}
+
+/// Whether the file is still what it was when the transfer opened it.
+fn unchanged<I: Io>(data: &Data<I::File>) -> Result<(), ReadError> {
+    let Data::File(file, id) = data else {
+        return Ok(());
+    };
+    // SAFETY: the descriptor stays open (owned by `file`) while this borrowed view lives, and
+    // ManuallyDrop keeps the view from closing it.
+    let view = std::mem::ManuallyDrop::new(unsafe {
+        <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(I::file_fd(file))
+    });
+    match FileId::of(&view) {
+        Ok(now) if now == *id => Ok(()),
+        _ => Err(CHANGED),
+    }
 }
 
 /// A failed read, as the ERROR the client gets.
@@ -316,114 +336,7 @@ struct ReadError {
     message: &'static str,
 }
 
-/// The transfer's block cache: a ring of `2 × windowsize` slots, one block each (DATA header
-/// and payload, ready to send), holding the window in flight and the one read ahead.
-///
-/// Block `b` lives in slot `b % slots`; it is overwritten only by block `b + slots`, which is
-/// loaded only once `b` is acknowledged (loads never run more than two windows ahead).
-struct Blocks {
-    bufs: Vec<Option<BlockBuf>>,
-    /// The datagram length (header and payload) of the block in each slot.
-    lens: Vec<usize>,
-    /// The highest block loaded so far.
-    loaded: u64,
-    /// Bytes per buffer: the header and a full block.
-    capacity: usize,
-}
-
-impl Blocks {
-    fn new(window: usize, capacity: usize) -> Self {
-        Self {
-            bufs: (0..2 * window).map(|_| None).collect(),
-            lens: vec![0; 2 * window],
-            loaded: 0,
-            capacity,
-        }
-    }
-
-    fn slot(&self, block: u64) -> usize {
-        (block % self.bufs.len() as u64) as usize
-    }
-
-    /// Takes block `block` (loaded earlier) out for sending, sliced to its datagram.
-    fn take(&mut self, block: u64) -> Slice<BlockBuf> {
-        let slot = self.slot(block);
-        let buf = self.bufs[slot]
-            .take()
-            .expect("a block is loaded before it is sent, and put back after");
-        buf.slice(0..self.lens[slot])
-    }
-
-    /// Puts a block's buffer back after sending.
-    fn put(&mut self, block: u64, buf: BlockBuf) {
-        let slot = self.slot(block);
-        self.bufs[slot] = Some(buf);
-    }
-
-    /// Loads every block after the last one loaded up to `upto`, reading them concurrently.
-    async fn load<I: Io>(
-        &mut self,
-        io: &I,
-        data: &Data<I::File>,
-        t: &Transfer,
-        upto: u64,
-    ) -> Result<(), ReadError> {
-        let first = self.loaded + 1;
-        if upto < first {
-            return Ok(());
-        }
-        let mut reads = Vec::new();
-        for block in first..=upto {
-            let slot = self.slot(block);
-            let mut buf = match self.bufs[slot].take() {
-                Some(buf) => buf,
-                None => io.buffer(self.capacity),
-            };
-            let len = t.block_len(block);
-            let offset = t.offset(block);
-            let bytes = buf.as_mut_slice();
-            let mut header = [0; DATA_HEADER_LEN];
-            packet::emit_data_header(Transfer::wire_block(block), &mut header);
-            bytes[..DATA_HEADER_LEN].copy_from_slice(&header);
-            self.lens[slot] = DATA_HEADER_LEN + len;
-            let payload = &mut bytes[DATA_HEADER_LEN..DATA_HEADER_LEN + len];
-            match data {
-                Data::Memory(memory) => {
-                    let start = usize::try_from(offset)
-                        .unwrap_or(usize::MAX)
-                        .min(memory.len());
-                    let end = start.saturating_add(len).min(memory.len());
-                    if end - start != len {
-                        self.bufs[slot] = Some(buf);
-                        return Err(SHRUNK);
-                    }
-                    payload.copy_from_slice(&memory[start..end]);
-                    self.bufs[slot] = Some(buf);
-                }
-                Data::Custom(source) => {
-                    let result = read_custom(&**source, payload, offset);
-                    self.bufs[slot] = Some(buf);
-                    result?;
-                }
-                Data::File(file) => reads.push(read_block::<I>(file, buf, block, len, offset)),
-            }
-            self.loaded = block;
-        }
-        let mut failed = None;
-        for (block, result, buf) in join_all(reads).await {
-            let slot = self.slot(block);
-            self.bufs[slot] = Some(buf);
-            if let Err(e) = result {
-                failed = failed.or(Some(e));
-                // Read it again if it is asked for after all.
-                self.loaded = self.loaded.min(block - 1);
-            }
-        }
-        failed.map_or(Ok(()), Err)
-    }
-}
-
-const SHRUNK: ReadError = ReadError {
+const CHANGED: ReadError = ReadError {
     code: ErrorCode::Undefined,
     message: "File changed while being served",
 };
@@ -432,51 +345,205 @@ const READ_FAILED: ReadError = ReadError {
     message: "Read error",
 };
 
-/// Reads `len` bytes of block `block` into `buf` after its header, however many reads it takes.
-async fn read_block<I: Io>(
+/// The chunks a transfer holds: those covering the window in flight and the one read ahead,
+/// in file order.
+#[derive(Default)]
+struct Window {
+    chunks: VecDeque<(u64, Rc<Chunk>)>,
+}
+
+impl Window {
+    fn get(&self, index: u64) -> Option<&Rc<Chunk>> {
+        self.chunks
+            .iter()
+            .find(|(i, _)| *i == index)
+            .map(|(_, c)| c)
+    }
+
+    /// Appends the iovecs of block `block` (header, then payload) to `pieces`; false if a chunk
+    /// it needs is not loaded.
+    fn pieces(
+        &self,
+        data: &Data<impl Sized>,
+        t: &Transfer,
+        block: u64,
+        pieces: &mut Vec<Piece>,
+    ) -> bool {
+        pieces.push(Piece::Header(header(Transfer::wire_block(block))));
+        let mut offset = t.offset(block);
+        let mut left = t.block_len(block);
+        if let Data::Memory(bytes) = data {
+            let Ok(start) = usize::try_from(offset) else {
+                return false;
+            };
+            return match Piece::memory(bytes, start, left) {
+                Some(piece) => {
+                    pieces.push(piece);
+                    true
+                }
+                None => false,
+            };
+        }
+        while left > 0 {
+            let index = offset / CHUNK as u64;
+            let start = (offset % CHUNK as u64) as usize;
+            let len = left.min(CHUNK - start);
+            let Some(piece) = self.get(index).and_then(|c| Piece::chunk(c, start, len)) else {
+                return false;
+            };
+            pieces.push(piece);
+            offset += len as u64;
+            left -= len;
+        }
+        true
+    }
+
+    /// Makes sure the chunks covering blocks `acked + 1 ..= upto` are held, dropping those
+    /// wholly before them: from the shard's cache where another transfer read them, otherwise
+    /// reading them (concurrently, one fixed read each).
+    async fn load<I: Io>(
+        &mut self,
+        cx: &Context<I>,
+        data: &Data<I::File>,
+        t: &Transfer,
+        upto: u64,
+    ) -> Result<(), ReadError> {
+        if matches!(data, Data::Memory(_)) || t.is_empty() {
+            return Ok(());
+        }
+        let from = t.offset(t.acked() + 1);
+        let to = t.offset(upto) + t.block_len(upto) as u64;
+        let first = from / CHUNK as u64;
+        let last = to.saturating_sub(1) / CHUNK as u64;
+        while self.chunks.front().is_some_and(|(i, _)| *i < first) {
+            self.chunks.pop_front();
+        }
+        if to <= from {
+            return Ok(());
+        }
+        let mut reads = Vec::new();
+        let mut waits = Vec::new();
+        for index in first..=last {
+            if self.get(index).is_some() {
+                continue;
+            }
+            match data {
+                Data::File(file, id) => match cx.cache.lookup(*id, index) {
+                    Lookup::Hit(chunk) => self.insert(index, chunk),
+                    Lookup::Wait(loading) => waits.push((index, loading)),
+                    Lookup::Miss => reads.push(read_chunk::<I>(cx, file, t.len(), index)),
+                },
+                Data::Custom(source) => {
+                    let chunk = read_custom(&**source, t.len(), index)?;
+                    self.insert(index, Rc::new(chunk));
+                }
+                Data::Memory(_) => {}
+            }
+        }
+        let Data::File(file, id) = data else {
+            return Ok(());
+        };
+        let mut failed = None;
+        for (index, result) in join_all(reads).await {
+            match result {
+                Ok(chunk) => {
+                    let chunk = Rc::new(chunk);
+                    cx.cache.insert(*id, index, chunk.clone());
+                    self.insert(index, chunk);
+                }
+                Err(e) => {
+                    cx.cache.abandon(*id, index);
+                    failed = failed.or(Some(e));
+                }
+            }
+        }
+        // Chunks another transfer was reading: take them from the cache once it has them, or
+        // read them here if that read failed or the chunk was evicted meanwhile.
+        for (index, loading) in waits {
+            loading.wait().await;
+            let chunk = loop {
+                match cx.cache.lookup(*id, index) {
+                    Lookup::Hit(chunk) => break Ok(chunk),
+                    Lookup::Wait(loading) => loading.wait().await,
+                    Lookup::Miss => {
+                        let (_, result) = read_chunk::<I>(cx, file, t.len(), index).await;
+                        break match result {
+                            Ok(chunk) => {
+                                let chunk = Rc::new(chunk);
+                                cx.cache.insert(*id, index, chunk.clone());
+                                Ok(chunk)
+                            }
+                            Err(e) => {
+                                cx.cache.abandon(*id, index);
+                                Err(e)
+                            }
+                        };
+                    }
+                }
+            };
+            match chunk {
+                Ok(chunk) => self.insert(index, chunk),
+                Err(e) => failed = failed.or(Some(e)),
+            }
+        }
+        failed.map_or(Ok(()), Err)
+    }
+
+    /// Keeps the chunks in file order (few: a window spans a handful).
+    fn insert(&mut self, index: u64, chunk: Rc<Chunk>) {
+        let at = self.chunks.partition_point(|(i, _)| *i < index);
+        self.chunks.insert(at, (index, chunk));
+    }
+}
+
+/// The bytes of chunk `index` of a source of `len` bytes.
+fn chunk_len(len: u64, index: u64) -> usize {
+    let start = index * CHUNK as u64;
+    len.saturating_sub(start).min(CHUNK as u64) as usize
+}
+
+/// Reads chunk `index` of the file, however many reads it takes.
+async fn read_chunk<I: Io>(
+    cx: &Context<I>,
     file: &I::File,
-    mut buf: BlockBuf,
-    block: u64,
-    len: usize,
-    offset: u64,
-) -> (u64, Result<(), ReadError>, BlockBuf) {
+    len: u64,
+    index: u64,
+) -> (u64, Result<Chunk, ReadError>) {
+    let want = chunk_len(len, index);
+    let start = index * CHUNK as u64;
+    let mut buf = cx.io.chunk_buffer();
     let mut done = 0;
-    while done < len {
-        let begin = DATA_HEADER_LEN + done;
-        let (result, returned) = I::read(
-            file,
-            buf,
-            begin,
-            DATA_HEADER_LEN + len,
-            offset + done as u64,
-        )
-        .await;
+    while done < want {
+        let (result, returned) = I::read(file, buf, done, want, start + done as u64).await;
         buf = returned;
         match result {
-            // The file is shorter than it was when the transfer started.
-            Ok(0) => return (block, Err(SHRUNK), buf),
+            // The file is shorter than it was when the transfer opened it.
+            Ok(0) => return (index, Err(CHANGED)),
             Ok(n) => done += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
                 tracing::warn!(error = %e, "read failed");
-                return (block, Err(READ_FAILED), buf);
+                return (index, Err(READ_FAILED));
             }
         }
     }
-    (block, Ok(()), buf)
+    (index, Ok(Chunk::new(buf, want)))
 }
 
-fn read_custom(source: &dyn ReadAt, payload: &mut [u8], offset: u64) -> Result<(), ReadError> {
+fn read_custom(source: &dyn ReadAt, len: u64, index: u64) -> Result<Chunk, ReadError> {
+    let want = chunk_len(len, index);
+    let start = index * CHUNK as u64;
+    let mut buf = vec![0; want];
     let mut done = 0;
-    while done < payload.len() {
-        match source.read_at(&mut payload[done..], offset + done as u64) {
-            Ok(0) => return Err(SHRUNK),
+    while done < want {
+        match source.read_at(&mut buf[done..], start + done as u64) {
+            Ok(0) => return Err(CHANGED),
             Ok(n) => done += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(_) => return Err(READ_FAILED),
         }
     }
-    Ok(())
+    Ok(Chunk::new(BlockBuf::Heap(buf), want))
 }
 
 /// Polls every future to completion, concurrently; the results keep their order.

@@ -10,8 +10,9 @@ use std::os::unix::fs::FileExt;
 
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
-use tokio_uring::buf::{BoundedBuf, Slice};
+use tokio_uring::buf::IoBuf;
 
+use super::cache::{Piece, CHUNK};
 use super::driver::{BlockBuf, Io};
 
 /// The epoll backend of one shard.
@@ -30,8 +31,8 @@ impl Io for Epoll {
         file
     }
 
-    fn buffer(&self, capacity: usize) -> BlockBuf {
-        BlockBuf::Heap(vec![0; capacity])
+    fn chunk_buffer(&self) -> BlockBuf {
+        BlockBuf::Heap(vec![0; CHUNK])
     }
 
     async fn recv(socket: &UdpSocket, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
@@ -39,10 +40,7 @@ impl Io for Epoll {
         (result, buf)
     }
 
-    async fn send(
-        socket: &UdpSocket,
-        bufs: Vec<Slice<BlockBuf>>,
-    ) -> (io::Result<usize>, Vec<Slice<BlockBuf>>) {
+    async fn send(socket: &UdpSocket, bufs: Vec<Piece>) -> (io::Result<usize>, Vec<Piece>) {
         let result = loop {
             if let Err(e) = socket.writable().await {
                 break Err(e);
@@ -78,10 +76,14 @@ impl Io for Epoll {
     fn raw_fd(socket: &UdpSocket) -> RawFd {
         socket.as_raw_fd()
     }
+
+    fn file_fd(file: &std::fs::File) -> RawFd {
+        file.as_raw_fd()
+    }
 }
 
 /// One `sendmsg` of all `bufs` as an iovec array, without blocking.
-fn sendmsg(fd: RawFd, bufs: &[Slice<BlockBuf>]) -> io::Result<usize> {
+fn sendmsg(fd: RawFd, bufs: &[Piece]) -> io::Result<usize> {
     let iovecs: Vec<libc::iovec> = bufs
         .iter()
         .map(|b| libc::iovec {

@@ -14,6 +14,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod cache;
 mod driver;
 mod fallback;
 mod shard;
@@ -57,6 +58,9 @@ pub struct Config {
     pub recv_buffer: usize,
     /// The largest file served in netascii mode (it is encoded in memory).
     pub netascii_max: u64,
+    /// Bytes of hot file data each shard keeps for its transfers to share, in registered
+    /// buffers (0: every transfer reads for itself).
+    pub block_cache: usize,
 }
 
 impl Default for Config {
@@ -71,6 +75,7 @@ impl Default for Config {
             force_epoll: std::env::var("RINGTFTP_BACKEND").is_ok_and(|v| v == "epoll"),
             recv_buffer: 8 << 20,
             netascii_max: 64 << 20,
+            block_cache: 8 << 20,
         }
     }
 }

@@ -13,7 +13,8 @@ use std::time::Instant;
 use socket2::Socket;
 use tokio::sync::{watch, Notify};
 
-use super::driver::{self, Data, End, Io, Meta};
+use super::cache::{ChunkCache, CHUNK};
+use super::driver::{self, Context, Data, End, Io, Meta};
 use super::socket::{self, MainSocket, RecvBatch};
 use super::{Backend, Shared};
 use crate::netascii;
@@ -35,7 +36,7 @@ pub(crate) fn run(
         match super::uring::runtime() {
             Ok(rt) => {
                 rt.block_on(async move {
-                    let io = super::uring::Uring::new(index);
+                    let io = super::uring::Uring::new(index, shared.config.block_cache / CHUNK);
                     let _ = ready.send(Backend::IoUring {
                         registered_buffers: io.registered(),
                     });
@@ -83,6 +84,8 @@ struct State {
     /// Transfers running on this shard, and a wake-up for when one ends (for a graceful stop).
     running: Cell<usize>,
     ended: Notify,
+    /// Hot file blocks shared by this shard's transfers.
+    cache: Rc<ChunkCache>,
 }
 
 async fn serve<I: Io>(
@@ -103,6 +106,7 @@ async fn serve<I: Io>(
         active: RefCell::new(HashSet::new()),
         running: Cell::new(0),
         ended: Notify::new(),
+        cache: Rc::new(ChunkCache::new(shared.config.block_cache)),
     });
     let mut batch = RecvBatch::new();
     loop {
@@ -134,6 +138,8 @@ async fn serve<I: Io>(
             }
         }
     }
+    let (hits, misses) = state.cache.counts();
+    tracing::debug!(hits, misses, "chunk cache");
 }
 
 /// Answers one datagram on the main port.
@@ -240,7 +246,10 @@ fn start<I: Io>(
             )
         })?;
     let data = match source {
-        Source::File(file) => Data::File(io.file(file.into_file())),
+        Source::File(file) => {
+            let id = file.id();
+            Data::File(io.file(file.into_file()), id)
+        }
         Source::Memory(bytes) => Data::Memory(bytes),
         Source::Custom(custom) => Data::Custom(custom),
         #[allow(unreachable_patterns)]
@@ -257,7 +266,11 @@ fn start<I: Io>(
     state.running.set(state.running.get() + 1);
     let (io, shared, state) = (io.clone(), shared.clone(), state.clone());
     tokio::task::spawn_local(async move {
-        let (end, t) = driver::run(io, sock, data, t).await;
+        let cx = Context {
+            io,
+            cache: state.cache.clone(),
+        };
+        let (end, t) = driver::run(cx, sock, data, t).await;
         log_end(&meta, &t, end);
         state.active.borrow_mut().remove(&meta.peer);
         state.running.set(state.running.get() - 1);

@@ -12,39 +12,27 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 
 use tokio_uring::buf::fixed::FixedBufPool;
-use tokio_uring::buf::{BoundedBuf, BoundedBufMut, Slice};
+use tokio_uring::buf::BoundedBuf;
 use tokio_uring::fs::File;
 use tokio_uring::net::UdpSocket;
 
+use super::cache::{Piece, CHUNK};
 use super::driver::{BlockBuf, Io};
-
-/// Buffer sizes (a DATA header plus a block) and how many of each a shard registers.
-///
-/// Sized for the blocks clients ask for: 512 (no options), 1428–1468 (Ethernet MTU: iPXE 1432,
-/// edk2 1468), 8192 (LAN jumbo), and the RFC 2348 maximum. Lock-step transfers hold two buffers
-/// (the block in flight and the next), windowed ones two windows.
-const CLASSES: [(usize, usize); 4] = [
-    (4 + 512, 1024),
-    (4 + 1468, 3072),
-    (4 + 8192, 64),
-    (4 + 65464, 8),
-];
 
 /// The io_uring backend of one shard.
 pub(crate) struct Uring {
     pool: Option<FixedBufPool<Vec<u8>>>,
-    /// Heap buffers handed out because the pool was empty, for the stop-time report.
+    /// Heap chunks handed out because the pool was empty, for the stop-time report.
     spilled: Cell<u64>,
 }
 
 impl Uring {
-    /// Creates the shard's pool and registers it with the current ring.
-    pub(crate) fn new(shard: usize) -> Self {
+    /// Creates the shard's pool of `chunks` chunk buffers and registers it with the current
+    /// ring (tokio-uring takes at most 1024 buffers).
+    pub(crate) fn new(shard: usize, chunks: usize) -> Self {
         // Created initialised, so any sub-slice is legal (tokio-uring asserts on slices past
         // the initialised length).
-        let buffers = CLASSES
-            .iter()
-            .flat_map(|&(size, count)| (0..count).map(move |_| vec![0u8; size]));
+        let buffers = (0..chunks.clamp(1, 1024)).map(|_| vec![0u8; CHUNK]);
         let pool = FixedBufPool::new(buffers);
         let pool = match pool.register() {
             Ok(()) => Some(pool),
@@ -52,7 +40,7 @@ impl Uring {
                 if shard == 0 {
                     tracing::warn!(
                         error = %e,
-                        "cannot register block buffers with io_uring (raise RLIMIT_MEMLOCK or \
+                        "cannot register file buffers with io_uring (raise RLIMIT_MEMLOCK or \
                          grant CAP_IPC_LOCK); reading into unregistered buffers"
                     );
                 }
@@ -70,7 +58,7 @@ impl Uring {
         self.pool.is_some()
     }
 
-    /// Heap buffers handed out since start because the pool had none left.
+    /// Heap chunks handed out since start because the pool had none left.
     pub(crate) fn spilled(&self) -> u64 {
         self.spilled.get()
     }
@@ -88,15 +76,14 @@ impl Io for Uring {
         File::from_std(file)
     }
 
-    fn buffer(&self, capacity: usize) -> BlockBuf {
+    fn chunk_buffer(&self) -> BlockBuf {
         if let Some(pool) = &self.pool {
-            let class = CLASSES.iter().find(|&&(size, _)| size >= capacity);
-            if let Some(buf) = class.and_then(|&(size, _)| pool.try_next(size)) {
+            if let Some(buf) = pool.try_next(CHUNK) {
                 return BlockBuf::Fixed(buf);
             }
             self.spilled.set(self.spilled.get() + 1);
         }
-        BlockBuf::Heap(vec![0; capacity])
+        BlockBuf::Heap(vec![0; CHUNK])
     }
 
     fn recv(
@@ -106,14 +93,11 @@ impl Io for Uring {
         socket.read(buf)
     }
 
-    async fn send(
-        socket: &UdpSocket,
-        bufs: Vec<Slice<BlockBuf>>,
-    ) -> (io::Result<usize>, Vec<Slice<BlockBuf>>) {
-        // One SENDMSG with one iovec per block; with UDP_SEGMENT set on the socket the kernel
-        // cuts it into one datagram per block.
-        let (result, bufs, _) = socket.sendmsg::<_, Vec<u8>>(bufs, None, None).await;
-        (result, bufs)
+    async fn send(socket: &UdpSocket, pieces: Vec<Piece>) -> (io::Result<usize>, Vec<Piece>) {
+        // One SENDMSG, one iovec per piece; with UDP_SEGMENT set on the socket the kernel cuts
+        // it into one datagram per block.
+        let (result, pieces, _) = socket.sendmsg::<_, Vec<u8>>(pieces, None, None).await;
+        (result, pieces)
     }
 
     async fn read(
@@ -131,11 +115,7 @@ impl Io for Uring {
             }
             BlockBuf::Heap(vec) => {
                 let (result, slice) = file.read_at(vec.slice(begin..end), offset).await;
-                let mut vec = slice.into_inner();
-                // A heap buffer is fully initialised; a read never shortens it.
-                let total = vec.capacity().min(vec.len().max(end));
-                vec.resize(total, 0);
-                (result, BlockBuf::Heap(vec))
+                (result, BlockBuf::Heap(slice.into_inner()))
             }
         }
     }
@@ -146,6 +126,10 @@ impl Io for Uring {
 
     fn raw_fd(socket: &UdpSocket) -> RawFd {
         socket.as_raw_fd()
+    }
+
+    fn file_fd(file: &File) -> RawFd {
+        file.as_raw_fd()
     }
 }
 
@@ -161,6 +145,3 @@ pub(crate) fn runtime() -> io::Result<tokio_uring::Runtime> {
     );
     tokio_uring::Runtime::new(&builder)
 }
-
-#[allow(unused_imports)]
-use BoundedBufMut as _;
