@@ -73,6 +73,16 @@ struct Cli {
     #[arg(long, value_name = "N", default_value_t = Config::default().max_transfers)]
     max_transfers: usize,
 
+    /// Concurrent transfers per client address (bounds what one host, or one forging its
+    /// address, can hold).
+    #[arg(long, value_name = "N", default_value_t = Config::default().max_per_client)]
+    max_per_client: usize,
+
+    /// Megabytes of hot file data each shard shares between its transfers, in registered
+    /// buffers (a boot storm reads each chunk of a file once).
+    #[arg(long, value_name = "MB", default_value_t = Config::default().block_cache >> 20)]
+    cache_mb: usize,
+
     /// Local ports for transfers, such as 40000-40999 for a firewall [default: ephemeral].
     #[arg(long, value_name = "LO-HI", value_parser = parse_range)]
     port_range: Option<(u16, u16)>,
@@ -148,6 +158,8 @@ fn run(cli: Cli) -> Result<()> {
     config.transfer.rto_initial = Duration::from_secs_f64(cli.timeout);
     config.transfer.retries = cli.retries;
     config.max_transfers = cli.max_transfers;
+    config.max_per_client = cli.max_per_client.max(1);
+    config.block_cache = cli.cache_mb.saturating_mul(1 << 20);
     config.port_range = cli.port_range;
     config.grace = grace;
     config.force_epoll |= cli.backend == BackendArg::Epoll;

@@ -37,6 +37,11 @@ use crate::packet::{self, BufferTooSmall, ErrorCode, Packet, Request};
 pub struct Config {
     /// Retransmissions of the same packet without progress before the transfer is abandoned.
     pub retries: u32,
+    /// Retransmissions while the client has not answered at all. An RRQ with a forged source
+    /// address (to turn the server on a victim) then draws at most `1 + retries_unanswered`
+    /// first packets; a real client whose first reply was lost repeats its request, which
+    /// [`Transfer::handle_repeat`] answers at once.
+    pub retries_unanswered: u32,
     /// The retransmission timeout before the first round-trip sample (RFC 6298 §2.1).
     pub rto_initial: Duration,
     /// The floor of the adaptive timeout.
@@ -59,6 +64,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             retries: 5,
+            retries_unanswered: 1,
             rto_initial: Duration::from_secs(1),
             rto_min: Duration::from_millis(20),
             rto_max: Duration::from_secs(4),
@@ -202,10 +208,14 @@ pub struct Transfer {
     sent: u64,
     /// What `poll_transmit` returns next.
     pending: Option<Transmit>,
+    /// A second run to send after `pending` (the last block of a probe).
+    then: Option<Transmit>,
     /// When to retransmit; `None` once finished.
     deadline: Option<Instant>,
     /// Timeouts since the last progress.
     tries: u32,
+    /// Whether anything came back from the client yet (proof that its address is real).
+    answered: bool,
     /// The exponent of the RTO backoff: raised by each timeout, kept across progress until a
     /// round-trip sample is taken (RFC 6298 §5.5–5.7, Karn's algorithm), so a client that slowed
     /// down past the RTO is eventually measured instead of being sent every block several times.
@@ -240,8 +250,10 @@ impl Transfer {
             acked: 0,
             sent: 0,
             pending: None,
+            then: None,
             deadline: None,
             tries: 0,
+            answered: false,
             backoff: 0,
             progress_at: now,
             rtt: RttEstimator::new(config.rto_initial),
@@ -290,6 +302,7 @@ impl Transfer {
         if self.outcome.is_some() {
             return;
         }
+        self.answered = true;
         if self.oack {
             // Only ACK 0 answers an OACK; anything else is a stray from another life.
             if block == 0 {
@@ -347,18 +360,36 @@ impl Transfer {
         if now < deadline || self.outcome.is_some() {
             return;
         }
-        if self.tries >= self.config.retries {
+        if self.tries >= self.retries() {
             self.finish(now, Outcome::TimedOut);
             return;
         }
         self.tries += 1;
         self.backoff = (self.backoff + 1).min(16);
         self.deadline = None;
-        self.pending = Some(if self.oack {
-            Transmit::Oack
+        if self.oack {
+            self.pending = Some(Transmit::Oack);
+        } else if self.tries == 1 {
+            // RFC 7440 §4: the window is sent again from the last acknowledged block.
+            self.pending = Some(self.window(true));
         } else {
-            self.window(true)
-        });
+            self.probe();
+        }
+    }
+
+    /// Handles the client repeating its request (the same RRQ from the same port) while this
+    /// transfer runs: its first reply was lost, so it is sent again now rather than at the
+    /// next timeout (RFC 1350 §4 has the client time out and repeat). Once the transfer is past
+    /// its first packet, a repeat is stale and ignored.
+    pub fn handle_repeat(&mut self, _now: Instant) {
+        if self.outcome.is_some() || self.pending.is_some() {
+            return;
+        }
+        if self.oack {
+            self.pending = Some(Transmit::Oack);
+        } else if self.acked == 0 && !self.opts.has_oack() {
+            self.probe();
+        }
     }
 
     /// Ends the transfer with an ERROR to the client, for a failure the driver met (a read
@@ -371,7 +402,7 @@ impl Transfer {
 
     /// What to send now, if anything. Call until it returns `None`.
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
-        let transmit = self.pending.take()?;
+        let transmit = self.pending.take().or_else(|| self.then.take())?;
         match transmit {
             Transmit::Oack => {
                 let first = self.tries == 0;
@@ -400,7 +431,7 @@ impl Transfer {
 
     /// How the transfer ended, once it has; the driver then closes the socket.
     pub fn outcome(&self) -> Option<Outcome> {
-        if self.pending.is_some() {
+        if self.pending.is_some() || self.then.is_some() {
             // An ERROR still has to go out first.
             return None;
         }
@@ -464,6 +495,35 @@ impl Transfer {
     }
 
     /// The window starting after the last acknowledged block.
+    /// The retransmissions allowed now: fewer while the client has never answered.
+    fn retries(&self) -> u32 {
+        if self.answered {
+            self.config.retries
+        } else {
+            self.config.retries.min(self.config.retries_unanswered)
+        }
+    }
+
+    /// Queues a probe of a window the client stayed silent through: its first and last blocks
+    /// rather than all of them. A live client answers at once — the first block is the one it
+    /// lacks if it reported a gap whose ACK was lost (RFC 7440 §4), the last makes it repeat its
+    /// final ACK if it already has everything (RFC 1350 dallying) — and a vanished one draws two
+    /// blocks per try rather than a window.
+    fn probe(&mut self) {
+        let count = (self.last - self.acked).min(u64::from(self.opts.windowsize.max(1)));
+        let one = |first| {
+            Transmit::Blocks(Blocks {
+                first,
+                count: 1,
+                retransmit: true,
+            })
+        };
+        self.pending = Some(one(self.acked + 1));
+        if count > 1 {
+            self.then = Some(one(self.acked + count));
+        }
+    }
+
     fn window(&self, retransmit: bool) -> Transmit {
         let count = (self.last - self.acked).min(u64::from(self.opts.windowsize.max(1)));
         Transmit::Blocks(Blocks {
@@ -492,8 +552,9 @@ impl Transfer {
                 .saturating_mul(1 << self.backoff)
                 .min(self.config.rto_max);
         }
-        if self.tries >= self.config.retries {
-            // The last wait: stretch it so the silence before giving up reaches `patience`.
+        if self.answered && self.tries >= self.retries() {
+            // The last wait: stretch it so the silence before giving up reaches `patience`
+            // (only for a client that has answered: a forged request holds nothing for long).
             let silent = now.saturating_duration_since(self.progress_at);
             wait = wait.max(self.config.patience.saturating_sub(silent));
         }
@@ -528,6 +589,7 @@ impl Transfer {
     fn finish(&mut self, now: Instant, outcome: Outcome) {
         self.outcome = Some(outcome);
         self.pending = None;
+        self.then = None;
         self.deadline = None;
         self.stats.ended = Some(now);
     }
@@ -661,12 +723,11 @@ mod tests {
     #[test]
     fn oack_is_retransmitted_with_backoff_until_ack_0_then_data_1() {
         let c = Clock::new();
-        let mut t = Transfer::new(
-            c.ms(0),
-            negotiated(b"blksize\x001024\x00"),
-            5000,
-            Config::default(),
-        );
+        let config = Config {
+            retries_unanswered: 5,
+            ..Config::default()
+        };
+        let mut t = Transfer::new(c.ms(0), negotiated(b"blksize\x001024\x00"), 5000, config);
         assert_eq!(t.poll_transmit(c.ms(0)), Some(Transmit::Oack));
         assert_eq!(t.poll_transmit(c.ms(0)), None);
         let mut buf = [0; 64];
@@ -746,6 +807,7 @@ mod tests {
         let c = Clock::new();
         let config = Config {
             retries: 8,
+            retries_unanswered: 8,
             rto_initial: ms(100),
             rto_max: ms(1000),
             ..Config::default()
@@ -807,7 +869,11 @@ mod tests {
     #[test]
     fn gives_up_after_exactly_retries_retransmissions() {
         let c = Clock::new();
-        let mut t = lockstep(c, 4000, Config::default());
+        let config = Config {
+            retries_unanswered: 5,
+            ..Config::default()
+        };
+        let mut t = lockstep(c, 4000, config);
         // Waits 1, 2, 4, 4 (ceiling), 4, 4 s: five retransmissions, then the end.
         let mut deadlines = Vec::new();
         loop {
@@ -840,9 +906,14 @@ mod tests {
         let config = Config {
             retries: 3,
             rto_initial: ms(10),
+            rto_min: ms(10),
             ..Config::default()
         };
         let mut t = lockstep(c, 4000, config);
+        // The client answers block 1 at once (a 10 ms timeout after a 0 ms sample), then
+        // falls silent.
+        t.handle_ack(c.ms(0), 1);
+        assert_eq!(t.poll_transmit(c.ms(0)), blocks(2, 1, false));
         let mut deadlines = Vec::new();
         while t.outcome().is_none() {
             let deadline = fire(&mut t);
@@ -854,6 +925,74 @@ mod tests {
         assert_eq!(deadlines, expected);
         assert_eq!(t.stats().retransmits, 3);
         assert_ended(&mut t, c.ms(5000), Outcome::TimedOut);
+    }
+
+    #[test]
+    fn a_client_that_never_answers_draws_few_replies() {
+        // A forged RRQ: 1 + retries_unanswered (1) copies of DATA 1, then the end, with no
+        // wait stretched to `patience`.
+        let c = Clock::new();
+        let mut t = lockstep(c, 4000, Config::default());
+        let mut sent = 1;
+        while t.outcome().is_none() {
+            let deadline = fire(&mut t);
+            sent += drain(&mut t, deadline).len();
+        }
+        assert_eq!(sent, 2);
+        assert_eq!(t.outcome(), Some(Outcome::TimedOut));
+        assert_eq!(
+            t.stats().ended,
+            Some(c.ms(3000)),
+            "1 s, then 2 s: no stretch"
+        );
+    }
+
+    #[test]
+    fn a_repeated_request_resends_the_first_packet_at_once() {
+        let c = Clock::new();
+        let mut t = lockstep(c, 4000, Config::default());
+        t.handle_repeat(c.ms(5));
+        assert_eq!(t.poll_transmit(c.ms(5)), blocks(1, 1, true));
+        assert_eq!(t.stats().retransmits, 1);
+        // Once the transfer is under way, a stale repeat changes nothing.
+        t.handle_ack(c.ms(6), 1);
+        assert_eq!(t.poll_transmit(c.ms(6)), blocks(2, 1, false));
+        t.handle_repeat(c.ms(7));
+        assert_eq!(t.poll_transmit(c.ms(7)), None);
+
+        let mut t = Transfer::new(
+            c.ms(0),
+            negotiated(b"blksize\x001024\x00"),
+            5000,
+            Config::default(),
+        );
+        assert_eq!(t.poll_transmit(c.ms(0)), Some(Transmit::Oack));
+        t.handle_repeat(c.ms(3));
+        assert_eq!(t.poll_transmit(c.ms(3)), Some(Transmit::Oack));
+    }
+
+    #[test]
+    fn a_silent_window_is_resent_once_then_probed_with_one_block() {
+        let c = Clock::new();
+        let mut t = Transfer::new(
+            c.ms(0),
+            negotiated(b"windowsize\x0016\x00"),
+            512 * 64,
+            Config::default(),
+        );
+        assert_eq!(t.poll_transmit(c.ms(0)), Some(Transmit::Oack));
+        t.handle_ack(c.ms(1), 0);
+        assert_eq!(t.poll_transmit(c.ms(1)), blocks(1, 16, false));
+        let deadline = fire(&mut t);
+        assert_eq!(drain(&mut t, deadline), [blocks(1, 16, true).unwrap()]);
+        let deadline = fire(&mut t);
+        assert_eq!(
+            drain(&mut t, deadline),
+            [blocks(1, 1, true).unwrap(), blocks(16, 1, true).unwrap()]
+        );
+        // The probe's answer slides the window as any ACK does.
+        t.handle_ack(deadline + ms(1), 16);
+        assert_eq!(t.poll_transmit(deadline + ms(1)), blocks(17, 16, false));
     }
 
     /// Drives one lock-step block against a client that answers the first copy of each DATA
@@ -1775,8 +1914,11 @@ mod tests {
                     })
                     .unwrap();
                 assert_eq!(opts.has_oack(), options);
+                // The simulated client never repeats its request, which is what answers a lost
+                // first reply in real life; allow it the same retries as later packets.
                 let config = Config {
                     retries: 10,
+                    retries_unanswered: 10,
                     ..Config::default()
                 };
                 let server = Transfer::new(now, opts, case.len as u64, config);

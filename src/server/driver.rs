@@ -165,6 +165,8 @@ pub(crate) enum End {
 pub(crate) struct Context<I: Io> {
     pub io: Rc<I>,
     pub cache: Rc<ChunkCache>,
+    /// Signalled when the client repeats its request on the main port.
+    pub repeat: Rc<tokio::sync::Notify>,
 }
 
 /// Runs one transfer to its end.
@@ -253,6 +255,7 @@ pub(crate) async fn run<I: Io>(
                 recv.set(I::recv(&socket, buf));
             }
             () = tokio::time::sleep_until(deadline.into()) => t.handle_timeout(Instant::now()),
+            () = cx.repeat.notified() => t.handle_repeat(Instant::now()),
         }
     };
     // The receive may still be armed in the ring; shutting the socket down completes it, so

@@ -21,12 +21,13 @@ mod shard;
 mod socket;
 mod uring;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, AtomicUsize};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -48,6 +49,9 @@ pub struct Config {
     pub transfer: transfer::Config,
     /// Concurrent transfers across all shards; requests beyond get an ERROR.
     pub max_transfers: usize,
+    /// Concurrent transfers per client address; requests beyond get an ERROR. This bounds
+    /// what one host — or one forging its address — can hold.
+    pub max_per_client: usize,
     /// Local ports for transfer sockets: `None` for ephemeral ports, or an inclusive range.
     pub port_range: Option<(u16, u16)>,
     /// How long a stop waits for running transfers.
@@ -70,6 +74,7 @@ impl Default for Config {
             limits: Limits::default(),
             transfer: transfer::Config::default(),
             max_transfers: 16_384,
+            max_per_client: 256,
             port_range: None,
             grace: Duration::from_secs(10),
             force_epoll: std::env::var("RINGTFTP_BACKEND").is_ok_and(|v| v == "epoll"),
@@ -122,6 +127,8 @@ pub(crate) struct Shared {
     config: Config,
     /// Transfers running across shards, for `max_transfers`.
     running: AtomicUsize,
+    /// Transfers running per client address, for `max_per_client`.
+    clients: Mutex<HashMap<IpAddr, usize>>,
     /// Spreads transfer sockets over `--port-range`.
     port_hint: AtomicU32,
     /// The effective ports policy.
@@ -173,6 +180,7 @@ impl Server {
                 resolver: Box::new(resolver),
                 config,
                 running: AtomicUsize::new(0),
+                clients: Mutex::new(HashMap::new()),
                 port_hint: AtomicU32::new(std::process::id()),
                 ports,
             }),

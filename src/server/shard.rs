@@ -3,7 +3,7 @@
 //! kernel's `SO_REUSEPORT` hash picks the shard for each client address and port.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -79,8 +79,9 @@ pub(crate) fn run(
 
 /// The shard's view of its running transfers.
 struct State {
-    /// Clients with a running transfer: a retransmitted RRQ must not start a second one.
-    active: RefCell<HashSet<SocketAddr>>,
+    /// Clients with a running transfer: a repeated RRQ must not start a second one, but tells
+    /// the running one that its first reply was lost.
+    active: RefCell<HashMap<SocketAddr, Rc<Notify>>>,
     /// Transfers running on this shard, and a wake-up for when one ends (for a graceful stop).
     running: Cell<usize>,
     ended: Notify,
@@ -103,7 +104,7 @@ async fn serve<I: Io>(
     };
     let main_ip = main.local_addr().map(|a| a.ip()).ok();
     let state = Rc::new(State {
-        active: RefCell::new(HashSet::new()),
+        active: RefCell::new(HashMap::new()),
         running: Cell::new(0),
         ended: Notify::new(),
         cache: Rc::new(ChunkCache::new(shared.config.block_cache)),
@@ -185,28 +186,70 @@ fn handle<I: Io>(
         }
         Inbound::Ignore => return,
     };
-    if state.active.borrow().contains(&peer) {
-        // RFC 1350 §4: the client repeated its RRQ before our first reply arrived; the running
-        // transfer answers it.
-        tracing::debug!(%peer, file = request.filename, "repeated request ignored");
+    if let Some(repeat) = state.active.borrow().get(&peer) {
+        // RFC 1350 §4: the client timed out and repeated its RRQ, so our first reply was lost;
+        // the running transfer sends it again.
+        tracing::debug!(%peer, file = request.filename, "repeated request");
+        repeat.notify_one();
         return;
     }
-    let running = shared.running.fetch_add(1, Ordering::AcqRel);
-    if running >= shared.config.max_transfers {
-        shared.running.fetch_sub(1, Ordering::AcqRel);
-        tracing::warn!(%peer, file = request.filename, running, "too many transfers; request refused");
-        reject(
-            ErrorCode::Undefined,
-            "Server busy: too many transfers, try again later",
-        );
-        return;
+    let slot = match Slot::take(shared, peer.ip()) {
+        Ok(slot) => slot,
+        Err(busy) => {
+            tracing::warn!(%peer, file = request.filename, "{busy}; request refused");
+            reject(ErrorCode::Undefined, busy);
+            return;
+        }
+    };
+    if let Err((code, message)) = start(io, shared, state, peer, local, &request, slot) {
+        tracing::info!(%peer, file = request.filename, code = code.to_u16(), %message, "request refused");
+        reject(code, &message);
     }
-    match start(io, shared, state, peer, local, &request) {
-        Ok(()) => {}
-        Err((code, message)) => {
+}
+
+/// A transfer's place in the server-wide limits, given back when dropped.
+struct Slot {
+    shared: Arc<Shared>,
+    client: IpAddr,
+}
+
+impl Slot {
+    /// Takes a place within `--max-transfers` and the per-client cap.
+    fn take(shared: &Arc<Shared>, client: IpAddr) -> Result<Slot, &'static str> {
+        if shared.running.fetch_add(1, Ordering::AcqRel) >= shared.config.max_transfers {
             shared.running.fetch_sub(1, Ordering::AcqRel);
-            tracing::info!(%peer, file = request.filename, code = code.to_u16(), %message, "request refused");
-            reject(code, &message);
+            return Err("Server busy: too many transfers, try again later");
+        }
+        // Requests are far rarer than packets, so one lock per request costs nothing on the
+        // data path; it bounds what one address (or one forging it) can hold.
+        let mut clients = shared.clients.lock().unwrap_or_else(|e| e.into_inner());
+        let count = clients.entry(client).or_insert(0);
+        if *count >= shared.config.max_per_client {
+            drop(clients);
+            shared.running.fetch_sub(1, Ordering::AcqRel);
+            return Err("Server busy: too many transfers for this client");
+        }
+        *count += 1;
+        Ok(Slot {
+            shared: shared.clone(),
+            client,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.shared.running.fetch_sub(1, Ordering::AcqRel);
+        let mut clients = self
+            .shared
+            .clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = clients.get_mut(&self.client) {
+            *count -= 1;
+            if *count == 0 {
+                clients.remove(&self.client);
+            }
         }
     }
 }
@@ -219,6 +262,7 @@ fn start<I: Io>(
     peer: SocketAddr,
     local: Option<IpAddr>,
     request: &Request<'_>,
+    slot: Slot,
 ) -> Result<(), (ErrorCode, String)> {
     let source = shared
         .resolver
@@ -262,19 +306,21 @@ fn start<I: Io>(
     };
     let t = Transfer::new(Instant::now(), negotiated, len, shared.config.transfer);
     tracing::debug!(%peer, file = request.filename, mode = request.mode.as_str(), ?negotiated, "transfer starting");
-    state.active.borrow_mut().insert(peer);
+    let repeat = Rc::new(Notify::new());
+    state.active.borrow_mut().insert(peer, repeat.clone());
     state.running.set(state.running.get() + 1);
-    let (io, shared, state) = (io.clone(), shared.clone(), state.clone());
+    let (io, state) = (io.clone(), state.clone());
     tokio::task::spawn_local(async move {
         let cx = Context {
             io,
             cache: state.cache.clone(),
+            repeat,
         };
         let (end, t) = driver::run(cx, sock, data, t).await;
         log_end(&meta, &t, end);
         state.active.borrow_mut().remove(&meta.peer);
         state.running.set(state.running.get() - 1);
-        shared.running.fetch_sub(1, Ordering::AcqRel);
+        drop(slot);
         state.ended.notify_waiters();
     });
     Ok(())
