@@ -1,4 +1,505 @@
+//! `loadgen`: thousands of concurrent TFTP clients against any server, with latency histograms.
+//!
+//! The command line lives here; [`client`] is the per-transfer state machine (sans-IO, on the
+//! core's packet codec and netascii decoder), [`run`] the epoll event loop that drives thousands
+//! of them per thread, and [`report`] the histograms, the table, the thresholds and the JSON.
+
+mod client;
+mod report;
+mod run;
+
+use std::io::IsTerminal;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context, Result};
+use clap::{Parser, ValueEnum};
+use ringtftp::packet::Mode;
+
+use crate::client::{Config, Expect};
+use crate::report::{Live, Setup, Thresholds};
+use crate::run::Plan;
+
+/// Drive a TFTP server with thousands of concurrent clients and measure it.
+///
+/// Every transfer is a real client: a fresh UDP socket (a new TID) sends an RRQ for FILE to the
+/// server's port, then talks to whichever port answered, acknowledging DATA lock-step or in
+/// windows (RFC 7440), re-sending on timeout, and checking every byte against --expect or
+/// --sha256. --clients transfers run at once until --transfers have run (default: one per
+/// client) or --duration has passed.
+///
+/// It prints a summary on stdout (transfer time and time to first block percentiles,
+/// transfers/s, MB/s, failures by reason, retransmissions) and, with --json, the same figures
+/// for a machine. Exit status: 0 done, 1 could not run, 2 bad usage, 3 a threshold
+/// (--max-p99, --min-rate, --max-failures) was missed.
+///
+/// Examples:
+///   loadgen 127.0.0.1:6969 pxelinux.0 --clients 500 --transfers 2000 --blksize 1468
+///   loadgen 127.0.0.1:6969 boot.ipxe -c 10000 --sha256 9f86d0...
+///   loadgen 127.0.0.1:6969 initrd --windowsize 16 --blksize 1468 --loss 0.02 --expect initrd
+///   loadgen 127.0.0.1:6969 kernel -c 2000 --duration 30s --max-p99 50ms --min-rate 2000/s
+///           --max-failures 0 --json result.json --sources 127.0.0.1-127.0.0.64
+#[derive(Debug, Parser)]
+#[command(name = "loadgen", version, verbatim_doc_comment, max_term_width = 100)]
+struct Cli {
+    /// The server: HOST, HOST:PORT or [IPv6]:PORT.
+    #[arg(value_name = "HOST[:PORT]")]
+    server: String,
+
+    /// The file to fetch, as the server names it.
+    #[arg(value_name = "FILE")]
+    file: String,
+
+    /// The server's port, when HOST has none.
+    #[arg(long, value_name = "PORT", default_value_t = 69)]
+    port: u16,
+
+    /// Transfers in flight at once (each holds one socket).
+    #[arg(short, long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    clients: u64,
+
+    /// Transfers to run in all [default: --clients].
+    #[arg(short = 'n', long, value_name = "M", conflicts_with = "duration",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    transfers: Option<u64>,
+
+    /// Keep starting transfers for this long (e.g. 30s, 2m); those in flight then finish.
+    #[arg(short, long, value_name = "TIME", value_parser = parse_duration)]
+    duration: Option<Duration>,
+
+    /// Ask for this block size (RFC 2348) [default: ask nothing, 512].
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u16).range(8..=65464))]
+    blksize: Option<u16>,
+
+    /// Ask for this window (RFC 7440) [default: ask nothing, lock-step].
+    #[arg(long, value_name = "BLOCKS", value_parser = clap::value_parser!(u16).range(1..))]
+    windowsize: Option<u16>,
+
+    /// Ask for the transfer size (RFC 2349) and check the bytes received against it.
+    #[arg(long)]
+    tsize: bool,
+
+    /// Wait this long for the server before re-sending the last packet (e.g. 1s, 200ms).
+    #[arg(long, value_name = "TIME", default_value = "1s", value_parser = parse_duration)]
+    timeout: Duration,
+
+    /// Also send --timeout to the server as the RFC 2349 `timeout` option.
+    #[arg(long)]
+    send_timeout_option: bool,
+
+    /// Re-sends of the same packet without an answer before a transfer fails as a timeout.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    retries: u32,
+
+    /// Transfer mode; netascii is decoded before checking.
+    #[arg(long, value_enum, default_value_t = ModeArg::Octet)]
+    mode: ModeArg,
+
+    /// Simulate loss: drop each datagram received, and each one to send (RRQs and ACKs), with
+    /// this probability (0 to 1).
+    #[arg(long, value_name = "P", default_value_t = 0.0, value_parser = parse_probability)]
+    loss: f64,
+
+    /// Seed of the loss simulation, for repeatable runs.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    seed: u64,
+
+    /// Check every transfer against this local file, byte by byte.
+    #[arg(long, value_name = "LOCAL_FILE", conflicts_with = "sha256")]
+    expect: Option<PathBuf>,
+
+    /// Check every transfer's SHA-256 (64 hex digits), hashed as the bytes arrive.
+    #[arg(long, value_name = "HEX", value_parser = parse_sha256)]
+    sha256: Option<[u8; 32]>,
+
+    /// Bind clients to these source addresses, round robin: a range (127.0.0.1-127.0.0.64),
+    /// addresses, or both, comma-separated.
+    #[arg(long, value_name = "ADDRS", value_parser = parse_sources)]
+    sources: Option<Sources>,
+
+    /// Event-loop threads, each running --clients / --threads clients.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u64).range(1..=256))]
+    threads: u64,
+
+    /// Keep polling this long after the last event before sleeping (0: never spin).
+    ///
+    /// Waking a sleeping thread costs tens of microseconds (more in a VM), longer than a
+    /// lock-step round trip on loopback: spinning briefly makes one lock-step client about four
+    /// times faster. It only burns CPU while the server keeps loadgen waiting; use 0 when
+    /// loadgen must share a CPU with the server.
+    #[arg(long, value_name = "TIME", default_value = "50us", value_parser = parse_duration)]
+    spin: Duration,
+
+    /// Hard limit on the whole run; transfers still running then fail as aborted.
+    #[arg(long, value_name = "TIME", default_value = "10m", value_parser = parse_duration)]
+    deadline: Duration,
+
+    /// Write the summary as JSON to this file (`-`: stdout, and the table goes to stderr).
+    #[arg(long, value_name = "PATH")]
+    json: Option<PathBuf>,
+
+    /// Fail (exit 3) if the p99 transfer time exceeds this (e.g. 50ms).
+    #[arg(long, value_name = "TIME", value_parser = parse_duration)]
+    max_p99: Option<Duration>,
+
+    /// Fail (exit 3) below this many successful transfers per second (e.g. 2000/s).
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    min_rate: Option<f64>,
+
+    /// Fail (exit 3) if more transfers than this fail.
+    #[arg(long, value_name = "N")]
+    max_failures: Option<u64>,
+
+    /// No progress line, even on a terminal.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ModeArg {
+    /// Raw bytes.
+    Octet,
+    /// Text with CR LF line ends (RFC 1350), decoded before checking.
+    Netascii,
+}
+
+/// Source addresses, as parsed by [`parse_sources`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Sources(Vec<IpAddr>);
+
+/// Exit status when a threshold is missed (1 is a failure to run, 2 bad usage).
+const EXIT_THRESHOLD: i32 = 3;
+
 fn main() {
-    eprintln!("loadgen: not yet implemented");
-    std::process::exit(2)
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(true) => {}
+        Ok(false) => std::process::exit(EXIT_THRESHOLD),
+        Err(e) => {
+            eprintln!("loadgen: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Runs the load; `Ok(false)` when a threshold was missed.
+fn run(cli: Cli) -> Result<bool> {
+    let server = resolve(&cli.server, cli.port)?;
+    let sources = cli
+        .sources
+        .as_ref()
+        .map(|s| s.0.clone())
+        .unwrap_or_default();
+    if let Some(bad) = sources.iter().find(|ip| ip.is_ipv4() != server.is_ipv4()) {
+        bail!("source {bad} is not of the server's address family ({server})");
+    }
+    let clients = usize::try_from(cli.clients)?;
+    let limit = run::raise_fd_limit().context("cannot raise the open-file limit")?;
+    // Every client holds one socket; keep a few descriptors for stdio, epoll and the JSON file.
+    let room = limit.saturating_sub(64);
+    ensure!(
+        cli.clients <= room,
+        "--clients {} needs as many open files, but the limit is {limit} \
+         (raise the hard limit with `ulimit -Hn` or as root)",
+        cli.clients
+    );
+    let expect = match (&cli.expect, cli.sha256) {
+        (Some(path), _) => Expect::Bytes(
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?,
+        ),
+        (None, Some(hash)) => Expect::Sha256(hash),
+        (None, None) => Expect::Anything,
+    };
+    let config = Config {
+        mode: match cli.mode {
+            ModeArg::Octet => Mode::Octet,
+            ModeArg::Netascii => Mode::Netascii,
+        },
+        blksize: cli.blksize,
+        windowsize: cli.windowsize,
+        tsize: cli.tsize,
+        timeout: cli.timeout,
+        timeout_option: cli.send_timeout_option,
+        retries: cli.retries,
+        expect,
+    };
+    ensure!(
+        !cli.timeout.is_zero() && cli.timeout <= Duration::from_secs(255),
+        "--timeout must lie within 1ms..=255s"
+    );
+    let rrq = client::emit_rrq(&cli.file, &config)?;
+    let transfers = match (cli.transfers, cli.duration) {
+        (Some(n), _) => Some(n),
+        (None, Some(_)) => None,
+        (None, None) => Some(cli.clients),
+    };
+    let plan = Plan {
+        server,
+        sources,
+        clients,
+        transfers,
+        duration: cli.duration,
+        deadline: cli.deadline,
+        threads: usize::try_from(cli.threads)?,
+        loss: cli.loss,
+        seed: cli.seed,
+        spin: cli.spin,
+    };
+    let setup = Setup {
+        server: server.to_string(),
+        file: cli.file.clone(),
+        clients,
+        options: describe_options(&cli),
+        mode: config.mode.as_str(),
+    };
+
+    let live = Live::default();
+    let progress = !cli.quiet && std::io::stderr().is_terminal();
+    let mut last = (0, 0);
+    let mut stats = run::run(&plan, &config, &rrq, &live, |elapsed| {
+        if progress {
+            eprint!("\r\x1b[2K{}", live.line(elapsed, transfers, &mut last));
+        }
+    })?;
+    if progress {
+        eprint!("\r\x1b[2K");
+    }
+    // Peaks add up across workers only approximately; the run never exceeds --clients.
+    stats.peak_active = stats.peak_active.min(cli.clients);
+
+    let thresholds = Thresholds {
+        max_p99: cli.max_p99,
+        min_rate: cli.min_rate,
+        max_failures: cli.max_failures,
+    };
+    let verdicts = thresholds.judge(&stats);
+    let table = report::table(&setup, &stats, &verdicts);
+    let json_to_stdout = cli.json.as_ref().is_some_and(|p| p.as_os_str() == "-");
+    if json_to_stdout {
+        // stdout carries the JSON alone, for a pipe; the table goes to the terminal.
+        eprint!("{table}");
+    } else {
+        print!("{table}");
+    }
+    if let Some(path) = &cli.json {
+        let json = report::json(&setup, &stats, &verdicts);
+        if json_to_stdout {
+            print!("{json}");
+        } else {
+            std::fs::write(path, json)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+    }
+    let missed: Vec<&str> = verdicts.iter().filter(|v| !v.ok).map(|v| v.name).collect();
+    if !missed.is_empty() {
+        eprintln!("loadgen: threshold missed: {}", missed.join(", "));
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+/// The options asked for, as `name=value` words for the report.
+fn describe_options(cli: &Cli) -> String {
+    let mut words = Vec::new();
+    if let Some(b) = cli.blksize {
+        words.push(format!("blksize={b}"));
+    }
+    if let Some(w) = cli.windowsize {
+        words.push(format!("windowsize={w}"));
+    }
+    if cli.tsize {
+        words.push("tsize".to_owned());
+    }
+    if cli.send_timeout_option {
+        words.push(format!("timeout={:?}", cli.timeout));
+    }
+    if words.is_empty() {
+        "no options".to_owned()
+    } else {
+        words.join(" ")
+    }
+}
+
+/// HOST, HOST:PORT, [V6]:PORT or a bare IPv6 address, resolved to one address.
+fn resolve(server: &str, default_port: u16) -> Result<SocketAddr> {
+    if let Ok(addr) = server.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    if let Ok(ip) = server
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+    {
+        return Ok(SocketAddr::new(ip, default_port));
+    }
+    let (host, port) = match server.rsplit_once(':') {
+        Some((host, port)) => (
+            host,
+            port.parse()
+                .with_context(|| format!("bad port in {server:?}"))?,
+        ),
+        None => (server, default_port),
+    };
+    (host, port)
+        .to_socket_addrs()
+        .with_context(|| format!("cannot resolve {host:?}"))?
+        .next()
+        .with_context(|| format!("{host:?} has no address"))
+}
+
+/// `1.5s`, `200ms`, `250us`, `2m`, `1h`, or a bare number of seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration such as 500ms, 2s or 1m"))?;
+    let scale = match unit.trim() {
+        "" | "s" => 1.0,
+        "ms" => 1e-3,
+        "us" | "µs" => 1e-6,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        other => return Err(format!("unknown unit {other:?} (use us, ms, s, m or h)")),
+    };
+    Duration::try_from_secs_f64(value * scale).map_err(|e| e.to_string())
+}
+
+/// `2000/s` or `2000`.
+fn parse_rate(s: &str) -> Result<f64, String> {
+    let number = s.trim().trim_end_matches("/s");
+    number
+        .parse::<f64>()
+        .ok()
+        .filter(|r| r.is_finite() && *r >= 0.0)
+        .ok_or_else(|| format!("{s:?} is not a rate such as 2000/s"))
+}
+
+fn parse_probability(s: &str) -> Result<f64, String> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|p| (0.0..=1.0).contains(p))
+        .ok_or_else(|| format!("{s:?} is not a probability between 0 and 1"))
+}
+
+fn parse_sha256(s: &str) -> Result<[u8; 32], String> {
+    let s = s.trim();
+    if s.len() != 64 {
+        return Err("a SHA-256 is 64 hex digits".to_owned());
+    }
+    let mut out = [0; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16)
+            .map_err(|_| format!("{s:?} is not hex"))?;
+    }
+    Ok(out)
+}
+
+/// Comma-separated addresses and inclusive ranges `FIRST-LAST` (of one family).
+fn parse_sources(s: &str) -> Result<Sources, String> {
+    /// Enough for any rack; a bigger range is more likely a typo.
+    const MAX: u128 = 1 << 16;
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (first, last) = part.split_once('-').unwrap_or((part, part));
+        let bad = |_| format!("{part:?} is not an address or a range FIRST-LAST");
+        let first: IpAddr = first.trim().parse().map_err(bad)?;
+        let last: IpAddr = last.trim().parse().map_err(bad)?;
+        let (lo, hi) = match (first, last) {
+            (IpAddr::V4(a), IpAddr::V4(b)) => (u128::from(u32::from(a)), u128::from(u32::from(b))),
+            (IpAddr::V6(a), IpAddr::V6(b)) => (u128::from(a), u128::from(b)),
+            _ => return Err(format!("{part:?} mixes IPv4 and IPv6")),
+        };
+        if lo > hi || hi - lo >= MAX || out.len() as u128 + hi - lo >= MAX {
+            return Err(format!(
+                "{part:?}: a range runs upwards over at most {MAX} addresses"
+            ));
+        }
+        for v in lo..=hi {
+            out.push(match first {
+                IpAddr::V4(_) => IpAddr::from((v as u32).to_be_bytes()),
+                IpAddr::V6(_) => IpAddr::from(v.to_be_bytes()),
+            });
+        }
+    }
+    if out.is_empty() {
+        return Err("no source address".to_owned());
+    }
+    Ok(Sources(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_and_rates() {
+        assert_eq!(parse_duration("50ms"), Ok(Duration::from_millis(50)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("250us"), Ok(Duration::from_micros(250)));
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+        assert_eq!(parse_rate("2000/s"), Ok(2000.0));
+        assert_eq!(parse_rate("12.5"), Ok(12.5));
+        assert!(parse_rate("-1").is_err());
+        assert!(parse_probability("1.5").is_err());
+        assert_eq!(parse_probability("0.02"), Ok(0.02));
+    }
+
+    #[test]
+    fn sources_expand_ranges() {
+        let Sources(s) = parse_sources("127.0.0.1-127.0.0.3,10.0.0.9").unwrap();
+        let want: Vec<IpAddr> = ["127.0.0.1", "127.0.0.2", "127.0.0.3", "10.0.0.9"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        assert_eq!(s, want);
+        let Sources(s) = parse_sources("::1-::2").unwrap();
+        assert_eq!(s.len(), 2);
+        assert!(parse_sources("127.0.0.9-127.0.0.1").is_err());
+        assert!(parse_sources("127.0.0.1-::1").is_err());
+        assert!(parse_sources("10.0.0.0-10.255.255.255").is_err());
+        assert!(parse_sources("").is_err());
+    }
+
+    #[test]
+    fn servers_resolve_with_or_without_port() {
+        assert_eq!(
+            resolve("127.0.0.1:6969", 69).unwrap(),
+            "127.0.0.1:6969".parse().unwrap()
+        );
+        assert_eq!(
+            resolve("127.0.0.1", 69).unwrap(),
+            "127.0.0.1:69".parse().unwrap()
+        );
+        assert_eq!(
+            resolve("[::1]:70", 69).unwrap(),
+            "[::1]:70".parse().unwrap()
+        );
+        assert_eq!(resolve("::1", 69).unwrap(), "[::1]:69".parse().unwrap());
+        assert_eq!(resolve("localhost:7", 69).unwrap().port(), 7);
+        assert!(resolve("127.0.0.1:x", 69).is_err());
+    }
+
+    #[test]
+    fn sha256_is_64_hex_digits() {
+        let hex = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        assert_eq!(parse_sha256(hex).unwrap()[..2], [0xe3, 0xb0]);
+        assert!(parse_sha256(&hex[1..]).is_err());
+        assert!(parse_sha256(&hex.replace('e', "g")).is_err());
+    }
 }

@@ -1,0 +1,593 @@
+//! What a run measured: histograms and counters, the live progress line, the summary table,
+//! the performance-CI thresholds and the JSON summary.
+//!
+//! Latencies are recorded in microseconds in HDR histograms (3 significant digits, up to an
+//! hour), so percentiles are exact to 0.1 % whatever the spread of a storm.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+
+use crate::client::{Client, Failure};
+
+/// Everything one worker (and, merged, the whole run) measured.
+#[derive(Debug, Clone)]
+pub struct Stats {
+    /// RRQ to final ACK of each successful transfer, in µs.
+    pub transfer: Histogram<u64>,
+    /// RRQ to block 1 of each transfer that got one, in µs.
+    pub first_block: Histogram<u64>,
+    /// Transfers that completed with every check passed.
+    pub ok: u64,
+    /// Failed transfers by reason.
+    pub failures: BTreeMap<Failure, u64>,
+    /// The message of the first ERROR seen with each code, to tell "busy" from "not found".
+    pub error_messages: BTreeMap<u16, String>,
+    /// Payload bytes received in order, over all transfers.
+    pub bytes: u64,
+    /// Packets re-sent because the client's timer expired.
+    pub retransmits: u64,
+    /// ACKs re-sent at once on a duplicate or out-of-order block.
+    pub reacks: u64,
+    /// DATA blocks out of order (duplicates and blocks after a gap).
+    pub stray_blocks: u64,
+    /// Datagrams from a source other than the transfer's TID, ignored.
+    pub stray_datagrams: u64,
+    /// Transfers whose server answered without an OACK although options were asked for.
+    pub options_ignored: u64,
+    /// Datagrams dropped by the simulated loss: received, and not sent.
+    pub dropped_in: u64,
+    /// See `dropped_in`.
+    pub dropped_out: u64,
+    /// Sends the kernel refused for lack of buffer space (counted as lost packets).
+    pub send_drops: u64,
+    /// The most transfers in flight at once.
+    pub peak_active: u64,
+    /// Wall time of the run, from the first RRQ to the last transfer's end.
+    pub elapsed: Duration,
+}
+
+impl Stats {
+    /// Empty statistics.
+    pub fn new() -> Self {
+        // An hour in µs, 3 significant digits: every transfer a run can bound fits.
+        let histogram = || {
+            Histogram::new_with_bounds(1, 3_600_000_000, 3)
+                .expect("constant bounds are valid for hdrhistogram")
+        };
+        Self {
+            transfer: histogram(),
+            first_block: histogram(),
+            ok: 0,
+            failures: BTreeMap::new(),
+            error_messages: BTreeMap::new(),
+            bytes: 0,
+            retransmits: 0,
+            reacks: 0,
+            stray_blocks: 0,
+            stray_datagrams: 0,
+            options_ignored: 0,
+            dropped_in: 0,
+            dropped_out: 0,
+            send_drops: 0,
+            peak_active: 0,
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    /// Records a finished transfer.
+    pub fn record(&mut self, client: &Client) {
+        let Some(outcome) = client.outcome() else {
+            return;
+        };
+        let started = client.started();
+        if let Some(first) = client.first_block() {
+            self.first_block
+                .saturating_record(micros(first.saturating_duration_since(started)));
+        }
+        match outcome {
+            Ok(()) => {
+                self.ok += 1;
+                let end = client.finished().unwrap_or(started);
+                self.transfer
+                    .saturating_record(micros(end.saturating_duration_since(started)));
+            }
+            Err(why) => *self.failures.entry(why).or_default() += 1,
+        }
+        let counters = client.counters();
+        self.bytes += client.bytes();
+        self.retransmits += u64::from(counters.retransmits);
+        self.reacks += u64::from(counters.reacks);
+        self.stray_blocks += u64::from(counters.stray_blocks);
+        self.options_ignored += u64::from(counters.options_ignored);
+    }
+
+    /// Adds another worker's figures.
+    pub fn merge(&mut self, other: &Stats) {
+        // Both histograms have the same bounds, so adding cannot fail.
+        let _ = self.transfer.add(&other.transfer);
+        let _ = self.first_block.add(&other.first_block);
+        self.ok += other.ok;
+        for (&why, &n) in &other.failures {
+            *self.failures.entry(why).or_default() += n;
+        }
+        for (&code, message) in &other.error_messages {
+            self.error_messages
+                .entry(code)
+                .or_insert_with(|| message.clone());
+        }
+        self.bytes += other.bytes;
+        self.retransmits += other.retransmits;
+        self.reacks += other.reacks;
+        self.stray_blocks += other.stray_blocks;
+        self.stray_datagrams += other.stray_datagrams;
+        self.options_ignored += other.options_ignored;
+        self.dropped_in += other.dropped_in;
+        self.dropped_out += other.dropped_out;
+        self.send_drops += other.send_drops;
+        self.peak_active += other.peak_active;
+        self.elapsed = self.elapsed.max(other.elapsed);
+    }
+
+    /// Keeps the message of an ERROR packet, if its code has none yet.
+    pub fn note_error(&mut self, code: u16, message: &[u8]) {
+        self.error_messages
+            .entry(code)
+            .or_insert_with(|| String::from_utf8_lossy(message).into_owned());
+    }
+
+    /// A failure as the report names it: an ERROR with its message.
+    pub fn describe(&self, why: &Failure) -> String {
+        match (why, why.code().and_then(|c| self.error_messages.get(&c))) {
+            (_, Some(message)) => format!("{why} ({message:?})"),
+            _ => why.to_string(),
+        }
+    }
+
+    /// Failed transfers, all reasons together.
+    pub fn failed(&self) -> u64 {
+        self.failures.values().sum()
+    }
+
+    /// Successful transfers per second of wall time.
+    pub fn rate(&self) -> f64 {
+        per_second(self.ok as f64, self.elapsed)
+    }
+
+    /// Payload megabytes (10^6 bytes) per second of wall time.
+    pub fn megabytes_per_second(&self) -> f64 {
+        per_second(self.bytes as f64 / 1e6, self.elapsed)
+    }
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Counters the workers bump as transfers end, read by the progress line while the run goes on.
+#[derive(Debug, Default)]
+pub struct Live {
+    /// Transfers started (may overshoot `--transfers` by the number of workers; see `run`).
+    pub launched: AtomicU64,
+    /// Transfers that succeeded.
+    pub ok: AtomicU64,
+    /// Transfers that failed.
+    pub failed: AtomicU64,
+    /// Payload bytes of finished transfers.
+    pub bytes: AtomicU64,
+    /// Timer re-sends of finished transfers.
+    pub retransmits: AtomicU64,
+    /// Transfers in flight.
+    pub active: AtomicU64,
+}
+
+impl Live {
+    /// Counts a finished transfer.
+    pub fn record(&self, client: &Client) {
+        match client.outcome() {
+            Some(Ok(())) => self.ok.fetch_add(1, Relaxed),
+            _ => self.failed.fetch_add(1, Relaxed),
+        };
+        self.bytes.fetch_add(client.bytes(), Relaxed);
+        self.retransmits
+            .fetch_add(u64::from(client.counters().retransmits), Relaxed);
+    }
+
+    /// The one-line progress report: elapsed time, counts, and rates since the previous line.
+    pub fn line(&self, elapsed: Duration, total: Option<u64>, last: &mut (u64, u64)) -> String {
+        let ok = self.ok.load(Relaxed);
+        let failed = self.failed.load(Relaxed);
+        let bytes = self.bytes.load(Relaxed);
+        let done = ok + failed;
+        let rate = done - last.0;
+        let mbps = (bytes - last.1) as f64 / 1e6;
+        *last = (done, bytes);
+        let total = total.map_or(String::new(), |t| format!("/{t}"));
+        format!(
+            "[{:6.1}s] {done}{total} done, {} active, {failed} failed, {rate}/s, {mbps:.1} MB/s, {} retransmits",
+            elapsed.as_secs_f64(),
+            self.active.load(Relaxed),
+            self.retransmits.load(Relaxed),
+        )
+    }
+}
+
+/// Limits that set the exit code, for performance CI.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Thresholds {
+    /// The longest acceptable p99 transfer time.
+    pub max_p99: Option<Duration>,
+    /// The fewest acceptable successful transfers per second.
+    pub min_rate: Option<f64>,
+    /// The most acceptable failed transfers.
+    pub max_failures: Option<u64>,
+}
+
+/// One threshold's verdict.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    /// The option's name, as on the command line.
+    pub name: &'static str,
+    /// The limit, as a number in the unit of `actual`.
+    pub limit: f64,
+    /// What the run measured.
+    pub actual: f64,
+    /// Whether the run met the limit.
+    pub ok: bool,
+}
+
+impl Thresholds {
+    /// Judges `stats` against every threshold set; an empty list when none is.
+    pub fn judge(&self, stats: &Stats) -> Vec<Verdict> {
+        let mut verdicts = Vec::new();
+        if let Some(max) = self.max_p99 {
+            let limit = max.as_secs_f64() * 1e3;
+            // No successful transfer has no p99: treat it as infinitely slow.
+            let actual = if stats.ok == 0 {
+                f64::INFINITY
+            } else {
+                stats.transfer.value_at_quantile(0.99) as f64 / 1e3
+            };
+            verdicts.push(Verdict {
+                name: "max-p99 (ms)",
+                limit,
+                actual,
+                ok: actual <= limit,
+            });
+        }
+        if let Some(limit) = self.min_rate {
+            let actual = stats.rate();
+            verdicts.push(Verdict {
+                name: "min-rate (/s)",
+                limit,
+                actual,
+                ok: actual >= limit,
+            });
+        }
+        if let Some(limit) = self.max_failures {
+            let actual = stats.failed();
+            verdicts.push(Verdict {
+                name: "max-failures",
+                limit: limit as f64,
+                actual: actual as f64,
+                ok: actual <= limit,
+            });
+        }
+        verdicts
+    }
+}
+
+/// What the run was, for the headings of the table and the JSON.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    /// The server, as resolved.
+    pub server: String,
+    /// The file requested.
+    pub file: String,
+    /// Concurrent clients.
+    pub clients: usize,
+    /// The options asked for, as `name=value` words.
+    pub options: String,
+    /// The transfer mode.
+    pub mode: &'static str,
+}
+
+/// The percentiles reported, as (label, quantile).
+const QUANTILES: [(&str, f64); 4] = [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p99.9", 0.999)];
+
+/// The human summary, for stdout.
+pub fn table(setup: &Setup, stats: &Stats, verdicts: &[Verdict]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "loadgen: {} from {} ({} clients, {}, {})",
+        setup.file, setup.server, setup.clients, setup.mode, setup.options
+    );
+    let _ = writeln!(
+        out,
+        "{:<14}{:>10}{:>10}{:>10}{:>10}{:>10}{:>10}",
+        "latency", "p50", "p90", "p99", "p99.9", "max", "mean"
+    );
+    for (label, h) in [
+        ("transfer", &stats.transfer),
+        ("first block", &stats.first_block),
+    ] {
+        let _ = write!(out, "{label:<14}");
+        if h.is_empty() {
+            let _ = writeln!(out, "{:>10}", "-");
+            continue;
+        }
+        for (_, q) in QUANTILES {
+            let _ = write!(out, "{:>10}", human_micros(h.value_at_quantile(q) as f64));
+        }
+        let _ = writeln!(
+            out,
+            "{:>10}{:>10}",
+            human_micros(h.max() as f64),
+            human_micros(h.mean())
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{:<14}{} ok, {} failed in {:.2} s: {:.1} transfers/s, {:.1} MB/s (peak {} in flight)",
+        "transfers",
+        stats.ok,
+        stats.failed(),
+        stats.elapsed.as_secs_f64(),
+        stats.rate(),
+        stats.megabytes_per_second(),
+        stats.peak_active,
+    );
+    let _ = writeln!(
+        out,
+        "{:<14}{} timer re-sends, {} re-ACKs, {} out-of-order blocks, {} stray datagrams",
+        "retransmits", stats.retransmits, stats.reacks, stats.stray_blocks, stats.stray_datagrams
+    );
+    if stats.dropped_in + stats.dropped_out + stats.send_drops > 0 {
+        let _ = writeln!(
+            out,
+            "{:<14}{} received and {} sent dropped (simulated), {} sends refused by the kernel",
+            "loss", stats.dropped_in, stats.dropped_out, stats.send_drops
+        );
+    }
+    if stats.options_ignored > 0 {
+        let _ = writeln!(
+            out,
+            "{:<14}{} transfers answered without an OACK (options ignored)",
+            "options", stats.options_ignored
+        );
+    }
+    if !stats.failures.is_empty() {
+        let _ = write!(out, "{:<14}", "failures");
+        let reasons: Vec<String> = stats
+            .failures
+            .iter()
+            .map(|(why, n)| format!("{}: {n}", stats.describe(why)))
+            .collect();
+        let _ = writeln!(out, "{}", reasons.join(", "));
+    }
+    for v in verdicts {
+        let _ = writeln!(
+            out,
+            "{:<14}{} {} (limit {}, measured {})",
+            "threshold",
+            v.name,
+            if v.ok { "ok" } else { "MISSED" },
+            v.limit,
+            round(v.actual)
+        );
+    }
+    out
+}
+
+/// The machine-readable summary: one JSON object with every figure and the thresholds' verdicts.
+pub fn json(setup: &Setup, stats: &Stats, verdicts: &[Verdict]) -> String {
+    let mut o = String::from("{\n");
+    let _ = writeln!(o, "  \"server\": {},", json_str(&setup.server));
+    let _ = writeln!(o, "  \"file\": {},", json_str(&setup.file));
+    let _ = writeln!(o, "  \"clients\": {},", setup.clients);
+    let _ = writeln!(o, "  \"mode\": {},", json_str(setup.mode));
+    let _ = writeln!(o, "  \"options\": {},", json_str(&setup.options));
+    let _ = writeln!(
+        o,
+        "  \"elapsed_s\": {},",
+        json_num(stats.elapsed.as_secs_f64())
+    );
+    let _ = writeln!(o, "  \"ok\": {},", stats.ok);
+    let _ = writeln!(o, "  \"failed\": {},", stats.failed());
+    let _ = writeln!(o, "  \"transfers_per_s\": {},", json_num(stats.rate()));
+    let _ = writeln!(
+        o,
+        "  \"mb_per_s\": {},",
+        json_num(stats.megabytes_per_second())
+    );
+    let _ = writeln!(o, "  \"bytes\": {},", stats.bytes);
+    let _ = writeln!(o, "  \"peak_active\": {},", stats.peak_active);
+    for (name, h) in [
+        ("transfer_us", &stats.transfer),
+        ("first_block_us", &stats.first_block),
+    ] {
+        let _ = write!(o, "  \"{name}\": {{\"count\": {}", h.len());
+        if !h.is_empty() {
+            for (label, q) in QUANTILES {
+                let _ = write!(
+                    o,
+                    ", \"{}\": {}",
+                    label.replace('.', "_"),
+                    h.value_at_quantile(q)
+                );
+            }
+            let _ = write!(
+                o,
+                ", \"max\": {}, \"mean\": {}",
+                h.max(),
+                json_num(h.mean())
+            );
+        }
+        let _ = writeln!(o, "}},");
+    }
+    let _ = writeln!(o, "  \"retransmits\": {},", stats.retransmits);
+    let _ = writeln!(o, "  \"reacks\": {},", stats.reacks);
+    let _ = writeln!(o, "  \"stray_blocks\": {},", stats.stray_blocks);
+    let _ = writeln!(o, "  \"stray_datagrams\": {},", stats.stray_datagrams);
+    let _ = writeln!(o, "  \"options_ignored\": {},", stats.options_ignored);
+    let _ = writeln!(o, "  \"dropped_in\": {},", stats.dropped_in);
+    let _ = writeln!(o, "  \"dropped_out\": {},", stats.dropped_out);
+    let _ = writeln!(o, "  \"send_drops\": {},", stats.send_drops);
+    let failures: Vec<String> = stats
+        .failures
+        .iter()
+        .map(|(why, n)| format!("{}: {n}", json_str(&why.to_string())))
+        .collect();
+    let _ = writeln!(o, "  \"failures\": {{{}}},", failures.join(", "));
+    let messages: Vec<String> = stats
+        .error_messages
+        .iter()
+        .map(|(code, m)| format!("\"{code}\": {}", json_str(m)))
+        .collect();
+    let _ = writeln!(o, "  \"error_messages\": {{{}}},", messages.join(", "));
+    let thresholds: Vec<String> = verdicts
+        .iter()
+        .map(|v| {
+            format!(
+                "{{\"name\": {}, \"limit\": {}, \"actual\": {}, \"ok\": {}}}",
+                json_str(v.name),
+                json_num(v.limit),
+                json_num(v.actual),
+                v.ok
+            )
+        })
+        .collect();
+    let _ = writeln!(o, "  \"thresholds\": [{}],", thresholds.join(", "));
+    let _ = writeln!(o, "  \"thresholds_ok\": {}", verdicts.iter().all(|v| v.ok));
+    o.push_str("}\n");
+    o
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
+}
+
+fn per_second(amount: f64, elapsed: Duration) -> f64 {
+    let secs = elapsed.as_secs_f64();
+    if secs > 0.0 {
+        amount / secs
+    } else {
+        0.0
+    }
+}
+
+/// A latency in the unit that reads best: `870us`, `12.3ms`, `1.52s`.
+fn human_micros(us: f64) -> String {
+    if us < 1e3 {
+        format!("{us:.0}us")
+    } else if us < 1e6 {
+        format!("{:.1}ms", us / 1e3)
+    } else {
+        format!("{:.2}s", us / 1e6)
+    }
+}
+
+fn round(v: f64) -> f64 {
+    (v * 100.0).round() / 100.0
+}
+
+/// A JSON number; JSON has no infinity or NaN, so those become `null`.
+fn json_num(v: f64) -> String {
+    if v.is_finite() {
+        format!("{}", round(v))
+    } else {
+        "null".to_owned()
+    }
+}
+
+fn json_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats() -> Stats {
+        let mut s = Stats::new();
+        for us in 1..=1000 {
+            s.transfer.record(us * 100).unwrap();
+        }
+        s.ok = 1000;
+        s.failures.insert(Failure::Timeout, 2);
+        s.failures.insert(Failure::Error(1), 1);
+        s.elapsed = Duration::from_secs(2);
+        s.bytes = 4_000_000;
+        s
+    }
+
+    #[test]
+    fn thresholds_judge_each_limit() {
+        let s = stats();
+        let t = Thresholds {
+            max_p99: Some(Duration::from_millis(150)),
+            min_rate: Some(600.0),
+            max_failures: Some(0),
+        };
+        let v = t.judge(&s);
+        assert_eq!(v.len(), 3);
+        assert!(v[0].ok, "p99 of 0.1..=100 ms is 99 ms: {:?}", v[0]);
+        assert!((v[0].actual - 99.0).abs() < 0.1);
+        assert!(!v[1].ok, "500/s is under 600/s");
+        assert!(!v[2].ok, "3 failures");
+        assert!(Thresholds::default().judge(&s).is_empty());
+    }
+
+    #[test]
+    fn json_is_well_formed_enough() {
+        let s = stats();
+        let setup = Setup {
+            server: "127.0.0.1:69".into(),
+            file: "a\"b".into(),
+            clients: 10,
+            options: "blksize=1468".into(),
+            mode: "octet",
+        };
+        let v = Thresholds {
+            max_failures: Some(0),
+            ..Thresholds::default()
+        }
+        .judge(&s);
+        let j = json(&setup, &s, &v);
+        assert!(j.contains("\"file\": \"a\\\"b\""));
+        assert!(j.contains("\"failures\": {\"timeout\": 2, \"ERROR 1\": 1}"));
+        assert!(j.contains("\"thresholds_ok\": false"));
+        assert!(j.contains("\"transfers_per_s\": 500,"));
+        assert_eq!(j.matches('{').count(), j.matches('}').count());
+        let t = table(&setup, &s, &v);
+        assert!(t.contains("1000 ok, 3 failed"));
+        assert!(t.contains("max-failures MISSED"));
+    }
+
+    #[test]
+    fn latencies_read_in_their_unit() {
+        assert_eq!(human_micros(870.0), "870us");
+        assert_eq!(human_micros(12_340.0), "12.3ms");
+        assert_eq!(human_micros(1_520_000.0), "1.52s");
+        assert_eq!(json_num(f64::INFINITY), "null");
+    }
+}
