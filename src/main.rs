@@ -290,30 +290,34 @@ fn parse_range(s: &str) -> Result<(u16, u16), String> {
     Ok((lo, hi))
 }
 
-/// Each transfer holds a socket and a file: raise the descriptor limit to the hard limit and
+/// Each transfer holds a socket (transfers of one file share its descriptor): raise the
+/// descriptor limit as far as allowed — past the hard limit where the process may (root) — and
 /// keep `--max-transfers` within it.
 fn raise_fd_limit(config: &mut Config) {
+    /// Enough for the largest boot storm with room to spare, well under the kernel's nr_open.
+    const WANT: libc::rlim_t = 262_144;
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
-    // SAFETY: getrlimit/setrlimit with a valid rlimit struct.
+    // SAFETY: getrlimit/setrlimit with valid rlimit structs.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
             return;
         }
-        if limit.rlim_cur < limit.rlim_max {
+        for max in [limit.rlim_max.max(WANT), limit.rlim_max] {
             let raised = libc::rlimit {
-                rlim_cur: limit.rlim_max,
-                rlim_max: limit.rlim_max,
+                rlim_cur: max,
+                rlim_max: max,
             };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+            if limit.rlim_cur < max && libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
                 limit = raised;
+                break;
             }
         }
     }
     let fds = usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX);
-    let fit = fds.saturating_sub(64) / 2;
+    let fit = fds.saturating_sub(256);
     if config.max_transfers > fit {
         tracing::warn!(
             fds,

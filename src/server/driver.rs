@@ -137,7 +137,7 @@ unsafe impl IoBufMut for BlockBuf {
 pub(crate) enum Data<F> {
     /// An open file, read by the backend (fixed reads under io_uring), and what it was when
     /// opened.
-    File(F, FileId),
+    File(Rc<F>, FileId),
     /// Bytes in memory (generated per client, or a netascii encoding), sent without a copy.
     Memory(Arc<[u8]>),
     /// Any other source, read synchronously into private chunks.
@@ -165,8 +165,18 @@ pub(crate) enum End {
 pub(crate) struct Context<I: Io> {
     pub io: Rc<I>,
     pub cache: Rc<ChunkCache>,
+    pub client: Rc<Client>,
+}
+
+/// What the shard's main loop and a transfer task share about the client.
+#[derive(Debug)]
+pub(crate) struct Client {
+    /// The file asked for, to tell a repeated request from a new one.
+    pub filename: Box<str>,
     /// Signalled when the client repeats its request on the main port.
-    pub repeat: Rc<tokio::sync::Notify>,
+    pub repeat: tokio::sync::Notify,
+    /// Whether the client has sent anything to the transfer (so it heard the first reply).
+    pub answered: std::cell::Cell<bool>,
 }
 
 /// Runs one transfer to its end.
@@ -185,6 +195,7 @@ pub(crate) async fn run<I: Io>(
     let mut scratch = [0u8; 512];
 
     let mut recv = pin!(I::recv(&socket, vec![0; RECV_BUF]));
+    let mut timer = pin!(tokio::time::sleep(Duration::from_secs(3600)));
     let end = 'transfer: loop {
         let now = Instant::now();
         while let Some(transmit) = t.poll_transmit(now) {
@@ -244,18 +255,23 @@ pub(crate) async fn run<I: Io>(
         let deadline = t
             .poll_timeout()
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        // One timer for the transfer's life, moved rather than re-created each round.
+        timer.as_mut().reset(deadline.into());
         tokio::select! {
             biased;
             (result, buf) = &mut recv => {
                 match result {
-                    Ok(n) => t.handle_datagram(Instant::now(), &buf[..n.min(buf.len())]),
+                    Ok(n) => {
+                        cx.client.answered.set(true);
+                        t.handle_datagram(Instant::now(), &buf[..n.min(buf.len())]);
+                    }
                     Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => break End::Unreachable,
                     Err(e) => tracing::debug!(error = %e, "receive failed"),
                 }
                 recv.set(I::recv(&socket, buf));
             }
-            () = tokio::time::sleep_until(deadline.into()) => t.handle_timeout(Instant::now()),
-            () = cx.repeat.notified() => t.handle_repeat(Instant::now()),
+            () = &mut timer => t.handle_timeout(Instant::now()),
+            () = cx.client.repeat.notified() => t.handle_repeat(Instant::now()),
         }
     };
     // The receive may still be armed in the ring; shutting the socket down completes it, so

@@ -5,7 +5,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,13 +14,13 @@ use socket2::Socket;
 use tokio::sync::{watch, Notify};
 
 use super::cache::{ChunkCache, CHUNK};
-use super::driver::{self, Context, Data, End, Io, Meta};
+use super::driver::{self, Client, Context, Data, End, Io, Meta};
 use super::socket::{self, MainSocket, RecvBatch};
 use super::{Backend, Shared};
 use crate::netascii;
 use crate::options::Negotiated;
 use crate::packet::{self, ErrorCode, Mode, Request};
-use crate::resolve::Source;
+use crate::resolve::{FileId, ResolveError, Source};
 use crate::transfer::{self, Inbound, Outcome, Transfer};
 
 /// Runs shard `index` on the calling thread until the server stops; reports the backend it
@@ -78,10 +78,12 @@ pub(crate) fn run(
 }
 
 /// The shard's view of its running transfers.
-struct State {
+struct State<I: Io> {
     /// Clients with a running transfer: a repeated RRQ must not start a second one, but tells
     /// the running one that its first reply was lost.
-    active: RefCell<HashMap<SocketAddr, Rc<Notify>>>,
+    active: RefCell<HashMap<SocketAddr, Rc<Client>>>,
+    /// Open files by identity, so concurrent transfers of one file share one descriptor.
+    files: RefCell<HashMap<FileId, Weak<I::File>>>,
     /// Transfers running on this shard, and a wake-up for when one ends (for a graceful stop).
     running: Cell<usize>,
     ended: Notify,
@@ -105,6 +107,7 @@ async fn serve<I: Io>(
     let main_ip = main.local_addr().map(|a| a.ip()).ok();
     let state = Rc::new(State {
         active: RefCell::new(HashMap::new()),
+        files: RefCell::new(HashMap::new()),
         running: Cell::new(0),
         ended: Notify::new(),
         cache: Rc::new(ChunkCache::new(shared.config.block_cache)),
@@ -148,7 +151,7 @@ async fn serve<I: Io>(
 fn handle<I: Io>(
     io: &Rc<I>,
     shared: &Arc<Shared>,
-    state: &Rc<State>,
+    state: &Rc<State<I>>,
     main: &MainSocket,
     peer: SocketAddr,
     local: Option<IpAddr>,
@@ -186,12 +189,16 @@ fn handle<I: Io>(
         }
         Inbound::Ignore => return,
     };
-    if let Some(repeat) = state.active.borrow().get(&peer) {
-        // RFC 1350 §4: the client timed out and repeated its RRQ, so our first reply was lost;
-        // the running transfer sends it again.
-        tracing::debug!(%peer, file = request.filename, "repeated request");
-        repeat.notify_one();
-        return;
+    if let Some(client) = state.active.borrow().get(&peer) {
+        // RFC 1350 §4: a client that has not heard from its transfer times out and repeats its
+        // RRQ: the first reply was lost, and the running transfer sends it again. A client
+        // that has answered its transfer has moved on, and an RRQ from the same port is a new
+        // request (clients reuse ports quickly); the old transfer ends on its own.
+        if !client.answered.get() && *client.filename == *request.filename {
+            tracing::debug!(%peer, file = request.filename, "repeated request");
+            client.repeat.notify_one();
+            return;
+        }
     }
     let slot = match Slot::take(shared, peer.ip()) {
         Ok(slot) => slot,
@@ -258,7 +265,7 @@ impl Drop for Slot {
 fn start<I: Io>(
     io: &Rc<I>,
     shared: &Arc<Shared>,
-    state: &Rc<State>,
+    state: &Rc<State<I>>,
     peer: SocketAddr,
     local: Option<IpAddr>,
     request: &Request<'_>,
@@ -267,7 +274,18 @@ fn start<I: Io>(
     let source = shared
         .resolver
         .resolve(request.filename, peer)
-        .map_err(|e| (e.code(), e.message().to_owned()))?;
+        .map_err(|e| match e {
+            ResolveError::Io(ref io)
+                if matches!(io.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) =>
+            {
+                tracing::warn!(%peer, "out of file descriptors (raise ulimit -n)");
+                (
+                    ErrorCode::Undefined,
+                    "Server busy: out of file descriptors".to_owned(),
+                )
+            }
+            e => (e.code(), e.message().to_owned()),
+        })?;
     let source = match request.mode {
         Mode::Octet => source,
         Mode::Netascii => encode_netascii(&source, shared.config.netascii_max)?,
@@ -292,7 +310,7 @@ fn start<I: Io>(
     let data = match source {
         Source::File(file) => {
             let id = file.id();
-            Data::File(io.file(file.into_file()), id)
+            Data::File(shared_file(io, state, file.into_file(), id), id)
         }
         Source::Memory(bytes) => Data::Memory(bytes),
         Source::Custom(custom) => Data::Custom(custom),
@@ -306,24 +324,56 @@ fn start<I: Io>(
     };
     let t = Transfer::new(Instant::now(), negotiated, len, shared.config.transfer);
     tracing::debug!(%peer, file = request.filename, mode = request.mode.as_str(), ?negotiated, "transfer starting");
-    let repeat = Rc::new(Notify::new());
-    state.active.borrow_mut().insert(peer, repeat.clone());
+    let client = Rc::new(Client {
+        filename: meta.filename.clone(),
+        repeat: Notify::new(),
+        answered: Cell::new(false),
+    });
+    state.active.borrow_mut().insert(peer, client.clone());
     state.running.set(state.running.get() + 1);
     let (io, state) = (io.clone(), state.clone());
     tokio::task::spawn_local(async move {
         let cx = Context {
             io,
             cache: state.cache.clone(),
-            repeat,
+            client: client.clone(),
         };
         let (end, t) = driver::run(cx, sock, data, t).await;
         log_end(&meta, &t, end);
-        state.active.borrow_mut().remove(&meta.peer);
+        let mut active = state.active.borrow_mut();
+        // A newer transfer for the same client port may have taken the entry.
+        if active
+            .get(&meta.peer)
+            .is_some_and(|c| Rc::ptr_eq(c, &client))
+        {
+            active.remove(&meta.peer);
+        }
+        drop(active);
         state.running.set(state.running.get() - 1);
         drop(slot);
         state.ended.notify_waiters();
     });
     Ok(())
+}
+
+/// The shard's open descriptor for file `id` if a transfer holds one (closing `file`), else
+/// `file`, now shared.
+fn shared_file<I: Io>(
+    io: &Rc<I>,
+    state: &State<I>,
+    file: std::fs::File,
+    id: FileId,
+) -> Rc<I::File> {
+    let mut files = state.files.borrow_mut();
+    if let Some(open) = files.get(&id).and_then(Weak::upgrade) {
+        return open;
+    }
+    let open = Rc::new(io.file(file));
+    if files.len() >= 1024 {
+        files.retain(|_, f| f.strong_count() > 0);
+    }
+    files.insert(id, Rc::downgrade(&open));
+    open
 }
 
 /// Reads a whole source and encodes it as netascii, so `tsize` is exact and blocks are cut
