@@ -369,8 +369,10 @@ impl Transfer {
         self.deadline = None;
         if self.oack {
             self.pending = Some(Transmit::Oack);
-        } else if self.tries == 1 {
-            // RFC 7440 §4: the window is sent again from the last acknowledged block.
+        } else if self.tries == 1 && self.acked > 0 {
+            // RFC 7440 §4: the window is sent again from the last acknowledged block. (Before
+            // the client has acknowledged any data, a probe does as well and draws far less
+            // from a client that only answered the OACK.)
             self.pending = Some(self.window(true));
         } else {
             self.probe();
@@ -983,16 +985,26 @@ mod tests {
         assert_eq!(t.poll_transmit(c.ms(0)), Some(Transmit::Oack));
         t.handle_ack(c.ms(1), 0);
         assert_eq!(t.poll_transmit(c.ms(1)), blocks(1, 16, false));
-        let deadline = fire(&mut t);
-        assert_eq!(drain(&mut t, deadline), [blocks(1, 16, true).unwrap()]);
+        // Before any data is acknowledged, a silent window is only probed.
         let deadline = fire(&mut t);
         assert_eq!(
             drain(&mut t, deadline),
             [blocks(1, 1, true).unwrap(), blocks(16, 1, true).unwrap()]
         );
+        let now = deadline + ms(1);
+        t.handle_ack(now, 16);
+        assert_eq!(t.poll_transmit(now), blocks(17, 16, false));
+        // Afterwards the first timeout resends the window (RFC 7440 §4), later ones probe.
+        let deadline = fire(&mut t);
+        assert_eq!(drain(&mut t, deadline), [blocks(17, 16, true).unwrap()]);
+        let deadline = fire(&mut t);
+        assert_eq!(
+            drain(&mut t, deadline),
+            [blocks(17, 1, true).unwrap(), blocks(32, 1, true).unwrap()]
+        );
         // The probe's answer slides the window as any ACK does.
-        t.handle_ack(deadline + ms(1), 16);
-        assert_eq!(t.poll_transmit(deadline + ms(1)), blocks(17, 16, false));
+        t.handle_ack(deadline + ms(1), 32);
+        assert_eq!(t.poll_transmit(deadline + ms(1)), blocks(33, 16, false));
     }
 
     /// Drives one lock-step block against a client that answers the first copy of each DATA
