@@ -308,7 +308,7 @@ impl Transfer {
             if block == 0 {
                 self.oack = false;
                 self.progress(now, 0);
-                self.pending = Some(self.window(false));
+                self.queue(self.window(false));
             }
             return;
         }
@@ -328,7 +328,7 @@ impl Transfer {
             } else {
                 // RFC 7440 §4: the next window starts after the acknowledged block, even when
                 // that resends blocks of the last window the client did not get.
-                self.pending = Some(self.window(false));
+                self.queue(self.window(false));
             }
             return;
         }
@@ -368,12 +368,12 @@ impl Transfer {
         self.backoff = (self.backoff + 1).min(16);
         self.deadline = None;
         if self.oack {
-            self.pending = Some(Transmit::Oack);
+            self.queue(Transmit::Oack);
         } else if self.tries == 1 && self.acked > 0 {
             // RFC 7440 §4: the window is sent again from the last acknowledged block. (Before
             // the client has acknowledged any data, a probe does as well and draws far less
             // from a client that only answered the OACK.)
-            self.pending = Some(self.window(true));
+            self.queue(self.window(true));
         } else {
             self.probe();
         }
@@ -388,7 +388,7 @@ impl Transfer {
             return;
         }
         if self.oack {
-            self.pending = Some(Transmit::Oack);
+            self.queue(Transmit::Oack);
         } else if self.acked == 0 && !self.opts.has_oack() {
             self.probe();
         }
@@ -506,6 +506,13 @@ impl Transfer {
         }
     }
 
+    /// Makes `transmit` the next thing to send, replacing whatever was queued before: a new
+    /// window or probe supersedes any part of an older one not yet sent.
+    fn queue(&mut self, transmit: Transmit) {
+        self.pending = Some(transmit);
+        self.then = None;
+    }
+
     /// Queues a probe of a window the client stayed silent through: its first and last blocks
     /// rather than all of them. A live client answers at once — the first block is the one it
     /// lacks if it reported a gap whose ACK was lost (RFC 7440 §4), the last makes it repeat its
@@ -520,7 +527,7 @@ impl Transfer {
                 retransmit: true,
             })
         };
-        self.pending = Some(one(self.acked + 1));
+        self.queue(one(self.acked + 1));
         if count > 1 {
             self.then = Some(one(self.acked + count));
         }
@@ -642,7 +649,10 @@ impl RttEstimator {
         };
         // G, the clock granularity: the drivers' timers tick in milliseconds.
         let granularity = Duration::from_millis(1);
-        (srtt + (self.rttvar * 4).max(granularity)).clamp(config.rto_min, config.rto_max)
+        // max-then-min rather than clamp: a misconfigured floor above the ceiling must not panic.
+        (srtt + (self.rttvar * 4).max(granularity))
+            .max(config.rto_min)
+            .min(config.rto_max)
     }
 }
 
@@ -1005,6 +1015,36 @@ mod tests {
         // The probe's answer slides the window as any ACK does.
         t.handle_ack(deadline + ms(1), 32);
         assert_eq!(t.poll_transmit(deadline + ms(1)), blocks(33, 16, false));
+    }
+
+    /// Found by fuzzing (fuzz/regressions/transfer_events/stale_probe_tail_after_ack): an ACK
+    /// that arrives before a probe is drained must drop the probe's second block.
+    #[test]
+    fn an_ack_drops_a_probe_not_yet_sent() {
+        let c = Clock::new();
+        let mut t = Transfer::new(
+            c.ms(0),
+            negotiated(b"windowsize\x008\x00"),
+            10361,
+            Config::default(),
+        );
+        t.handle_datagram(c.ms(0), &ack(0));
+        drain(&mut t, c.ms(0));
+        let at = fire(&mut t);
+        t.handle_datagram(at, &ack(8));
+        assert_eq!(drain(&mut t, at), [blocks(9, 8, false).unwrap()]);
+    }
+
+    #[test]
+    fn a_floor_above_the_ceiling_does_not_panic() {
+        let config = Config {
+            rto_min: ms(500),
+            rto_max: ms(100),
+            ..Config::default()
+        };
+        let mut rtt = RttEstimator::new(ms(10));
+        rtt.sample(ms(1));
+        assert_eq!(rtt.rto(&config), ms(100));
     }
 
     /// Drives one lock-step block against a client that answers the first copy of each DATA
