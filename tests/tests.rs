@@ -5,12 +5,37 @@
 // A test that needs a client which is not installed prints "skipping: NAME not installed" and
 // passes, unless RINGTFTP_REQUIRE_CLIENTS is set (`.ci/run` sets it and installs them all).
 
-// Scratch directories, file contents, SHA-256, the daemon under test and the real clients.
+// Scratch directories, file contents, SHA-256, the daemon under test, the real clients and a raw
+// TFTP peer on a UDP socket (util/raw.rs: hand-made packets and a lock-step downloader).
 mod util;
 
-// Downloads with Debian's real clients (tftp-hpa, atftp, curl, busybox), compared by SHA-256.
-mod clients {
-    // To come: every client x sizes 0, 1, 511, 512, 513 and 1 MiB (block boundaries) x blksize
-    // and windowsize (atftp only), over 127.0.0.1 and ::1; a missing file seen through each
-    // client's own failure report; netascii (tftp-hpa decodes it, curl keeps the wire bytes).
-}
+// Downloads with Debian's real clients (tftp-hpa, atftp, curl, busybox), compared by SHA-256:
+// every client (plain and with its options) x sizes 0, 1, 511, 512, 513 and 1 MiB; atftp
+// windowsize 4/16/64 x blksize 1468/8192 (and the log shows the window granted); 40 MiB at
+// 512-byte blocks (block number rollover); netascii (tftp-hpa decodes it back to the original,
+// curl keeps the wire bytes, tsize announces the encoded length); IPv6 ::1 with every client.
+mod clients;
+
+// What must be refused or ignored: a missing file (ERROR 1 as each client reports it); `..`,
+// symlinks and absolute paths out of the root (ERROR 2 / never served, no server path in the
+// message); directories; WRQ (raw, tftp-hpa, curl, atftp, busybox: ERROR 2 "read-only" and
+// the root unchanged); DATA/ACK/OACK on the main port (ERROR 4); ERROR on the main port (no
+// reply); a repeated RRQ (one transfer, one port).
+mod errors;
+
+// The server as a whole: 200 concurrent lock-step transfers from threads, all byte-exact on
+// their own ports; the epoll backend by `--backend epoll` and by RINGTFTP_BACKEND=epoll;
+// io_uring by default with one SO_REUSEPORT main socket per shard (/proc/net/udp and ss);
+// SIGTERM during a 40 MiB transfer (it finishes, new requests get no answer, exit 0).
+mod server;
+
+// The command line: port in use, port 69 without CAP_NET_BIND_SERVICE (as nobody through
+// setpriv), a missing directory, a file as --directory (each a clear error and a non-zero
+// exit), and --help.
+mod cli;
+
+// Hostile input against the real daemon: a corpus of malformed, illegal and abusive datagrams
+// on the main port (each an ERROR or silence, no path in any message, nothing from outside the
+// root), a stray transfer ID during a transfer, a garbage flood, and a client that vanishes
+// mid-transfer (given up, descriptors released); a normal transfer works after each.
+mod hostile;

@@ -43,6 +43,16 @@ impl Daemon {
 
     /// [`Daemon::start`] bound to `ip` (e.g. `::1`).
     pub fn start_on(ip: IpAddr, dir: &Path, extra_args: &[&str]) -> Daemon {
+        Daemon::start_with_env(ip, dir, extra_args, &[])
+    }
+
+    /// [`Daemon::start_on`] with extra environment variables (e.g. `RINGTFTP_BACKEND=epoll`).
+    pub fn start_with_env(
+        ip: IpAddr,
+        dir: &Path,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Daemon {
         Daemon::spawn(ip, |port| {
             let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringtftpd"));
             cmd.arg(port.to_string())
@@ -52,7 +62,8 @@ impl Daemon {
                 .arg(dir)
                 .args(extra_args)
                 .env("NO_COLOR", "1")
-                .env("RUST_BACKTRACE", "1");
+                .env("RUST_BACKTRACE", "1")
+                .envs(env.iter().copied());
             cmd
         })
     }
@@ -122,22 +133,40 @@ impl Daemon {
 
     /// Sends SIGTERM and waits for the exit; panics (after SIGKILL) if that takes over 30 s.
     pub fn stop(mut self) -> ExitStatus {
-        let mut child = self.child.take().expect("daemon is running");
-        if let Some(status) = child.try_wait().expect("wait for daemon") {
+        if let Some(status) = self.exit_status() {
             return status;
         }
+        self.terminate();
+        self.wait_exit()
+    }
+
+    /// Sends SIGTERM and returns at once; see [`Daemon::wait_exit`]. The log stays readable.
+    pub fn terminate(&self) {
+        let pid = self.pid();
         // `kill` as a shell builtin: procps (/bin/kill) is not on a minimal Debian, sh always is.
         let sent = Command::new("sh")
-            .args(["-c", r#"kill -TERM "$1""#, "sh", &child.id().to_string()])
+            .args(["-c", r#"kill -TERM "$1""#, "sh", &pid.to_string()])
             .status()
             .expect("run sh -c kill");
-        assert!(sent.success(), "kill -TERM {} failed: {sent}", child.id());
+        assert!(sent.success(), "kill -TERM {pid} failed: {sent}");
+    }
+
+    /// The exit status if the server has exited, `None` while it runs.
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        let child = self.child.as_mut().expect("daemon was started");
+        child.try_wait().expect("wait for daemon")
+    }
+
+    /// Waits for the server to exit (after [`Daemon::terminate`]); panics (after SIGKILL) if
+    /// that takes over 30 s. Unlike [`Daemon::stop`] it keeps the log readable.
+    pub fn wait_exit(&mut self) -> ExitStatus {
         let start = Instant::now();
         loop {
-            if let Some(status) = child.try_wait().expect("wait for daemon") {
+            if let Some(status) = self.exit_status() {
                 return status;
             }
             if start.elapsed() >= STOP_TIMEOUT {
+                let child = self.child.as_mut().expect("daemon was started");
                 let _ = child.kill();
                 let _ = child.wait();
                 panic!(
@@ -146,6 +175,26 @@ impl Daemon {
                 );
             }
             thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits up to `timeout` for a line of the log to contain every one of `needles`; returns
+    /// that line. (A transfer's line is written after the client's last ACK arrives, so a
+    /// client may exit a moment before it.)
+    pub fn wait_for_log(&self, needles: &[&str], timeout: Duration) -> Option<String> {
+        let start = Instant::now();
+        loop {
+            let log = self.log();
+            if let Some(line) = log
+                .lines()
+                .find(|line| needles.iter().all(|n| line.contains(n)))
+            {
+                return Some(line.to_owned());
+            }
+            if start.elapsed() >= timeout {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(20));
         }
     }
 

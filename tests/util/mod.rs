@@ -1,5 +1,6 @@
 //! Helpers shared by every integration test: scratch directories, deterministic file contents,
-//! SHA-256, the daemon under test ([`Daemon`]) and the real TFTP clients (`clients.rs`).
+//! SHA-256, the daemon under test ([`Daemon`]), the real TFTP clients (`clients.rs`) and a raw
+//! TFTP peer on a UDP socket (`raw.rs`).
 
 // Not every helper has a caller yet: the test modules that use them are still being written.
 #![allow(dead_code)]
@@ -7,6 +8,7 @@
 mod clients;
 mod daemon;
 mod process;
+pub mod raw;
 
 use std::fs;
 use std::io::Read;

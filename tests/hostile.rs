@@ -1,0 +1,417 @@
+//! Hostile input against the real daemon: a corpus of malformed, illegal and abusive datagrams
+//! on the main port, a stray transfer ID during a transfer, a garbage flood, and a client that
+//! vanishes mid-transfer. After each, the server must still be up, must not have leaked a path
+//! or a byte from outside its root, and must serve a normal transfer byte-exact.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::symlink;
+use std::time::{Duration, Instant};
+
+use ringtftp::packet::Mode as WireMode;
+
+use crate::util::raw::{self, describe, parse_error, Peer};
+use crate::util::{pattern, sha256, write_file, Daemon, TempDir};
+
+/// What the server must answer a hostile datagram with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    /// An ERROR with this code.
+    Error(u16),
+    /// Nothing at all.
+    Silence,
+}
+
+/// A served file, downloaded in lock-step after the abuse, must arrive intact.
+fn still_serves(server: SocketAddr, expected: &[u8]) {
+    let got = raw::download(
+        server,
+        "ok.bin",
+        WireMode::Octet,
+        &[("blksize", "1468")],
+        |_| {},
+    )
+    .unwrap_or_else(|e| panic!("a normal transfer failed after hostile input: {e}"));
+    assert_eq!(
+        sha256(&got.data),
+        sha256(expected),
+        "normal transfer corrupted"
+    );
+}
+
+fn hostile_root(label: &str) -> (TempDir, Vec<u8>) {
+    let root = TempDir::new(label);
+    let good = pattern(100_000, 7);
+    write_file(root.path(), "ok.bin", &good);
+    write_file(root.path(), "sub/inner.txt", b"inner");
+    symlink("/etc/passwd", root.join("passwd")).expect("symlink");
+    symlink("/etc", root.join("etc")).expect("symlink");
+    (root, good)
+}
+
+fn request(opcode: u8, body: &[u8]) -> Vec<u8> {
+    let mut datagram = vec![0, opcode];
+    datagram.extend_from_slice(body);
+    datagram
+}
+
+#[test]
+fn hostile_corpus_gets_errors_or_silence_and_leaks_nothing() {
+    let (root, good) = hostile_root("hostile_corpus");
+    let daemon = Daemon::start(root.path(), &[]);
+    let server = daemon.addr();
+    let root_text = root.path().to_string_lossy().into_owned();
+
+    let flood: Vec<u8> = (0..400)
+        .flat_map(|i| format!("opt{i}\0{i}\0").into_bytes())
+        .collect();
+    let huge_options = {
+        let mut body = b"ok.bin\0octet\0".to_vec();
+        body.extend_from_slice(&flood);
+        body
+    };
+    let cases: Vec<(&str, Vec<u8>, Expect)> = vec![
+        ("empty datagram", vec![], Expect::Silence),
+        ("one byte", vec![0], Expect::Silence),
+        ("unknown opcode 9", vec![0, 9, 1, 2, 3], Expect::Error(4)),
+        ("opcode 0", vec![0, 0], Expect::Error(4)),
+        ("opcode 0xffff", vec![0xff, 0xff, 0], Expect::Error(4)),
+        (
+            "RRQ without terminators",
+            request(1, b"ok.bin"),
+            Expect::Error(4),
+        ),
+        (
+            "RRQ without mode terminator",
+            request(1, b"ok.bin\0octet"),
+            Expect::Error(4),
+        ),
+        (
+            "RRQ empty filename",
+            request(1, b"\0octet\0"),
+            Expect::Error(4),
+        ),
+        (
+            "RRQ mode mail",
+            request(1, b"ok.bin\0mail\0"),
+            Expect::Error(0),
+        ),
+        (
+            "RRQ mode binary",
+            request(1, b"ok.bin\0binary\0"),
+            Expect::Error(0),
+        ),
+        (
+            "RRQ control byte",
+            request(1, b"ok\x01.bin\0octet\0"),
+            Expect::Error(2),
+        ),
+        (
+            "RRQ newline in name",
+            request(1, b"ok\n.bin\0octet\0"),
+            Expect::Error(2),
+        ),
+        (
+            "RRQ invalid UTF-8",
+            request(1, b"\xff\xfe\0octet\0"),
+            Expect::Error(2),
+        ),
+        (
+            "RRQ ../ escape",
+            request(1, b"../../../../etc/passwd\0octet\0"),
+            Expect::Error(2),
+        ),
+        (
+            "RRQ sub/../../ escape",
+            request(1, b"sub/../../x\0octet\0"),
+            Expect::Error(2),
+        ),
+        (
+            "RRQ backslash escape",
+            request(1, b"..\\..\\etc\\passwd\0octet\0"),
+            Expect::Error(2),
+        ),
+        (
+            "RRQ symlink to /etc/passwd",
+            request(1, b"passwd\0octet\0"),
+            Expect::Error(2),
+        ),
+        (
+            "RRQ through a symlinked dir",
+            request(1, b"etc/passwd\0octet\0"),
+            Expect::Error(2),
+        ),
+        (
+            "RRQ absolute path through the etc symlink",
+            request(1, b"/etc/passwd\0octet\0"),
+            Expect::Error(2),
+        ),
+        (
+            "RRQ absolute path outside",
+            request(1, b"/usr/bin/env\0octet\0"),
+            Expect::Error(1),
+        ),
+        (
+            "RRQ the root itself",
+            request(1, b"/\0octet\0"),
+            Expect::Error(2),
+        ),
+        (
+            "RRQ a directory",
+            request(1, b"sub\0octet\0"),
+            Expect::Error(2),
+        ),
+        (
+            "RRQ /proc",
+            request(1, b"/proc/self/environ\0octet\0"),
+            Expect::Error(1),
+        ),
+        (
+            "blksize 0",
+            request(1, b"ok.bin\0octet\0blksize\x000\0"),
+            Expect::Error(8),
+        ),
+        (
+            "blksize 7",
+            request(1, b"ok.bin\0octet\0blksize\x007\0"),
+            Expect::Error(8),
+        ),
+        (
+            "blksize text",
+            request(1, b"ok.bin\0octet\0blksize\0big\0"),
+            Expect::Error(8),
+        ),
+        (
+            "blksize negative",
+            request(1, b"ok.bin\0octet\0blksize\0-5\0"),
+            Expect::Error(8),
+        ),
+        (
+            "timeout 0",
+            request(1, b"ok.bin\0octet\0timeout\x000\0"),
+            Expect::Error(8),
+        ),
+        (
+            "timeout 1000",
+            request(1, b"ok.bin\0octet\0timeout\x001000\0"),
+            Expect::Error(8),
+        ),
+        (
+            "timeout text",
+            request(1, b"ok.bin\0octet\0timeout\0soon\0"),
+            Expect::Error(8),
+        ),
+        (
+            "windowsize 0",
+            request(1, b"ok.bin\0octet\0windowsize\x000\0"),
+            Expect::Error(8),
+        ),
+        (
+            "huge option flood (over 512 bytes)",
+            request(1, &huge_options),
+            Expect::Error(4),
+        ),
+        ("WRQ", request(2, b"new.bin\0octet\0"), Expect::Error(2)),
+        (
+            "WRQ with an escape",
+            request(2, b"../evil\0octet\0"),
+            Expect::Error(2),
+        ),
+        (
+            "DATA on the main port",
+            request(3, b"\x00\x01hello"),
+            Expect::Error(4),
+        ),
+        (
+            "ACK on the main port",
+            request(4, b"\x00\x01"),
+            Expect::Error(4),
+        ),
+        (
+            "OACK on the main port",
+            request(6, b"blksize\x00512\0"),
+            Expect::Error(4),
+        ),
+        (
+            "ERROR on the main port",
+            request(5, b"\x00\x01oops\0"),
+            Expect::Silence,
+        ),
+    ];
+
+    let mut failures = Vec::new();
+    for (name, datagram, expect) in &cases {
+        let peer = Peer::new(server);
+        peer.send_to(datagram, server);
+        let replies = peer.collect(Duration::from_millis(300));
+        let outcome = match replies.as_slice() {
+            [] => Expect::Silence,
+            [(reply, _)] => match parse_error(reply) {
+                Some((code, message)) => {
+                    if message.contains(&root_text) || message.contains("/tmp") {
+                        failures.push(format!("{name}: ERROR text leaks a path: {message:?}"));
+                    }
+                    Expect::Error(code)
+                }
+                None => {
+                    failures.push(format!("{name}: answered {}", describe(reply)));
+                    continue;
+                }
+            },
+            more => {
+                failures.push(format!("{name}: {} replies", more.len()));
+                continue;
+            }
+        };
+        if outcome != *expect {
+            failures.push(format!("{name}: expected {expect:?}, got {outcome:?}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "hostile cases answered wrongly:\n{}",
+        failures.join("\n")
+    );
+    assert!(!root.join("new.bin").exists(), "a WRQ wrote a file");
+    assert!(
+        !root.path().parent().unwrap().join("evil").exists(),
+        "a WRQ escaped the root"
+    );
+    still_serves(server, &good);
+    assert!(
+        !daemon.log().contains("panicked"),
+        "the daemon panicked:\n{}",
+        daemon.log()
+    );
+}
+
+#[test]
+fn a_stray_tid_does_not_disturb_a_transfer() {
+    let (root, good) = hostile_root("stray_tid");
+    let big = pattern(2_000_000, 11);
+    write_file(root.path(), "big.bin", &big);
+    let daemon = Daemon::start(root.path(), &[]);
+    let server = daemon.addr();
+    let stray = Peer::new(server);
+    let mut peppered = 0;
+    let got = raw::download(
+        server,
+        "big.bin",
+        WireMode::Octet,
+        &[("blksize", "1468")],
+        |n| {
+            // Once the transfer port is known, pepper it from another port with ACKs for blocks
+            // far ahead, ERRORs and garbage: the kernel drops them (the transfer socket is
+            // connected to the real client), so nothing may change.
+            if n % 50 == 0 {
+                if let Some(port) = transfer_port(&daemon) {
+                    let to = SocketAddr::new(server.ip(), port);
+                    stray.send_to(&raw::ack(60000), to);
+                    stray.send_to(&raw::error(ringtftp::packet::ErrorCode::Undefined, "x"), to);
+                    stray.send_to(b"garbage", to);
+                    peppered += 1;
+                }
+            }
+        },
+    )
+    .expect("download with a stray sender");
+    assert!(peppered > 0, "the transfer port was never found");
+    assert_eq!(sha256(&got.data), sha256(&big));
+    still_serves(server, &good);
+}
+
+/// The transfer port of the one running transfer, from /proc/net/udp (its connected socket).
+fn transfer_port(daemon: &Daemon) -> Option<u16> {
+    let table = std::fs::read_to_string("/proc/net/udp").ok()?;
+    // A connected socket shows the remote address; the main socket's is 0.
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let local = fields.get(1)?;
+        let remote = fields.get(2)?;
+        let inode = fields.get(9)?;
+        if remote.ends_with(":0000") || !owned_by(daemon.pid(), inode) {
+            return None;
+        }
+        u16::from_str_radix(local.rsplit(':').next()?, 16).ok()
+    })
+}
+
+fn owned_by(pid: u32, inode: &str) -> bool {
+    let needle = format!("socket:[{inode}]");
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|fd| {
+            std::fs::read_link(fd.path()).is_ok_and(|target| target.to_string_lossy() == needle)
+        })
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| dir.count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_garbage_flood_is_survived() {
+    let (root, good) = hostile_root("garbage_flood");
+    let daemon = Daemon::start(root.path(), &[]);
+    let server = daemon.addr();
+    let peer = Peer::new(server);
+    // Bounded: 20 000 datagrams of pseudo-random bytes and lengths, as fast as they go.
+    let noise = pattern(20_000 * 64, 3);
+    for (i, chunk) in noise.chunks(64).enumerate() {
+        peer.send_to(&chunk[..i % 64], server);
+    }
+    still_serves(server, &good);
+    assert!(!daemon.log().contains("panicked"));
+}
+
+#[test]
+fn a_vanished_client_is_given_up_and_its_resources_released() {
+    let (root, _good) = hostile_root("vanished_client");
+    let big = pattern(4_000_000, 5);
+    write_file(root.path(), "big.bin", &big);
+    let daemon = Daemon::start(root.path(), &["--retries", "2"]);
+    let server = daemon.addr();
+    let idle = open_fds(daemon.pid());
+
+    // Take 20 blocks, then vanish without a word.
+    let peer = Peer::new(server);
+    peer.send_to(&raw::rrq("big.bin", WireMode::Octet, &[]), server);
+    let mut block = 0u16;
+    while block < 20 {
+        let (reply, from) = peer
+            .recv(Duration::from_secs(2))
+            .expect("DATA from the server");
+        if let Ok(ringtftp::packet::Packet::Data { block: b, .. }) =
+            ringtftp::packet::Packet::parse(&reply)
+        {
+            if b == block.wrapping_add(1) {
+                block = b;
+            }
+            peer.send_to(&raw::ack(b), from);
+        }
+    }
+    let during = open_fds(daemon.pid());
+    assert!(
+        during > idle,
+        "a running transfer holds a socket and the file"
+    );
+    // The socket stays open but silent, as when a machine loses power: a closed port would
+    // draw an ICMP error that ends the transfer at once (logged as "port is closed").
+
+    // The server retries with backoff and gives up after its patience (5 s).
+    let line = daemon.wait_for_log(&["timed out"], Duration::from_secs(20));
+    assert!(line.is_some(), "no give-up logged:\n{}", daemon.log());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while open_fds(daemon.pid()) > idle && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        open_fds(daemon.pid()),
+        idle,
+        "descriptors leaked by an abandoned transfer"
+    );
+    drop(peer);
+}

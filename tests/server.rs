@@ -1,0 +1,340 @@
+//! The server as a whole: many transfers at once, the I/O backends (io_uring by default, epoll
+//! by flag or environment), one main socket per shard, and a graceful stop.
+
+use std::collections::HashSet;
+use std::fs;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+use std::sync::{mpsc, Arc, Barrier};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ringtftp::packet::Mode as WireMode;
+
+use crate::util::raw::{self, Peer};
+use crate::util::{
+    client, fetch_atftp, fetch_busybox, fetch_curl, fetch_tftp_hpa, pattern, sha256, sha256_file,
+    write_file, Daemon, Mode, TempDir, ATFTP, BUSYBOX, CURL, TFTP_HPA,
+};
+
+#[test]
+fn two_hundred_concurrent_transfers_are_byte_exact() {
+    const TRANSFERS: usize = 200;
+    const FILES: usize = 10;
+    let root = TempDir::new("two_hundred_concurrent_transfers_are_byte_exact");
+    // 64 KiB to 1 MiB, none a multiple of any block size.
+    let files: Arc<Vec<Vec<u8>>> = Arc::new(
+        (0..FILES)
+            .map(|i| {
+                let len = (64 << 10) + i * ((1 << 20) - (64 << 10)) / (FILES - 1) + 7 * i;
+                let bytes = pattern(len, 1000 + i as u64);
+                write_file(root.path(), &format!("f{i}"), &bytes);
+                bytes
+            })
+            .collect(),
+    );
+    let daemon = Daemon::start(root.path(), &[]);
+    let addr = daemon.addr();
+    let start_line = Arc::new(Barrier::new(TRANSFERS));
+    let start = Instant::now();
+    let threads: Vec<_> = (0..TRANSFERS)
+        .map(|t| {
+            let (files, start_line) = (files.clone(), start_line.clone());
+            thread::spawn(move || {
+                let i = t % FILES;
+                // Half ask for no options at all, half for large blocks and tsize.
+                let options: &[(&str, &str)] = if t % 2 == 0 {
+                    &[]
+                } else {
+                    &[("blksize", "1428"), ("tsize", "0")]
+                };
+                start_line.wait();
+                let got = raw::download(addr, &format!("f{i}"), WireMode::Octet, options, |_| {})
+                    .map_err(|e| format!("transfer {t}: {e}"))?;
+                if got.data != files[i] {
+                    return Err(format!(
+                        "transfer {t} (f{i}, {options:?}): {} bytes, SHA-256 {}; expected {} \
+                         bytes, {}",
+                        got.data.len(),
+                        sha256(&got.data),
+                        files[i].len(),
+                        sha256(&files[i])
+                    ));
+                }
+                Ok(got.tid)
+            })
+        })
+        .collect();
+    let results: Vec<Result<_, String>> = threads
+        .into_iter()
+        .map(|t| t.join().unwrap_or_else(|_| Err("thread panicked".into())))
+        .collect();
+    let elapsed = start.elapsed();
+    let failures: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {TRANSFERS} concurrent transfers failed:\n{}",
+        failures.len(),
+        failures
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // Each transfer had its own port (RFC 1350 §4).
+    let tids: HashSet<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert_eq!(tids.len(), TRANSFERS, "transfer ports were shared");
+    eprintln!("{TRANSFERS} concurrent transfers in {elapsed:.1?}");
+}
+
+/// One client's download into a local path.
+type Fetch = Box<dyn Fn(&Path) -> Result<(), String>>;
+
+/// Downloads a 1 MiB and a 513-byte file with up to two installed clients; returns how many
+/// downloads ran (each verified by SHA-256).
+fn fetch_with_two_clients(daemon: &Daemon, root: &Path, label: &str) -> usize {
+    let out = TempDir::new(&format!("{label}-out"));
+    let mut checked = 0;
+    for (name, len) in [("mib", 1 << 20), ("odd", 513)] {
+        let bytes = pattern(len, len as u64);
+        write_file(root, name, &bytes);
+        let expected = sha256(&bytes);
+        let addr = daemon.addr();
+        let fetches: [(&str, Fetch); 4] = [
+            (
+                TFTP_HPA,
+                Box::new(move |l: &Path| fetch_tftp_hpa(addr, name, l, Mode::Octet)),
+            ),
+            (
+                CURL,
+                Box::new(move |l: &Path| fetch_curl(addr, name, l, Some(1468))),
+            ),
+            (
+                ATFTP,
+                Box::new(move |l: &Path| {
+                    fetch_atftp(addr, name, l, &[("blksize", "1468"), ("windowsize", "16")])
+                }),
+            ),
+            (
+                BUSYBOX,
+                Box::new(move |l: &Path| fetch_busybox(addr, name, l, None)),
+            ),
+        ];
+        let mut used = 0;
+        for (program, fetch) in &fetches {
+            if used == 2 || client(program).is_none() {
+                continue;
+            }
+            used += 1;
+            let local = out.join(format!("{program}-{name}"));
+            fetch(&local).unwrap_or_else(|e| panic!("{label}: {e}"));
+            assert_eq!(
+                sha256_file(&local),
+                expected,
+                "{label}: {program} fetched {name}"
+            );
+            checked += 1;
+        }
+    }
+    checked
+}
+
+/// The backend named by the start-up line, "serving DIR on ADDR with N shards (BACKEND)".
+fn startup_line(daemon: &Daemon) -> String {
+    daemon
+        .wait_for_log(&["serving ", " shard"], Duration::from_secs(2))
+        .unwrap_or_else(|| panic!("no start-up line in the log:\n{}", daemon.log()))
+}
+
+#[test]
+fn epoll_backend_by_flag_serves_byte_exact() {
+    let root = TempDir::new("epoll_backend_by_flag_serves_byte_exact");
+    let daemon = Daemon::start(root.path(), &["--backend", "epoll", "--shards", "2"]);
+    let line = startup_line(&daemon);
+    assert!(
+        line.contains("with 2 shards (epoll)"),
+        "start-up line should name epoll: {line}"
+    );
+    assert!(!line.contains("io_uring"), "{line}");
+    assert_eq!(main_sockets(&daemon), 2, "main sockets with --shards 2");
+    fetch_with_two_clients(&daemon, root.path(), "epoll by flag");
+    raw_download_is_exact(&daemon, root.path());
+}
+
+#[test]
+fn epoll_backend_by_environment_serves_byte_exact() {
+    let root = TempDir::new("epoll_backend_by_environment_serves_byte_exact");
+    let daemon = Daemon::start_with_env(
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        root.path(),
+        &[],
+        &[("RINGTFTP_BACKEND", "epoll")],
+    );
+    let line = startup_line(&daemon);
+    assert!(
+        line.contains("(epoll)"),
+        "start-up line should name epoll: {line}"
+    );
+    fetch_with_two_clients(&daemon, root.path(), "epoll by environment");
+}
+
+/// A lock-step download with large blocks, through the raw client, compared byte for byte.
+fn raw_download_is_exact(daemon: &Daemon, root: &Path) {
+    let bytes = pattern(300_001, 77);
+    write_file(root, "raw", &bytes);
+    let got = raw::download(
+        daemon.addr(),
+        "raw",
+        WireMode::Octet,
+        &[("blksize", "8192"), ("tsize", "0")],
+        |_| {},
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(got.data == bytes, "raw download differs");
+}
+
+/// The inodes of the UDP sockets bound to `port` (any address) according to /proc/net/udp and
+/// /proc/net/udp6.
+fn udp_inodes_on_port(port: u16) -> HashSet<u64> {
+    let mut inodes = HashSet::new();
+    for table in ["/proc/net/udp", "/proc/net/udp6"] {
+        let Ok(text) = fs::read_to_string(table) else {
+            continue;
+        };
+        // "sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout
+        // inode ...", local_address as HEXIP:HEXPORT.
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(inode)) = (fields.get(1), fields.get(9)) else {
+                continue;
+            };
+            let local_port = local
+                .rsplit_once(':')
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            if local_port == Some(port) {
+                if let Ok(inode) = inode.parse() {
+                    inodes.insert(inode);
+                }
+            }
+        }
+    }
+    inodes
+}
+
+/// The socket inodes the process `pid` holds open (its /proc/PID/fd links `socket:[INODE]`).
+fn socket_inodes_of(pid: u32) -> HashSet<u64> {
+    let dir = format!("/proc/{pid}/fd");
+    fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot list {dir}: {e}"))
+        .filter_map(|entry| fs::read_link(entry.ok()?.path()).ok())
+        .filter_map(|target| {
+            let target = target.to_string_lossy().into_owned();
+            target
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+/// How many sockets on the daemon's main port the daemon itself holds.
+fn main_sockets(daemon: &Daemon) -> usize {
+    let ours = socket_inodes_of(daemon.pid());
+    udp_inodes_on_port(daemon.port())
+        .intersection(&ours)
+        .count()
+}
+
+#[test]
+fn io_uring_is_the_default_with_one_main_socket_per_shard() {
+    let root = TempDir::new("io_uring_is_the_default_with_one_main_socket_per_shard");
+    let daemon = Daemon::start(root.path(), &["--shards", "3"]);
+    let line = startup_line(&daemon);
+    assert!(
+        line.contains("with 3 shards (io_uring"),
+        "start-up line should say 3 shards on io_uring: {line}"
+    );
+    assert_eq!(
+        main_sockets(&daemon),
+        3,
+        "main sockets of pid {} on port {} (SO_REUSEPORT, one per shard)",
+        daemon.pid(),
+        daemon.port()
+    );
+    // Cross-check with ss where iproute2 is installed.
+    if let Some(ss) = ["/usr/bin/ss", "/bin/ss", "/usr/sbin/ss", "/sbin/ss"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+    {
+        let mut cmd = std::process::Command::new(ss);
+        cmd.args(["-Hulpn", &format!("sport = :{}", daemon.port())]);
+        let done = crate::util::run(cmd, Duration::from_secs(10));
+        let pid = format!("pid={},", daemon.pid());
+        let count = done.stdout.lines().filter(|l| l.contains(&pid)).count();
+        assert_eq!(
+            count,
+            3,
+            "ss -Hulpn sport = :{}:\n{}",
+            daemon.port(),
+            done.stdout
+        );
+    }
+    fetch_with_two_clients(&daemon, root.path(), "io_uring with 3 shards");
+    raw_download_is_exact(&daemon, root.path());
+}
+
+/// SIGTERM stops new requests at once but lets a running transfer finish, then exits 0.
+#[test]
+fn sigterm_lets_a_running_transfer_finish_and_refuses_new_ones() {
+    const LEN: usize = 40 << 20;
+    let root = TempDir::new("sigterm_lets_a_running_transfer_finish_and_refuses_new_ones");
+    let bytes = Arc::new(pattern(LEN, 4040));
+    write_file(root.path(), "big", &bytes);
+    write_file(root.path(), "small", b"small file\n");
+    // A generous grace: a loaded CI machine must not turn this into a timing test.
+    let mut daemon = Daemon::start(root.path(), &["--grace", "60"]);
+    let addr = daemon.addr();
+    let (started, running) = mpsc::channel();
+    let downloader = thread::spawn(move || {
+        let mut started = Some(started);
+        raw::download(addr, "big", WireMode::Octet, &[], |n| {
+            if n == 2000 {
+                if let Some(tx) = started.take() {
+                    let _ = tx.send(());
+                }
+            }
+        })
+    });
+    running
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the 40 MiB download did not reach block 2000 within 30 s");
+    daemon.terminate();
+    thread::sleep(Duration::from_millis(200));
+    assert!(
+        daemon.exit_status().is_none(),
+        "the daemon exited while a transfer was running; log:\n{}",
+        daemon.log()
+    );
+    // A new request now gets no answer at all.
+    let late = Peer::new(addr);
+    late.send_to(&raw::rrq("small", WireMode::Octet, &[]), addr);
+    if let Some((reply, from)) = late.recv(Duration::from_millis(500)) {
+        panic!(
+            "an RRQ after SIGTERM got {} from {from}",
+            raw::describe(&reply)
+        );
+    }
+    let got = downloader
+        .join()
+        .expect("downloader panicked")
+        .unwrap_or_else(|e| panic!("the running transfer broke off after SIGTERM: {e}"));
+    assert_eq!(got.data.len(), LEN);
+    assert!(got.data == *bytes, "the 40 MiB download differs");
+    let status = daemon.wait_exit();
+    assert!(
+        status.success(),
+        "daemon exit after SIGTERM: {status}; log:\n{}",
+        daemon.log()
+    );
+}
