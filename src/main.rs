@@ -154,6 +154,7 @@ fn run(cli: Cli) -> Result<()> {
     config.limits = Limits {
         blksize_max: cli.blksize_max,
         windowsize_max: cli.windowsize_max,
+        ..Limits::default()
     };
     config.transfer.rto_initial = Duration::from_secs_f64(cli.timeout);
     config.transfer.retries = cli.retries;

@@ -25,6 +25,10 @@ pub struct Limits {
     pub blksize_max: u16,
     /// The largest window granted (RFC 7440 allows up to 65535).
     pub windowsize_max: u16,
+    /// The most payload bytes one window may carry: a burst larger than the client's socket
+    /// receive buffer is partly dropped every time, and the transfer crawls from timeout to
+    /// timeout. The window granted shrinks to fit (RFC 7440 §3 lets a server answer less).
+    pub window_bytes_max: usize,
 }
 
 impl Default for Limits {
@@ -34,6 +38,9 @@ impl Default for Limits {
             // Past 64 blocks a window only grows the burst lost to one drop; every client measured
             // (edk2 asks 4, atftp users 16) stays below it.
             windowsize_max: 64,
+            // Linux's default receive buffer (net.core.rmem_default) is 208 KiB of kernel
+            // memory, about half of it payload for 8 KiB datagrams; 96 KiB leaves a margin.
+            window_bytes_max: 96 * 1024,
         }
     }
 }
@@ -191,6 +198,10 @@ impl Negotiated {
                 Acked::Utimeout => unreachable!("folded into the timeout slot"),
             }
         }
+        let fits = limits.window_bytes_max / usize::from(n.blksize.max(1));
+        n.windowsize = n
+            .windowsize
+            .min(u16::try_from(fits.max(1)).unwrap_or(u16::MAX));
         let mut k = 0;
         for slot in order.into_iter().flatten() {
             let acked = match slot {
@@ -405,6 +416,29 @@ mod tests {
         assert_eq!(
             negotiate(b"windowsize\x00x\x00"),
             Err(OptionError::Windowsize)
+        );
+    }
+
+    #[test]
+    fn windows_are_capped_in_bytes_whatever_the_option_order() {
+        for raw in [
+            &b"blksize\x008192\x00windowsize\x0064\x00"[..],
+            &b"windowsize\x0064\x00blksize\x008192\x00"[..],
+        ] {
+            let n = negotiate(raw).unwrap();
+            assert_eq!((n.blksize, n.windowsize), (8192, 12), "96 KiB / 8 KiB");
+        }
+        assert_eq!(
+            negotiate(b"blksize\x0065464\x00windowsize\x004\x00")
+                .unwrap()
+                .windowsize,
+            1
+        );
+        assert_eq!(
+            negotiate(b"blksize\x001468\x00windowsize\x0064\x00")
+                .unwrap()
+                .windowsize,
+            64
         );
     }
 

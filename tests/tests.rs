@@ -11,8 +11,9 @@ mod util;
 
 // Downloads with Debian's real clients (tftp-hpa, atftp, curl, busybox), compared by SHA-256:
 // every client (plain and with its options) x sizes 0, 1, 511, 512, 513 and 1 MiB; atftp
-// windowsize 4/16/64 x blksize 1468/8192 (and the log shows the window granted); 40 MiB at
-// 512-byte blocks (block number rollover); netascii (tftp-hpa decodes it back to the original,
+// windowsize 4/16/64 x blksize 1468/8192 (and the log shows the window granted); 40 MiB with
+// atftp at 64 x 8 KiB windows, more than its socket buffer holds; 40 MiB at 512-byte blocks
+// (block number rollover); netascii (tftp-hpa decodes it back to the original,
 // curl keeps the wire bytes, tsize announces the encoded length); IPv6 ::1 with every client.
 mod clients;
 

@@ -30,6 +30,7 @@ fuzz_target!(|input: Input<'_>| {
     let limits = Limits {
         blksize_max: input.blksize_max,
         windowsize_max: input.windowsize_max,
+        ..Limits::default()
     };
     let asked = |name: &str| options.get(name).is_some();
     let called = Cell::new(false);
@@ -106,6 +107,7 @@ fuzz_target!(|input: Input<'_>| {
         &Limits {
             blksize_max: BLKSIZE_MAX,
             windowsize_max: u16::MAX,
+            window_bytes_max: usize::MAX,
         },
         || n.tsize,
     )

@@ -338,6 +338,7 @@ fuzz_target!(|input: Input<'_>| {
     let limits = Limits {
         blksize_max: input.request.blksize_max,
         windowsize_max: input.request.windowsize_max,
+        ..Limits::default()
     };
     let opts = Negotiated::negotiate(&Options::parse(&raw), &limits, || input.tsize)
         .unwrap_or(Negotiated::DEFAULT);

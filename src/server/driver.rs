@@ -32,6 +32,8 @@ const GSO_SEGMENTS_MAX: usize = 64;
 const GSO_BYTES_MAX: usize = 65_000;
 /// Room for an ACK or an ERROR from the client; longer datagrams are cut, which is harmless.
 const RECV_BUF: usize = 1024;
+/// Port-unreachable errors in a row after which the client is taken to be gone.
+const REFUSED_MAX: u32 = 3;
 
 /// One I/O backend as a transfer task sees it. Every operation takes and returns owned buffers,
 /// because io_uring owns them while the kernel works on them.
@@ -194,6 +196,8 @@ pub(crate) async fn run<I: Io>(
     let mut pieces: Vec<Piece> = Vec::new();
     let mut scratch = [0u8; 512];
 
+    // Port-unreachable errors in a row, with no datagram from the client between them.
+    let mut refused = 0;
     let mut recv = pin!(I::recv(&socket, vec![0; RECV_BUF]));
     let mut timer = pin!(tokio::time::sleep(Duration::from_secs(3600)));
     let end = 'transfer: loop {
@@ -237,7 +241,10 @@ pub(crate) async fn run<I: Io>(
             };
             if let Err(e) = result {
                 if e.raw_os_error() == Some(libc::ECONNREFUSED) {
-                    break 'transfer End::Unreachable;
+                    refused += 1;
+                    if refused >= REFUSED_MAX {
+                        break 'transfer End::Unreachable;
+                    }
                 }
                 // Anything else (a full socket buffer) is a loss the timer repairs.
                 tracing::debug!(error = %e, "send failed");
@@ -262,10 +269,19 @@ pub(crate) async fn run<I: Io>(
             (result, buf) = &mut recv => {
                 match result {
                     Ok(n) => {
+                        refused = 0;
                         cx.client.answered.set(true);
                         t.handle_datagram(Instant::now(), &buf[..n.min(buf.len())]);
                     }
-                    Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => break End::Unreachable,
+                    // Linux reports a port-unreachable before the datagrams already queued, and
+                    // the client's final ACK may be among them: read on, and only believe the
+                    // client gone when nothing but refusals come back.
+                    Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
+                        refused += 1;
+                        if refused >= REFUSED_MAX {
+                            break End::Unreachable;
+                        }
+                    }
                     Err(e) => tracing::debug!(error = %e, "receive failed"),
                 }
                 recv.set(I::recv(&socket, buf));
