@@ -55,7 +55,7 @@ pub struct Config {
 }
 
 impl Default for Config {
-    /// Retry 5 times; start at 1 s (RFC 6298), adapt between 20 ms and 4 s; be patient 5 s.
+    /// Retry 5 times; start at 1 s (RFC 6298), adapt between 20 ms and 4 s; be patient 12 s.
     ///
     /// The 20 ms floor is about a hundred LAN round trips, so a loss costs milliseconds where a
     /// fixed one-second timer costs a second, yet a queueing delay does not cause a spurious
@@ -68,7 +68,10 @@ impl Default for Config {
             rto_initial: Duration::from_secs(1),
             rto_min: Duration::from_millis(20),
             rto_max: Duration::from_secs(4),
-            patience: Duration::from_secs(5),
+            // Longer than the 5 s that atftp and tftp-hpa wait before repeating an ACK, twice:
+            // a client that ignores a repeated block (atftp answers a duplicate only once) is
+            // not abandoned just before it speaks again.
+            patience: Duration::from_secs(12),
         }
     }
 }
@@ -919,6 +922,7 @@ mod tests {
             retries: 3,
             rto_initial: ms(10),
             rto_min: ms(10),
+            patience: ms(5000),
             ..Config::default()
         };
         let mut t = lockstep(c, 4000, config);
@@ -1046,6 +1050,14 @@ mod tests {
         rtt.sample(ms(1));
         assert_eq!(rtt.rto(&config), ms(100));
     }
+
+    /// The default caps without the bound on a window's bytes, which exists for real sockets'
+    /// receive buffers; the simulated link has none.
+    const UNCAPPED: Limits = Limits {
+        blksize_max: crate::options::BLKSIZE_MAX,
+        windowsize_max: 64,
+        window_bytes_max: usize::MAX,
+    };
 
     /// Drives one lock-step block against a client that answers the first copy of each DATA
     /// `rtt` later, firing the timer whenever it comes due first, as a driver would. Returns the
@@ -1635,7 +1647,6 @@ mod tests {
         use std::collections::{BinaryHeap, VecDeque};
 
         use super::super::*;
-        use crate::options::Limits;
         use crate::packet::{self, Options};
 
         /// xorshift64* (Vigna 2014): enough randomness for a link model, without a dependency.
@@ -1961,7 +1972,7 @@ mod tests {
                     packet::push_option(&mut raw, &mut n, "tsize", "0").unwrap();
                 }
                 let opts =
-                    Negotiated::negotiate(&Options::parse(&raw[..n]), &Limits::default(), || {
+                    Negotiated::negotiate(&Options::parse(&raw[..n]), &super::UNCAPPED, || {
                         Some(case.len as u64)
                     })
                     .unwrap();
@@ -2243,7 +2254,6 @@ mod tests {
 
         use super::super::*;
         use super::{ack, error};
-        use crate::options::Limits;
         use crate::packet::{self, Options};
 
         #[derive(Debug, Clone)]
@@ -2303,7 +2313,7 @@ mod tests {
                     packet::push_option(&mut raw, &mut n, "timeout", t).unwrap();
                 }
                 let opts =
-                    Negotiated::negotiate(&Options::parse(&raw[..n]), &Limits::default(), || {
+                    Negotiated::negotiate(&Options::parse(&raw[..n]), &super::UNCAPPED, || {
                         Some(len)
                     })
                     .unwrap();

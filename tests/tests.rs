@@ -40,3 +40,9 @@ mod cli;
 // root), a stray transfer ID during a transfer, a garbage flood, and a client that vanishes
 // mid-transfer (given up, descriptors released); a normal transfer works after each.
 mod hostile;
+
+// Real packet loss on a real path: a network namespace pair joined by a veth pair, nftables
+// dropping 1 %, 5 % or 20 % of UDP each way; curl, atftp and tftp-hpa (1 %, 5 %) and loadgen
+// (20 %, 4 transfers at once) fetch 1 MiB byte-exact; completion times and the server's retransmits
+// printed and bounded. Needs root, ip and nft (skipped otherwise unless CI requires them).
+mod faults;
