@@ -47,21 +47,8 @@ pub fn client(name: &str) -> Option<PathBuf> {
     None
 }
 
-/// The transfer mode of an RRQ (RFC 1350 §5).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
-    Octet,
-    Netascii,
-}
-
-impl Mode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Octet => "octet",
-            Mode::Netascii => "netascii",
-        }
-    }
-}
+/// The transfer mode of an RRQ (RFC 1350 §5): the library's own.
+pub use ringtftp::packet::Mode;
 
 /// tftp-hpa: `tftp -4|-6 -v -m octet|netascii HOST PORT -c get REMOTE LOCAL`.
 ///
