@@ -6,7 +6,8 @@ Usage (as root, on Linux, from anywhere in the repository):
     benches/compare.py                    # the standard cases, about 15-30 minutes
     benches/compare.py --quick            # smaller counts: a sanity run of a few minutes
     benches/compare.py --full             # also the "data hall at once" case (long)
-    benches/compare.py --out results.md   # also write the markdown report to a file
+    benches/compare.py --out results.md   # also write the report (and results.md.json)
+    benches/compare.py --render results.md.json   # print that report again
     benches/compare.py --servers ringtftpd,dnsmasq --cases storm500,bulk16
 
 Other options: --no-build (use the binaries already in target/release), --keep (keep the
@@ -57,6 +58,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -696,7 +698,9 @@ HIGHER = {"rate", "mbps", "mb_per_cpu"}
 def best_peer(case: Case, results: list[Result], key: str) -> float | None:
     peers = [r for r in results if r.server != "ringtftpd" and r.data and r.data.get("ok")]
     clean = [r for r in peers if not r.data.get("failed") and not r.crashed]
-    pool = clean or peers
+    # With no clean peer, the reference is the peer that completed the most transfers (the
+    # few survivors of a server that failed most of them would flatter its latency).
+    pool = clean or ([max(peers, key=lambda r: r.data["ok"])] if peers else [])
     vals = [metrics(case, r)[key] for r in pool]
     vals = [v for v in vals if v is not None and v > 0]
     if not vals:
@@ -704,7 +708,7 @@ def best_peer(case: Case, results: list[Result], key: str) -> float | None:
     return max(vals) if key in HIGHER else min(vals)
 
 
-def table(case: Case, results: list[Result], options: dict[str, str]) -> str:
+def table(case: Case, results: list[Result]) -> str:
     best = {k: best_peer(case, results, k)
             for k in ("rate", "mbps", "p50", "p99", "cpu", "cpu_per", "mb_per_cpu", "mem")}
     lines = [f"### {case.title}", ""]
@@ -786,6 +790,25 @@ def memory_table(case: Case, results: list[Result]) -> str:
 # ------------------------------------------------------------------------------------- main
 
 
+def render(doc: dict) -> str:
+    """The markdown report from the raw results (as saved in OUT.json)."""
+    cases = [Case(**c) for c in doc["cases"]]
+    results = {k: [Result(**r) for r in v] for k, v in doc["results"].items()}
+    out = ["# ringtftpd side by side", "", f"Command: `{doc['command']}`", ""]
+    out += doc["header"]
+    out += ["", "Ratios are to the best peer (the best of the servers other than ringtftpd, "
+            "among those with no failure; when every peer failed some, the peer that completed "
+            "the most transfers); ↑ higher is better, ↓ lower is better. MB = 10⁶ bytes. Peak "
+            "mem marked * is a sampled PSS sum over a forking server's processes; otherwise "
+            "VmHWM of the server process.", ""]
+    for case in cases:
+        out.append(table(case, results[case.key]))
+        if case.key == "storm2000":
+            out.append(memory_table(case, results[case.key]))
+    out.append("Wall time per case: " + ", ".join(doc["timings"]) + ".")
+    return "\n".join(out) + "\n"
+
+
 def machine_lines(cpu_method: str) -> list[str]:
     cpu_model = "?"
     try:
@@ -827,6 +850,8 @@ def main() -> int:
     ap.add_argument("--servers", help="comma-separated subset: ringtftpd,tftp-hpa,atftpd,dnsmasq")
     ap.add_argument("--cases", help="comma-separated subset of case keys (see --list)")
     ap.add_argument("--list", action="store_true", help="print the cases and exit")
+    ap.add_argument("--render", metavar="OUT.json",
+                    help="print the report again from the raw results of an earlier --out")
     ap.add_argument("--no-build", action="store_true", help="use the binaries in target/release")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     ap.add_argument("--atftpd", help="path of an atftpd binary (e.g. unpacked with dpkg -x)")
@@ -841,6 +866,9 @@ def main() -> int:
     ap.add_argument("--load-cpu", type=int, default=1)
     ARGS = ap.parse_args()
 
+    if ARGS.render:
+        print(render(json.loads(Path(ARGS.render).read_text())), end="")
+        return 0
     if ARGS.quiet_wait is None:
         ARGS.quiet_wait = 10 if ARGS.quick else 60
     if ARGS.noisy_retries is None:
@@ -973,38 +1001,33 @@ def main() -> int:
         all_results[case.key] = results
 
     elapsed = time.monotonic() - started
-    out = ["# ringtftpd side by side", "", f"Command: `{command}`", ""]
-    out += machine_lines(cpu_method)
-    out.append("- servers (each started by hand on 127.0.0.1, dnsmasq on port 69):")
+    header = machine_lines(cpu_method)
+    header.append("- servers (each started by hand on 127.0.0.1, dnsmasq on port 69):")
     for s in working:
-        out.append(f"  - {s.name}: {versions.get(s.name, '?')}; asked blksize 1468 "
-                   f"windowsize 16 → {options.get(s.name, '?')}; "
-                   f"`{shlex.join([Path(s.argv[0]).name] + s.argv[1:])}`")
+        header.append(f"  - {s.name}: {versions.get(s.name, '?')}; asked blksize 1468 "
+                      f"windowsize 16 → {options.get(s.name, '?')}; "
+                      f"`{shlex.join([Path(s.argv[0]).name] + s.argv[1:])}`")
     for s in skipped:
-        out.append(f"  - not measured: {s}")
-    out.append(f"- loadgen: every transfer verified with --sha256, `--sources {SOURCES}`, "
-               "client timeout 1 s and 5 retries unless said otherwise")
+        header.append(f"  - not measured: {s}")
+    header.append(f"- loadgen: every transfer verified with --sha256, `--sources {SOURCES}`, "
+                  "client timeout 1 s and 5 retries unless said otherwise")
     others = sorted(r.other_cpu for rs in all_results.values() for r in rs if r.data)
     if others:
-        out.append(f"- other work on the machine during the runs (/proc/stat busy time minus "
-                   f"server, loadgen and harness): median {others[len(others) // 2]:.2f} CPU, "
-                   f"max {others[-1]:.2f} CPU; {sum(o >= 0.1 for o in others)} of "
-                   f"{len(others)} runs at ≥ 0.1 CPU (named in the notes)")
-    out.append(f"- total run time: {elapsed / 60:.1f} min")
-    out += ["", "Ratios are to the best peer (the best of the servers other than ringtftpd, "
-            "among those with no failure when there is one); ↑ higher is better, ↓ lower is "
-            "better. MB = 10⁶ bytes. Peak mem marked * is a sampled PSS sum over a forking "
-            "server's processes; otherwise VmHWM of the server process.", ""]
-    for case in cases:
-        out.append(table(case, all_results[case.key], options))
-        if case.key == "storm2000":
-            out.append(memory_table(case, all_results[case.key]))
-    out.append("Wall time per case: " + ", ".join(timings) + ".")
-    report = "\n".join(out) + "\n"
-    print(report)
+        header.append(f"- other work on the machine during the runs (/proc/stat busy time minus "
+                      f"server, loadgen and harness): median {others[len(others) // 2]:.2f} "
+                      f"CPU, max {others[-1]:.2f} CPU; {sum(o >= 0.1 for o in others)} of "
+                      f"{len(others)} runs at ≥ 0.1 CPU (named in the notes)")
+    header.append(f"- total run time: {elapsed / 60:.1f} min")
+    doc = {"command": command, "header": header, "timings": timings,
+           "cases": [dataclasses.asdict(c) for c in cases],
+           "results": {k: [dataclasses.asdict(r) for r in v] for k, v in all_results.items()}}
+    report = render(doc)
+    print(report, end="")
     if ARGS.out:
         Path(ARGS.out).write_text(report)
-        log(f"report written to {ARGS.out}")
+        Path(ARGS.out + ".json").write_text(json.dumps(doc, indent=1))
+        log(f"report written to {ARGS.out} (raw results in {ARGS.out}.json; "
+            f"--render {ARGS.out}.json prints the report again)")
     if ARGS.keep:
         log(f"kept {tmp} (loadgen JSON in json/, server and loadgen output in logs/)")
     else:
