@@ -3,9 +3,9 @@
 
 Usage (as root, on Linux, from anywhere in the repository):
 
-    benches/compare.py                    # the standard cases, about 15-30 minutes
-    benches/compare.py --quick            # smaller counts: a sanity run of a few minutes
-    benches/compare.py --full             # also the "data hall at once" case (long)
+    benches/compare.py                    # the standard cases (about 13 min on 2 idle CPUs)
+    benches/compare.py --quick            # smaller counts: a sanity run (about 4.5 min)
+    benches/compare.py --full             # also the "data hall at once" case (about 15 min)
     benches/compare.py --out results.md   # also write the report (and results.md.json)
     benches/compare.py --render results.md.json   # print that report again
     benches/compare.py --servers ringtftpd,dnsmasq --cases storm500,bulk16
@@ -16,10 +16,12 @@ temporary directory with every loadgen JSON and server log), --atftpd PATH, --se
 --noisy-retries N (see below), --list (print the cases and exit).
 
 Other work on the machine spoils the figures: before each run the script waits (up to
---quiet-wait, 60 s; 10 s with --quick) for both CPUs to be idle for a second; after it, it computes how much CPU
-anything other than the server, loadgen and itself used meanwhile (/proc/stat), re-runs a run
-shorter than 2 minutes (loss runs excepted) up to --noisy-retries (2; 1 with --quick) times when that exceeds
-0.2 CPU, keeps the quietest, and says "others used X CPU meanwhile" in the notes of any run where it was >= 0.1.
+--quiet-wait, 60 s; 10 s with --quick) for both CPUs to be idle for a second; after it, it
+computes how much CPU anything other than the server, loadgen and itself used meanwhile
+(/proc/stat), re-runs a run shorter than 2 minutes (loss runs excepted) up to --noisy-retries
+(2; 1 with --quick) times when that exceeds 0.2 CPU, keeps the quietest, and says "others used
+X CPU meanwhile" in the notes of any run where it was >= 0.1. On a busy machine the waits and
+re-runs can make a run several times longer.
 
 What it does:
 
@@ -33,7 +35,9 @@ What it does:
    cgroup). Nothing is started as a system service.
 4. Prints (and with --out writes) one markdown table per case: rate, p50/p99, failures, server
    CPU seconds and per transfer, peak memory, each with its ratio to the best peer (the best of
-   the servers other than ringtftpd, chosen among the peers with no failure when there is one).
+   the servers other than ringtftpd among those with no failure; when every peer failed some,
+   the peer that completed the most transfers). The 2000-concurrent storm also gives the memory
+   table (peak memory at 2000 lock-step transfers in flight).
 
 Every transfer is verified (`--sha256`) and loadgen spreads its clients over
 `--sources 127.0.0.1-127.0.0.64` (ringtftpd caps concurrent transfers per client address at 256).
@@ -43,11 +47,13 @@ no service starts). atftpd conflicts with tftpd-hpa: `apt-get download atftpd` a
 `dpkg -x atftpd_*.deb DIR`, then pass `--atftpd DIR/usr/sbin/atftpd` (the script also looks in
 /tmp/ringtftp-bench-peers/atftpd). A server that is not found is skipped and said so.
 
-Server CPU time: each server runs in its own cgroup v2 (/sys/fs/cgroup[/unified]/ringtftp-bench-NAME),
-whose cpu.stat usage_usec also counts the processes tftp-hpa forks per request. When no cgroup v2
+Server CPU time: each server runs in its own cgroup v2
+(/sys/fs/cgroup[/unified]/ringtftp-bench-NAME, removed at the end), whose cpu.stat usage_usec
+also counts the processes tftp-hpa forks per request. When no cgroup v2
 is writable the script falls back to /proc/PID/stat (utime+stime+cutime+cstime: children count
 once reaped) and says so in the report. Peak memory: VmHWM of the server process; for a server
-that forks (tftp-hpa), the largest sum of PSS over its processes, sampled every 200 ms (the
+that forks (tftp-hpa), the largest sum of PSS over its processes, sampled every 200 ms or
+more (the
 cgroup v1 memory controller of this kind of machine is not ours to use), marked so in the table.
 
 Every step is bounded: loadgen --deadline per case, a subprocess timeout beyond it, timeouts on
