@@ -314,8 +314,6 @@ fn start<I: Io>(
         }
         Source::Memory(bytes) => Data::Memory(bytes),
         Source::Custom(custom) => Data::Custom(custom),
-        #[allow(unreachable_patterns)]
-        _ => return Err((ErrorCode::Undefined, "Unsupported source".to_owned())),
     };
     let meta = Meta {
         peer,
