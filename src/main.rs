@@ -69,9 +69,10 @@ struct Cli {
     #[arg(long, value_name = "N", default_value_t = transfer::Config::default().retries)]
     retries: u32,
 
-    /// Concurrent transfers; requests beyond get an ERROR saying the server is busy.
-    #[arg(long, value_name = "N", default_value_t = Config::default().max_transfers)]
-    max_transfers: usize,
+    /// Concurrent transfers; requests beyond get an ERROR saying the server is busy
+    /// [default: 16384, or fewer if the descriptor limit (ulimit -n) allows fewer].
+    #[arg(long, value_name = "N")]
+    max_transfers: Option<usize>,
 
     /// Concurrent transfers per client address (bounds what one host, or one forging its
     /// address, can hold).
@@ -82,6 +83,11 @@ struct Cli {
     /// buffers (a boot storm reads each chunk of a file once).
     #[arg(long, value_name = "MB", default_value_t = Config::default().block_cache >> 20)]
     cache_mb: usize,
+
+    /// Megabytes of file data all transfers together may hold in memory (the cache included);
+    /// while it is spent, new requests get an ERROR saying the server is busy.
+    #[arg(long, value_name = "MB", default_value_t = Config::default().buffer_max >> 20)]
+    max_buffer_mb: usize,
 
     /// Local ports for transfers, such as 40000-40999 for a firewall [default: ephemeral].
     #[arg(long, value_name = "LO-HI", value_parser = parse_range)]
@@ -158,13 +164,14 @@ fn run(cli: Cli) -> Result<()> {
     };
     config.transfer.rto_initial = Duration::from_secs_f64(cli.timeout);
     config.transfer.retries = cli.retries;
-    config.max_transfers = cli.max_transfers;
+    config.max_transfers = cli.max_transfers.unwrap_or(config.max_transfers);
     config.max_per_client = cli.max_per_client.max(1);
     config.block_cache = cli.cache_mb.saturating_mul(1 << 20);
+    config.buffer_max = cli.max_buffer_mb.saturating_mul(1 << 20);
     config.port_range = cli.port_range;
     config.grace = grace;
     config.force_epoll |= cli.backend == BackendArg::Epoll;
-    raise_fd_limit(&mut config);
+    raise_fd_limit(&mut config, cli.max_transfers.is_some());
 
     let signals = block_stop_signals();
     let server = bind(cli.bind, port, resolver, config)?;
@@ -291,12 +298,13 @@ fn parse_range(s: &str) -> Result<(u16, u16), String> {
     Ok((lo, hi))
 }
 
-/// Each transfer holds a socket (transfers of one file share its descriptor): raise the
-/// descriptor limit as far as allowed — past the hard limit where the process may (root) — and
-/// keep `--max-transfers` within it.
-fn raise_fd_limit(config: &mut Config) {
-    /// Enough for the largest boot storm with room to spare, well under the kernel's nr_open.
-    const WANT: libc::rlim_t = 262_144;
+/// Each transfer holds a socket (transfers of one file share its descriptor): raise the soft
+/// descriptor limit to the hard one, which is the administrator's to set (systemd's
+/// `LimitNOFILE=`, `ulimit -Hn`), and keep the default `--max-transfers` within it. An explicit
+/// `--max-transfers` is kept; past the limit, requests get "Server busy" ERRORs.
+fn raise_fd_limit(config: &mut Config, explicit: bool) {
+    /// Descriptors kept for everything but transfer sockets: main sockets, rings, files.
+    const RESERVED: usize = 256;
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -306,26 +314,34 @@ fn raise_fd_limit(config: &mut Config) {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
             return;
         }
-        for max in [limit.rlim_max.max(WANT), limit.rlim_max] {
+        if limit.rlim_cur < limit.rlim_max {
             let raised = libc::rlimit {
-                rlim_cur: max,
-                rlim_max: max,
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
             };
-            if limit.rlim_cur < max && libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
                 limit = raised;
-                break;
             }
         }
     }
     let fds = usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX);
-    let fit = fds.saturating_sub(256);
+    let fit = fds.saturating_sub(RESERVED).max(1);
     if config.max_transfers > fit {
-        tracing::warn!(
-            fds,
-            max_transfers = fit,
-            "the descriptor limit (ulimit -n) allows only {fit} concurrent transfers"
-        );
-        config.max_transfers = fit.max(1);
+        if explicit {
+            tracing::warn!(
+                fds,
+                "--max-transfers {} is more than the descriptor limit (ulimit -n) allows; \
+                 requests beyond it will be refused as busy",
+                config.max_transfers
+            );
+        } else {
+            tracing::warn!(
+                fds,
+                max_transfers = fit,
+                "the descriptor limit (ulimit -n) allows only {fit} concurrent transfers"
+            );
+            config.max_transfers = fit;
+        }
     }
 }
 

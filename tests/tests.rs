@@ -46,3 +46,10 @@ mod hostile;
 // (20 %, 4 transfers at once) fetch 1 MiB byte-exact; completion times and the server's retransmits
 // printed and bounded. Needs root, ip and nft (skipped otherwise unless CI requires them).
 mod faults;
+
+// Resources running out and files changing: a descriptor limit (new requests "Server busy",
+// held transfers finish byte-exact, service resumes), the --max-buffer-mb budget (the same, and
+// a netascii encoding that does not fit), a file renamed over (the snapshot is served),
+// truncated or rewritten in place (ERROR, never a mix as success), and 10 000 loadgen clients at
+// once (all byte-exact, the daemon's peak RSS bounded).
+mod resources;

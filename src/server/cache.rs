@@ -12,12 +12,18 @@
 //! gets stale bytes. Two transfers that miss the same chunk at once read it once: the second
 //! waits for the first. The cache is bounded in bytes and forgets the oldest chunks first; a
 //! chunk still used by a transfer lives on until that transfer lets go of it.
+//!
+//! Every byte of file data a transfer holds — chunks, registered or not, and netascii
+//! encodings — is counted against one server-wide [`Budget`]. A new request is refused with
+//! "Server busy" while the budget is spent, so a flood of requests for many different files
+//! cannot grow memory without bound, while running transfers always get the chunks they need.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
@@ -34,12 +40,68 @@ pub(crate) const CHUNK: usize = 64 * 1024;
 pub(crate) struct Chunk {
     buf: BlockBuf,
     len: usize,
+    /// The chunk's place in the [`Budget`], given back when the last holder drops it.
+    _lease: Lease,
 }
 
 impl Chunk {
-    /// Wraps a buffer whose first `len` bytes hold the chunk.
-    pub(crate) fn new(buf: BlockBuf, len: usize) -> Self {
-        Self { buf, len }
+    /// Wraps a buffer whose first `len` bytes hold the chunk, counted by `lease`.
+    pub(crate) fn new(buf: BlockBuf, len: usize, lease: Lease) -> Self {
+        Self {
+            buf,
+            len,
+            _lease: lease,
+        }
+    }
+}
+
+/// The bytes of file data held in memory across the server, and the most it may hold before
+/// new requests are refused.
+#[derive(Debug)]
+pub(crate) struct Budget {
+    used: AtomicUsize,
+    max: usize,
+}
+
+impl Budget {
+    pub(crate) fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            used: AtomicUsize::new(0),
+            max,
+        })
+    }
+
+    /// Whether `more` bytes would take the server past its budget: new requests wait.
+    pub(crate) fn exceeded_by(&self, more: usize) -> bool {
+        self.used.load(Ordering::Relaxed).saturating_add(more) > self.max
+    }
+
+    /// Counts `bytes` until the lease is dropped. Never refused: a running transfer must get
+    /// the data it needs, and admission (see [`Budget::exceeded_by`]) is what bounds the total.
+    pub(crate) fn lease(self: &Arc<Self>, bytes: usize) -> Lease {
+        self.used.fetch_add(bytes, Ordering::Relaxed);
+        Lease {
+            budget: self.clone(),
+            bytes,
+        }
+    }
+
+    /// Bytes held now.
+    pub(crate) fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+}
+
+/// Bytes counted in a [`Budget`] while this lives.
+#[derive(Debug)]
+pub(crate) struct Lease {
+    budget: Arc<Budget>,
+    bytes: usize,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.budget.used.fetch_sub(self.bytes, Ordering::Relaxed);
     }
 }
 
@@ -286,7 +348,23 @@ mod tests {
     }
 
     fn chunk() -> Rc<Chunk> {
-        Rc::new(Chunk::new(BlockBuf::Heap(vec![7; CHUNK]), 100))
+        let lease = Budget::new(usize::MAX).lease(CHUNK);
+        Rc::new(Chunk::new(BlockBuf::Heap(vec![7; CHUNK]), 100, lease))
+    }
+
+    #[test]
+    fn leases_count_until_dropped() {
+        let budget = Budget::new(2 * CHUNK);
+        let a = budget.lease(CHUNK);
+        assert!(!budget.exceeded_by(CHUNK));
+        let b = budget.lease(CHUNK);
+        assert!(budget.exceeded_by(1), "spent");
+        // Never refused: a running transfer takes what it needs past the budget.
+        let c = budget.lease(CHUNK);
+        assert_eq!(budget.used(), 3 * CHUNK);
+        drop((a, b, c));
+        assert_eq!(budget.used(), 0);
+        assert!(!budget.exceeded_by(2 * CHUNK));
     }
 
     #[test]

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use tokio_uring::buf::fixed::FixedBuf;
 use tokio_uring::buf::{IoBuf, IoBufMut};
 
-use super::cache::{header, Chunk, ChunkCache, Lookup, Piece, CHUNK};
+use super::cache::{header, Budget, Chunk, ChunkCache, Lookup, Piece, CHUNK};
 use crate::packet::{self, ErrorCode, Mode, DATA_HEADER_LEN};
 use crate::resolve::{FileId, ReadAt};
 use crate::transfer::{Outcome, Transfer, Transmit};
@@ -30,8 +30,11 @@ use crate::transfer::{Outcome, Transfer, Transmit};
 const GSO_SEGMENTS_MAX: usize = 64;
 /// Bytes in one GSO send: a UDP datagram's payload limit, less the IPv6 headers' worst case.
 const GSO_BYTES_MAX: usize = 65_000;
-/// Room for an ACK or an ERROR from the client; longer datagrams are cut, which is harmless.
-const RECV_BUF: usize = 1024;
+/// Room for an ACK, or an ERROR with a message as long as RFC 1350's 512-byte packets allow;
+/// longer datagrams are cut, which is harmless. Each transfer keeps one armed, so it is small.
+const RECV_BUF: usize = 4 + 512;
+/// Room for an OACK or an ERROR: a request's options fit in 512 bytes, so their answer does.
+const SMALL_PACKET: usize = 512;
 /// Port-unreachable errors in a row after which the client is taken to be gone.
 const REFUSED_MAX: u32 = 3;
 
@@ -167,6 +170,8 @@ pub(crate) enum End {
 pub(crate) struct Context<I: Io> {
     pub io: Rc<I>,
     pub cache: Rc<ChunkCache>,
+    /// The server's budget of file data in memory, which every chunk read counts against.
+    pub budget: Arc<Budget>,
     pub client: Rc<Client>,
 }
 
@@ -194,7 +199,6 @@ pub(crate) async fn run<I: Io>(
         && super::socket::enable_gso(I::raw_fd(&socket), (DATA_HEADER_LEN + blksize) as u16);
     let mut chunks = Window::default();
     let mut pieces: Vec<Piece> = Vec::new();
-    let mut scratch = [0u8; 512];
 
     // Port-unreachable errors in a row, with no datagram from the client between them.
     let mut refused = 0;
@@ -204,19 +208,27 @@ pub(crate) async fn run<I: Io>(
         let now = Instant::now();
         while let Some(transmit) = t.poll_transmit(now) {
             let result = match transmit {
-                Transmit::Oack => match t.emit_oack(&mut scratch) {
-                    Ok(n) => send_packet::<I>(&socket, &scratch[..n]).await,
-                    Err(_) => Ok(()),
-                },
+                Transmit::Oack => {
+                    let mut oack = vec![0; SMALL_PACKET];
+                    match t.emit_oack(&mut oack) {
+                        Ok(n) => {
+                            oack.truncate(n);
+                            send_packet::<I>(&socket, oack).await
+                        }
+                        Err(_) => Ok(()),
+                    }
+                }
                 Transmit::Error { code, message } => {
-                    let n = packet::emit_error(code, message, &mut scratch).unwrap_or(0);
+                    let mut error = vec![0; SMALL_PACKET];
+                    let n = packet::emit_error(code, message, &mut error).unwrap_or(0);
+                    error.truncate(n);
                     // The transfer is over whatever happens to this datagram.
-                    let _ = send_packet::<I>(&socket, &scratch[..n]).await;
+                    let _ = send_packet::<I>(&socket, error).await;
                     Ok(())
                 }
                 Transmit::Blocks(run) => {
                     let last = run.first + u64::from(run.count) - 1;
-                    let loaded = chunks.load(&cx, &data, &t, last).await;
+                    let loaded = chunks.ensure(&cx, &data, &t, last).await;
                     // Never let a client finish a file that changed under it: what it got may
                     // mix two versions.
                     let loaded = loaded.and_then(|()| match last == t.last_block() {
@@ -255,7 +267,7 @@ pub(crate) async fn run<I: Io>(
         }
         // Read the next window ahead while this one is on the wire.
         let ahead = (t.acked() + 2 * window).min(t.last_block());
-        if let Err(e) = chunks.load(&cx, &data, &t, ahead).await {
+        if let Err(e) = chunks.ensure(&cx, &data, &t, ahead).await {
             // A failed read-ahead is reported when (if) that block is needed.
             tracing::debug!(message = e.message, "read-ahead failed");
         }
@@ -297,8 +309,8 @@ pub(crate) async fn run<I: Io>(
 }
 
 /// Sends one small packet (OACK, ERROR).
-async fn send_packet<I: Io>(socket: &I::Socket, bytes: &[u8]) -> io::Result<()> {
-    let (result, _) = I::send(socket, vec![Piece::Owned(bytes.to_vec())]).await;
+async fn send_packet<I: Io>(socket: &I::Socket, bytes: Vec<u8>) -> io::Result<()> {
+    let (result, _) = I::send(socket, vec![Piece::Owned(bytes)]).await;
     result.map(drop)
 }
 
@@ -436,6 +448,38 @@ impl Window {
     /// Makes sure the chunks covering blocks `acked + 1 ..= upto` are held, dropping those
     /// wholly before them: from the shard's cache where another transfer read them, otherwise
     /// reading them (concurrently, one fixed read each).
+    ///
+    /// Most calls find every chunk held; the rare one that must wait is boxed, so the state of
+    /// a read is not carried in every transfer's task for its whole life.
+    async fn ensure<I: Io>(
+        &mut self,
+        cx: &Context<I>,
+        data: &Data<I::File>,
+        t: &Transfer,
+        upto: u64,
+    ) -> Result<(), ReadError> {
+        match self.holds(data, t, upto) {
+            true => Ok(()),
+            false => Box::pin(self.load(cx, data, t, upto)).await,
+        }
+    }
+
+    /// Drops the chunks wholly before block `acked + 1`; whether those up to block `upto` are
+    /// all held (nothing to load).
+    fn holds(&mut self, data: &Data<impl Sized>, t: &Transfer, upto: u64) -> bool {
+        if matches!(data, Data::Memory(_)) || t.is_empty() {
+            return true;
+        }
+        let from = t.offset(t.acked() + 1);
+        let to = t.offset(upto) + t.block_len(upto) as u64;
+        let first = from / CHUNK as u64;
+        while self.chunks.front().is_some_and(|(i, _)| *i < first) {
+            self.chunks.pop_front();
+        }
+        to <= from || (first..=(to - 1) / CHUNK as u64).all(|index| self.get(index).is_some())
+    }
+
+    /// [`Window::ensure`]'s slow path.
     async fn load<I: Io>(
         &mut self,
         cx: &Context<I>,
@@ -469,7 +513,7 @@ impl Window {
                     Lookup::Miss => reads.push(read_chunk::<I>(cx, file, t.len(), index)),
                 },
                 Data::Custom(source) => {
-                    let chunk = read_custom(&**source, t.len(), index)?;
+                    let chunk = read_custom(&cx.budget, &**source, t.len(), index)?;
                     self.insert(index, Rc::new(chunk));
                 }
                 Data::Memory(_) => {}
@@ -546,6 +590,7 @@ async fn read_chunk<I: Io>(
 ) -> (u64, Result<Chunk, ReadError>) {
     let want = chunk_len(len, index);
     let start = index * CHUNK as u64;
+    let lease = cx.budget.lease(CHUNK);
     let mut buf = cx.io.chunk_buffer();
     let mut done = 0;
     while done < want {
@@ -562,12 +607,18 @@ async fn read_chunk<I: Io>(
             }
         }
     }
-    (index, Ok(Chunk::new(buf, want)))
+    (index, Ok(Chunk::new(buf, want, lease)))
 }
 
-fn read_custom(source: &dyn ReadAt, len: u64, index: u64) -> Result<Chunk, ReadError> {
+fn read_custom(
+    budget: &Arc<Budget>,
+    source: &dyn ReadAt,
+    len: u64,
+    index: u64,
+) -> Result<Chunk, ReadError> {
     let want = chunk_len(len, index);
     let start = index * CHUNK as u64;
+    let lease = budget.lease(want);
     let mut buf = vec![0; want];
     let mut done = 0;
     while done < want {
@@ -578,7 +629,7 @@ fn read_custom(source: &dyn ReadAt, len: u64, index: u64) -> Result<Chunk, ReadE
             Err(_) => return Err(READ_FAILED),
         }
     }
-    Ok(Chunk::new(BlockBuf::Heap(buf), want))
+    Ok(Chunk::new(BlockBuf::Heap(buf), want, lease))
 }
 
 /// Polls every future to completion, concurrently; the results keep their order.

@@ -65,6 +65,11 @@ pub struct Config {
     /// Bytes of hot file data each shard keeps for its transfers to share, in registered
     /// buffers (0: every transfer reads for itself).
     pub block_cache: usize,
+    /// Bytes of file data all transfers together may hold in memory (chunks, cached or not,
+    /// and netascii encodings) before new requests are refused with "Server busy". Running
+    /// transfers always get what they need, so memory stays near this bound whatever mix of
+    /// files is asked for.
+    pub buffer_max: usize,
 }
 
 impl Default for Config {
@@ -81,6 +86,7 @@ impl Default for Config {
             recv_buffer: 8 << 20,
             netascii_max: 64 << 20,
             block_cache: 8 << 20,
+            buffer_max: 256 << 20,
         }
     }
 }
@@ -133,6 +139,8 @@ pub(crate) struct Shared {
     port_hint: AtomicU32,
     /// The effective ports policy.
     ports: socket::Ports,
+    /// File data held in memory, for `buffer_max`.
+    budget: Arc<cache::Budget>,
 }
 
 /// A server bound to its port, not yet serving.
@@ -178,11 +186,12 @@ impl Server {
             local,
             shared: Arc::new(Shared {
                 resolver: Box::new(resolver),
-                config,
                 running: AtomicUsize::new(0),
                 clients: Mutex::new(HashMap::new()),
                 port_hint: AtomicU32::new(std::process::id()),
                 ports,
+                budget: cache::Budget::new(config.buffer_max),
+                config,
             }),
         })
     }

@@ -13,7 +13,7 @@ use std::time::Instant;
 use socket2::Socket;
 use tokio::sync::{watch, Notify};
 
-use super::cache::{ChunkCache, CHUNK};
+use super::cache::{ChunkCache, Lease, CHUNK};
 use super::driver::{self, Client, Context, Data, End, Io, Meta};
 use super::socket::{self, MainSocket, RecvBatch};
 use super::{Backend, Shared};
@@ -200,6 +200,11 @@ fn handle<I: Io>(
             return;
         }
     }
+    if shared.budget.exceeded_by(CHUNK) {
+        tracing::warn!(%peer, file = request.filename, held = shared.budget.used(), "file data in memory is at --max-buffer-mb; request refused");
+        reject(ErrorCode::Undefined, BUSY_MEMORY);
+        return;
+    }
     let slot = match Slot::take(shared, peer.ip()) {
         Ok(slot) => slot,
         Err(busy) => {
@@ -212,6 +217,14 @@ fn handle<I: Io>(
         tracing::info!(%peer, file = request.filename, code = code.to_u16(), %message, "request refused");
         reject(code, &message);
     }
+}
+
+const BUSY_MEMORY: &str = "Server busy: out of memory for file data, try again later";
+const BUSY_FDS: &str = "Server busy: out of file descriptors, try again later";
+
+/// Whether an error says the process has no descriptor left.
+fn out_of_fds(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }
 
 /// A transfer's place in the server-wide limits, given back when dropped.
@@ -275,20 +288,18 @@ fn start<I: Io>(
         .resolver
         .resolve(request.filename, peer)
         .map_err(|e| match e {
-            ResolveError::Io(ref io)
-                if matches!(io.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) =>
-            {
+            ResolveError::Io(ref io) if out_of_fds(io) => {
                 tracing::warn!(%peer, "out of file descriptors (raise ulimit -n)");
-                (
-                    ErrorCode::Undefined,
-                    "Server busy: out of file descriptors".to_owned(),
-                )
+                (ErrorCode::Undefined, BUSY_FDS.to_owned())
             }
             e => (e.code(), e.message().to_owned()),
         })?;
-    let source = match request.mode {
-        Mode::Octet => source,
-        Mode::Netascii => encode_netascii(&source, shared.config.netascii_max)?,
+    let (source, lease) = match request.mode {
+        Mode::Octet => (source, None),
+        Mode::Netascii => {
+            let (encoded, lease) = encode_netascii(&source, shared)?;
+            (encoded, Some(lease))
+        }
     };
     let len = source.len();
     // An empty file's size is left out of the OACK: RFC 2349 lets a server ignore `tsize`, and
@@ -302,10 +313,11 @@ fn start<I: Io>(
         .and_then(|s| io.socket(s))
         .map_err(|e| {
             tracing::warn!(%peer, error = %e, "cannot open a transfer socket");
-            (
-                ErrorCode::Undefined,
-                "Server busy: no transfer port available".to_owned(),
-            )
+            let message = match out_of_fds(&e) {
+                true => BUSY_FDS,
+                false => "Server busy: no transfer port available",
+            };
+            (ErrorCode::Undefined, message.to_owned())
         })?;
     let data = match source {
         Source::File(file) => {
@@ -329,14 +341,17 @@ fn start<I: Io>(
     });
     state.active.borrow_mut().insert(peer, client.clone());
     state.running.set(state.running.get() + 1);
-    let (io, state) = (io.clone(), state.clone());
+    let (io, state, budget) = (io.clone(), state.clone(), shared.budget.clone());
     tokio::task::spawn_local(async move {
         let cx = Context {
             io,
             cache: state.cache.clone(),
+            budget: budget.clone(),
             client: client.clone(),
         };
         let (end, t) = driver::run(cx, sock, data, t).await;
+        // A netascii encoding is freed with the transfer.
+        drop(lease);
         log_end(&meta, &t, end);
         let mut active = state.active.borrow_mut();
         // A newer transfer for the same client port may have taken the entry.
@@ -375,20 +390,30 @@ fn shared_file<I: Io>(
 }
 
 /// Reads a whole source and encodes it as netascii, so `tsize` is exact and blocks are cut
-/// from the encoded stream.
-fn encode_netascii(source: &Source, max: u64) -> Result<Source, (ErrorCode, String)> {
-    if source.len() > max {
+/// from the encoded stream; the encoding counts against the memory budget while it lives.
+fn encode_netascii(
+    source: &Source,
+    shared: &Shared,
+) -> Result<(Source, Lease), (ErrorCode, String)> {
+    if source.len() > shared.config.netascii_max {
         return Err((
             ErrorCode::DiskFull,
             "File too large for netascii mode".to_owned(),
         ));
     }
-    let mut raw = vec![0; source.len() as usize];
+    // The raw bytes and their encoding (at most twice as long) are both in memory for a while.
+    let len = source.len() as usize;
+    if shared.budget.exceeded_by(len.saturating_mul(3)) {
+        return Err((ErrorCode::Undefined, BUSY_MEMORY.to_owned()));
+    }
+    let mut raw = vec![0; len];
     let n = source
         .read_full_at(&mut raw, 0)
         .map_err(|_| (ErrorCode::Undefined, "Read error".to_owned()))?;
     raw.truncate(n);
-    Ok(Source::memory(netascii::encode_to_vec(&raw)))
+    let encoded = netascii::encode_to_vec(&raw);
+    let lease = shared.budget.lease(encoded.len());
+    Ok((Source::memory(encoded), lease))
 }
 
 /// The one line per finished transfer.

@@ -1,0 +1,361 @@
+//! Resources running out and files changing under the server: descriptors (`ulimit -n`), the
+//! memory budget for file data (`--max-buffer-mb`), a served file renamed over, truncated or
+//! rewritten mid-transfer, and ten thousand clients at once.
+//!
+//! For exhaustion the pattern is the same: transfers are opened one by one and held (their
+//! client pauses after the first block) until the server refuses one; the refusal must be a
+//! clear "Server busy" ERROR, every held transfer must then finish byte-exact, and a new
+//! request must succeed once they are done.
+
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ringtftp::packet::Mode as WireMode;
+
+use crate::util::raw::{self, Download};
+use crate::util::{pattern, run, sha256, write_file, Daemon, TempDir};
+
+/// How a held transfer's first block went.
+enum Started {
+    /// It has its first block and is paused.
+    Holding,
+    /// It ended before its first block, with this error.
+    Refused(String),
+}
+
+/// Transfers held open, each a thread paused after its first block until released.
+struct Holders {
+    release: Arc<AtomicBool>,
+    threads: Vec<thread::JoinHandle<Result<Download, String>>>,
+}
+
+impl Holders {
+    /// Opens transfers of `name(i)` one at a time until one is refused or `max` are held;
+    /// returns the holders and the refusal.
+    fn until_refused(
+        server: SocketAddr,
+        mode: WireMode,
+        name: impl Fn(usize) -> String,
+        max: usize,
+    ) -> (Holders, Option<String>) {
+        let release = Arc::new(AtomicBool::new(false));
+        let mut holders = Holders {
+            release: release.clone(),
+            threads: Vec::new(),
+        };
+        for i in 0..max {
+            let (started, first) = mpsc::channel();
+            let release = release.clone();
+            let name = name(i);
+            let handle = thread::spawn(move || {
+                let result = raw::download(server, &name, mode, &[], |block| {
+                    if block == 1 {
+                        let _ = started.send(Started::Holding);
+                        // Paused, the server retransmits block 2 with backoff; well within its
+                        // patience (12 s).
+                        let deadline = Instant::now() + Duration::from_secs(8);
+                        while !release.load(Ordering::Relaxed) && Instant::now() < deadline {
+                            thread::sleep(Duration::from_millis(10));
+                        }
+                    }
+                });
+                if let Err(e) = &result {
+                    let _ = started.send(Started::Refused(e.clone()));
+                }
+                result
+            });
+            let outcome = first
+                .recv_timeout(Duration::from_secs(10))
+                .unwrap_or(Started::Refused("no first block within 10 s".into()));
+            match outcome {
+                Started::Holding => holders.threads.push(handle),
+                Started::Refused(e) => {
+                    let _ = handle.join();
+                    return (holders, Some(e));
+                }
+            }
+        }
+        (holders, None)
+    }
+
+    fn len(&self) -> usize {
+        self.threads.len()
+    }
+
+    /// Lets every held transfer go on and returns how each ended.
+    fn finish(self) -> Vec<Result<Download, String>> {
+        self.release.store(true, Ordering::Relaxed);
+        self.threads
+            .into_iter()
+            .map(|t| t.join().unwrap_or_else(|_| Err("holder panicked".into())))
+            .collect()
+    }
+}
+
+/// Every held transfer finished with exactly `expected`.
+fn all_exact(results: Vec<Result<Download, String>>, expected: &[u8]) {
+    let want = sha256(expected);
+    for (i, result) in results.into_iter().enumerate() {
+        let got = result.unwrap_or_else(|e| panic!("held transfer {i} failed: {e}"));
+        assert_eq!(sha256(&got.data), want, "held transfer {i} corrupted");
+    }
+}
+
+fn fetch_exact(server: SocketAddr, name: &str, expected: &[u8]) {
+    let got = raw::download(server, name, WireMode::Octet, &[], |_| {})
+        .unwrap_or_else(|e| panic!("{name} after recovery: {e}"));
+    assert_eq!(sha256(&got.data), sha256(expected), "{name} corrupted");
+}
+
+/// Starts the daemon with its descriptor limit (soft and hard) set to `fds`.
+fn daemon_with_fd_limit(dir: &Path, fds: u64, extra: &[&str]) -> Daemon {
+    let ip = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+    Daemon::spawn(ip, |port| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringtftpd"));
+        cmd.arg(port.to_string())
+            .args(["--bind", "127.0.0.1", "--directory"])
+            .arg(dir)
+            .args(extra)
+            .env("NO_COLOR", "1");
+        let limit = libc::rlimit {
+            rlim_cur: fds,
+            rlim_max: fds,
+        };
+        // SAFETY: setrlimit is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd
+    })
+}
+
+#[test]
+fn out_of_descriptors_new_requests_are_busy_and_running_transfers_finish() {
+    let root = TempDir::new("out_of_fds");
+    let body = pattern(40 * 512 + 100, 11);
+    write_file(root.path(), "f.bin", &body);
+    // About a dozen descriptors go to the process itself; the rest to transfer sockets.
+    // --max-transfers above the limit is kept (with a warning), so the limit is what bites.
+    let daemon = daemon_with_fd_limit(
+        root.path(),
+        48,
+        &["--shards", "1", "--max-transfers", "1000"],
+    );
+    let server = daemon.addr();
+    let (holders, refused) =
+        Holders::until_refused(server, WireMode::Octet, |_| "f.bin".into(), 60);
+    let held = holders.len();
+    let refused = refused.unwrap_or_else(|| panic!("{held} transfers held, none refused"));
+    let results = holders.finish();
+    assert!(
+        refused.contains("ERROR 0") && refused.contains("Server busy: out of file descriptors"),
+        "refusal after {held} held transfers: {refused}\n{}",
+        daemon.log()
+    );
+    assert!(held >= 20, "only {held} transfers before the limit bit");
+    all_exact(results, &body);
+    // Descriptors are back: the server serves again.
+    fetch_exact(server, "f.bin", &body);
+    assert!(daemon.log().contains("out of file descriptors"));
+    assert!(!daemon.log().contains("panicked"));
+    println!("descriptor limit 48: {held} transfers held, then \"{refused}\"");
+}
+
+#[test]
+fn out_of_buffer_memory_new_requests_are_busy_and_running_transfers_finish() {
+    let root = TempDir::new("out_of_buffers");
+    let body = pattern(100_000, 12);
+    write_file(root.path(), "f.bin", &body);
+    let text: Vec<u8> = b"line\n".iter().copied().cycle().take(400_000).collect();
+    write_file(root.path(), "big.txt", &text);
+    // No shared cache, so each transfer holds its own 64 KiB chunk: 1 MiB holds 16.
+    let daemon = Daemon::start(
+        root.path(),
+        &["--shards", "1", "--cache-mb", "0", "--max-buffer-mb", "1"],
+    );
+    let server = daemon.addr();
+    // A netascii encoding (about 1.2 x 400 KB, three times that while it is made) does not fit.
+    let peer = raw::Peer::new(server);
+    let (code, message, _) =
+        peer.expect_error(&raw::rrq("big.txt", WireMode::Netascii, &[]), server);
+    assert_eq!(
+        (code, message.as_str()),
+        (
+            0,
+            "Server busy: out of memory for file data, try again later"
+        )
+    );
+
+    let (holders, refused) =
+        Holders::until_refused(server, WireMode::Octet, |_| "f.bin".into(), 40);
+    let held = holders.len();
+    let refused = refused.unwrap_or_else(|| panic!("{held} transfers held, none refused"));
+    let results = holders.finish();
+    assert!(
+        refused.contains("ERROR 0") && refused.contains("Server busy: out of memory for file data"),
+        "refusal after {held} held transfers: {refused}\n{}",
+        daemon.log()
+    );
+    assert!(
+        (8..=20).contains(&held),
+        "{held} transfers held within a 1 MiB budget of 64 KiB chunks"
+    );
+    all_exact(results, &body);
+    fetch_exact(server, "f.bin", &body);
+    println!("--max-buffer-mb 1: {held} transfers held, then \"{refused}\"");
+}
+
+/// A download paused at block `at` while `change` alters the served file.
+fn download_with_change(
+    server: SocketAddr,
+    name: &str,
+    at: u64,
+    change: impl FnOnce(),
+) -> Result<Download, String> {
+    let mut change = Some(change);
+    raw::download(server, name, WireMode::Octet, &[], |block| {
+        if block == at {
+            if let Some(change) = change.take() {
+                change();
+            }
+        }
+    })
+}
+
+#[test]
+fn a_file_changed_mid_transfer_is_never_served_as_a_mix() {
+    let root = TempDir::new("changed_file");
+    let old = pattern(1 << 20, 21);
+    let new = pattern(1 << 20, 22);
+    let daemon = Daemon::start(root.path(), &[]);
+    let server = daemon.addr();
+    let path = root.join("f.bin");
+
+    // Renamed over (how a new image is installed): the open descriptor still reads the old
+    // file, a consistent snapshot, and the transfer completes with it.
+    write_file(root.path(), "f.bin", &old);
+    let got = download_with_change(server, "f.bin", 50, || {
+        write_file(root.path(), "f.new", &new);
+        std::fs::rename(root.join("f.new"), &path).expect("rename");
+    })
+    .expect("a renamed-over file is served from the open descriptor");
+    assert_eq!(sha256(&got.data), sha256(&old), "not the snapshot");
+    // The next transfer gets the new file, not cached bytes of the old one.
+    fetch_exact(server, "f.bin", &new);
+
+    // Truncated in place: the transfer ends with an ERROR.
+    write_file(root.path(), "f.bin", &old);
+    let result = download_with_change(server, "f.bin", 50, || {
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.set_len(10_000).expect("truncate");
+    });
+    match result {
+        Err(e) => assert!(e.contains("File changed while being served"), "{e}"),
+        Ok(got) => panic!(
+            "a truncated file was served as a success ({} bytes)",
+            got.data.len()
+        ),
+    }
+
+    // Rewritten in place, same size: the bytes after the change are new, so the transfer must
+    // not end as a success.
+    write_file(root.path(), "f.bin", &old);
+    thread::sleep(Duration::from_millis(20));
+    let result = download_with_change(server, "f.bin", 50, || {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all_at(&new, 0).expect("rewrite");
+    });
+    match result {
+        Err(e) => assert!(e.contains("File changed while being served"), "{e}"),
+        Ok(got) => panic!(
+            "a rewritten file was served as a success ({})",
+            if got.data == old {
+                "old bytes"
+            } else {
+                "mixed bytes"
+            }
+        ),
+    }
+    fetch_exact(server, "f.bin", &new);
+    assert!(!daemon.log().contains("panicked"));
+}
+
+/// `<target>/debug/loadgen`, built beside `ringtftpd` by `cargo test --workspace`.
+fn loadgen() -> std::path::PathBuf {
+    let exe = Path::new(env!("CARGO_BIN_EXE_ringtftpd"));
+    exe.with_file_name("loadgen")
+}
+
+/// The daemon's peak resident memory (VmHWM), in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM")
+}
+
+#[test]
+fn ten_thousand_clients_at_once_complete_within_bounded_memory() {
+    let loadgen = loadgen();
+    if !loadgen.is_file() {
+        assert!(
+            std::env::var_os("RINGTFTP_REQUIRE_CLIENTS").is_none(),
+            "{} not built (cargo test --workspace builds it)",
+            loadgen.display()
+        );
+        eprintln!("skipping: loadgen not built");
+        return;
+    }
+    let root = TempDir::new("ten_thousand");
+    let body = pattern(64 * 1024, 31);
+    write_file(root.path(), "boot.efi", &body);
+    let daemon = Daemon::start(root.path(), &[]);
+    let idle = peak_rss_kib(daemon.pid());
+    let mut cmd = Command::new(&loadgen);
+    cmd.arg(daemon.addr().to_string())
+        .arg("boot.efi")
+        .args(["--clients", "10000", "--transfers", "10000"])
+        .args([
+            "--sha256",
+            &sha256(&body),
+            "--timeout",
+            "1s",
+            "--retries",
+            "5",
+        ])
+        // Spread over source addresses, as a hall of machines is (and under the per-client cap).
+        .args(["--sources", "127.0.0.1-127.0.0.64"])
+        .args(["--max-failures", "0", "--json", "-"]);
+    let done = run(cmd, Duration::from_secs(300));
+    let peak = peak_rss_kib(daemon.pid());
+    assert!(
+        done.success(),
+        "10 000 clients: failures or a hang\n{}",
+        done.describe()
+    );
+    println!(
+        "10 000 concurrent clients x 64 KiB: {:.1} s, daemon peak RSS {:.1} MiB (idle {:.1} MiB)",
+        done.elapsed.as_secs_f64(),
+        peak as f64 / 1024.0,
+        idle as f64 / 1024.0
+    );
+    assert!(
+        peak <= 96 * 1024,
+        "peak RSS {peak} KiB with 10 000 clients at once"
+    );
+    assert!(!daemon.log().contains("panicked"));
+}
