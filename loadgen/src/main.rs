@@ -133,6 +133,15 @@ struct Cli {
     #[arg(long, value_name = "TIME", default_value = "50us", value_parser = parse_duration)]
     spin: Duration,
 
+    /// Receive each datagram alone, without UDP_GRO.
+    ///
+    /// By default windowed transfers ask the kernel for UDP_GRO, so a window a server sends as
+    /// one GSO train arrives in one buffer (split here into its datagrams): loadgen then keeps
+    /// up with the fastest servers. Servers that send each datagram alone are received the same
+    /// either way.
+    #[arg(long)]
+    no_gro: bool,
+
     /// Hard limit on the whole run; transfers still running then fail as aborted.
     #[arg(long, value_name = "TIME", default_value = "10m", value_parser = parse_duration)]
     deadline: Duration,
@@ -247,6 +256,7 @@ fn run(cli: Cli) -> Result<bool> {
         loss: cli.loss,
         seed: cli.seed,
         spin: cli.spin,
+        gro: !cli.no_gro,
     };
     let setup = Setup {
         server: server.to_string(),

@@ -38,6 +38,8 @@ pub struct Stats {
     pub stray_datagrams: u64,
     /// Transfers whose server answered without an OACK although options were asked for.
     pub options_ignored: u64,
+    /// Receives that held several datagrams (a GSO window taken whole with `UDP_GRO`).
+    pub coalesced: u64,
     /// Datagrams dropped by the simulated loss: received, and not sent.
     pub dropped_in: u64,
     /// See `dropped_in`.
@@ -69,6 +71,7 @@ impl Stats {
             reacks: 0,
             stray_blocks: 0,
             stray_datagrams: 0,
+            coalesced: 0,
             options_ignored: 0,
             dropped_in: 0,
             dropped_out: 0,
@@ -124,6 +127,7 @@ impl Stats {
         self.reacks += other.reacks;
         self.stray_blocks += other.stray_blocks;
         self.stray_datagrams += other.stray_datagrams;
+        self.coalesced += other.coalesced;
         self.options_ignored += other.options_ignored;
         self.dropped_in += other.dropped_in;
         self.dropped_out += other.dropped_out;
@@ -355,6 +359,13 @@ pub fn table(setup: &Setup, stats: &Stats, verdicts: &[Verdict]) -> String {
             "loss", stats.dropped_in, stats.dropped_out, stats.send_drops
         );
     }
+    if stats.coalesced > 0 {
+        let _ = writeln!(
+            out,
+            "{:<14}{} receives each held a whole GSO window (UDP_GRO)",
+            "coalesced", stats.coalesced
+        );
+    }
     if stats.options_ignored > 0 {
         let _ = writeln!(
             out,
@@ -436,6 +447,7 @@ pub fn json(setup: &Setup, stats: &Stats, verdicts: &[Verdict]) -> String {
     let _ = writeln!(o, "  \"stray_blocks\": {},", stats.stray_blocks);
     let _ = writeln!(o, "  \"stray_datagrams\": {},", stats.stray_datagrams);
     let _ = writeln!(o, "  \"options_ignored\": {},", stats.options_ignored);
+    let _ = writeln!(o, "  \"coalesced\": {},", stats.coalesced);
     let _ = writeln!(o, "  \"dropped_in\": {},", stats.dropped_in);
     let _ = writeln!(o, "  \"dropped_out\": {},", stats.dropped_out);
     let _ = writeln!(o, "  \"send_drops\": {},", stats.send_drops);

@@ -55,6 +55,8 @@ pub struct Plan {
     pub seed: u64,
     /// How long to keep polling without sleeping after the last event (zero: never spin).
     pub spin: Duration,
+    /// Receive windows with `UDP_GRO`: a server's GSO window arrives as one buffer.
+    pub gro: bool,
 }
 
 /// Runs the plan: `threads` workers, while `tick` is called about once a second with the time
@@ -158,6 +160,8 @@ struct Worker<'a> {
     stride: usize,
     /// `SO_RCVBUF` to ask for, when a window is larger than the default buffer holds.
     rcvbuf: Option<libc::c_int>,
+    /// Whether sockets ask for `UDP_GRO`.
+    gro: bool,
     launching: bool,
     active: usize,
     stats: Stats,
@@ -187,6 +191,8 @@ impl<'a> Worker<'a> {
         let wanted = 2 * window * (blksize + 4 + 700).next_power_of_two();
         let rcvbuf =
             (wanted > 200 << 10).then(|| libc::c_int::try_from(wanted).unwrap_or(libc::c_int::MAX));
+        // Lock-step transfers get one datagram per round trip: nothing to coalesce.
+        let gro = plan.gro && window > 1;
         Ok(Self {
             plan,
             config,
@@ -203,14 +209,20 @@ impl<'a> Worker<'a> {
                 .collect(),
             free: (0..clients as u32).rev().collect(),
             wheel: Wheel::new(config.timeout, clients),
-            // One byte more than the largest block asked for, so a longer one shows as such.
-            batch: Batch::new(BATCH.min(window.max(4)), blksize + 4 + 1),
+            batch: if gro {
+                // A coalesced window is at most one maximal UDP datagram.
+                Batch::new(GRO_BATCH, 1 << 16)
+            } else {
+                // One byte more than the largest block asked for, so a longer one shows as such.
+                Batch::new(BATCH.min(window.max(4)), blksize + 4 + 1)
+            },
             scratch: vec![0; blksize + 1],
             rng: Rng(plan.seed ^ (index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
             server: RawAddr::new(plan.server),
             source: index,
             stride: threads,
             rcvbuf,
+            gro,
             launching: true,
             active: 0,
             stats: Stats::new(),
@@ -324,6 +336,7 @@ impl<'a> Worker<'a> {
             self.plan.server,
             source,
             self.rcvbuf,
+            self.gro,
             data,
         ) {
             Ok(fd) => slot.socket = Some(fd),
@@ -374,10 +387,6 @@ impl<'a> Worker<'a> {
                 }
             };
             for i in 0..n {
-                if self.plan.loss > 0.0 && self.rng.chance(self.plan.loss) {
-                    self.stats.dropped_in += 1;
-                    continue;
-                }
                 let Some(from) = self.batch.source(i) else {
                     self.stats.stray_datagrams += 1;
                     continue;
@@ -385,7 +394,7 @@ impl<'a> Worker<'a> {
                 let slot = &mut self.slots[index as usize];
                 match slot.peer {
                     // RFC 1350 §4: the first reply's source port is the server's TID.
-                    None if !Client::is_first_reply(self.batch.datagram(i)) => {
+                    None if !Client::is_first_reply(self.batch.segment(i, 0)) => {
                         self.stats.stray_datagrams += 1;
                         continue;
                     }
@@ -412,18 +421,30 @@ impl<'a> Worker<'a> {
                     }
                     Some(_) => {}
                 }
-                if let Some(client) = slot.client.as_mut() {
-                    let datagram = self.batch.datagram(i);
-                    client.handle_datagram(self.config, now, datagram, &mut self.scratch);
-                    if let Some(Err(Failure::Error(code))) = client.outcome() {
-                        if let Ok(Packet::Error { message, .. }) = Packet::parse(datagram) {
-                            self.stats.note_error(code, message);
+                // With UDP_GRO one receive may hold a whole window: one datagram per segment.
+                let segments = self.batch.segments(i);
+                if segments > 1 {
+                    self.stats.coalesced += 1;
+                }
+                for j in 0..segments {
+                    if self.plan.loss > 0.0 && self.rng.chance(self.plan.loss) {
+                        self.stats.dropped_in += 1;
+                        continue;
+                    }
+                    let slot = &mut self.slots[index as usize];
+                    if let Some(client) = slot.client.as_mut() {
+                        let datagram = self.batch.segment(i, j);
+                        client.handle_datagram(self.config, now, datagram, &mut self.scratch);
+                        if let Some(Err(Failure::Error(code))) = client.outcome() {
+                            if let Ok(Packet::Error { message, .. }) = Packet::parse(datagram) {
+                                self.stats.note_error(code, message);
+                            }
                         }
                     }
-                }
-                self.flush(index, now);
-                if self.finish_if_done(index) {
-                    return;
+                    self.flush(index, now);
+                    if self.finish_if_done(index) {
+                        return;
+                    }
                 }
             }
             if n < self.batch.len() {
@@ -542,6 +563,7 @@ fn open_socket(
     server: SocketAddr,
     source: Option<IpAddr>,
     rcvbuf: Option<libc::c_int>,
+    gro: bool,
     data: u64,
 ) -> io::Result<OwnedFd> {
     let family = if server.is_ipv4() {
@@ -571,6 +593,19 @@ fn open_socket(
                 libc::SOL_SOCKET,
                 libc::SO_RCVBUF,
                 (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+    if gro {
+        let on: libc::c_int = 1;
+        // SAFETY: as above. Kernels before 5.0 refuse it: then each datagram comes alone.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_UDP,
+                UDP_GRO,
+                (&on as *const libc::c_int).cast(),
                 std::mem::size_of::<libc::c_int>() as libc::socklen_t,
             );
         }
@@ -685,11 +720,20 @@ struct Batch {
     size: usize,
     names: Box<[libc::sockaddr_storage]>,
     iovecs: Box<[libc::iovec]>,
+    /// Room for each datagram's `UDP_GRO` control message (its segment size).
+    controls: Box<[[u64; CONTROL_WORDS]]>,
     headers: Box<[libc::mmsghdr]>,
 }
 
+/// Words of control-message room per datagram: one `cmsghdr` and an int, with room to spare.
+const CONTROL_WORDS: usize = 8;
+
 /// The most datagrams one `recvmmsg` takes: a window of 64 blocks (ringtftpd's default cap).
 const BATCH: usize = 64;
+/// Coalesced receives one `recvmmsg` takes with `UDP_GRO` (each up to 64 KiB).
+const GRO_BATCH: usize = 16;
+/// `UDP_GRO` from linux/udp.h: deliver a GSO train as one buffer, with its segment size.
+const UDP_GRO: libc::c_int = 104;
 
 impl Batch {
     fn new(count: usize, size: usize) -> Self {
@@ -704,10 +748,12 @@ impl Batch {
                 iov_len: size,
             })
             .collect();
+        let mut controls: Box<[[u64; CONTROL_WORDS]]> = vec![[0; CONTROL_WORDS]; count].into();
         let headers = iovecs
             .iter_mut()
             .zip(names.iter_mut())
-            .map(|(iov, name)| {
+            .zip(controls.iter_mut())
+            .map(|((iov, name), control)| {
                 // SAFETY: mmsghdr is plain old data; all zeroes is valid, and the fields that
                 // matter are set right below.
                 let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
@@ -716,6 +762,7 @@ impl Batch {
                     std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
                 h.msg_hdr.msg_iov = iov;
                 h.msg_hdr.msg_iovlen = 1;
+                h.msg_hdr.msg_control = control.as_mut_ptr().cast();
                 h
             })
             .collect();
@@ -724,6 +771,7 @@ impl Batch {
             size,
             names,
             iovecs,
+            controls,
             headers,
         }
     }
@@ -738,8 +786,10 @@ impl Batch {
             // The kernel shrinks the name length to what it wrote; give the room back.
             h.msg_hdr.msg_namelen =
                 std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            h.msg_hdr.msg_controllen = CONTROL_WORDS * 8;
         }
         debug_assert_eq!(self.iovecs.len(), self.headers.len());
+        debug_assert_eq!(self.controls.len(), self.headers.len());
         // SAFETY: the headers point at `names` and `iovecs`, which point at `buffers`; all are
         // owned by `self`, never move, and outlive the call.
         let n = unsafe {
@@ -757,10 +807,51 @@ impl Batch {
         Ok(n as usize)
     }
 
-    /// The `i`th datagram of the last receive (cut to the buffer if it was longer).
+    /// The `i`th datagram of the last receive (cut to the buffer if it was longer): with
+    /// `UDP_GRO`, several the server sent as one GSO window.
     fn datagram(&self, i: usize) -> &[u8] {
         let len = (self.headers[i].msg_len as usize).min(self.size);
         &self.buffers[i * self.size..i * self.size + len]
+    }
+
+    /// The segment size the kernel reported for the `i`th datagram (`UDP_GRO`), if any.
+    fn gro_size(&self, i: usize) -> Option<usize> {
+        let h = &self.headers[i].msg_hdr;
+        // SAFETY: the header's control pointer and length describe `controls[i]`, which the
+        // kernel filled; the CMSG macros stay within msg_controllen.
+        unsafe {
+            let mut cmsg = libc::CMSG_FIRSTHDR(h);
+            while !cmsg.is_null() {
+                if (*cmsg).cmsg_level == libc::SOL_UDP && (*cmsg).cmsg_type == UDP_GRO {
+                    let size =
+                        std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>());
+                    return usize::try_from(size).ok().filter(|&s| s > 0);
+                }
+                cmsg = libc::CMSG_NXTHDR(h, cmsg);
+            }
+        }
+        None
+    }
+
+    /// How many datagrams the `i`th receive holds (at least one, even if empty).
+    fn segments(&self, i: usize) -> usize {
+        let len = self.datagram(i).len();
+        match self.gro_size(i) {
+            Some(size) => len.div_ceil(size).max(1),
+            None => 1,
+        }
+    }
+
+    /// Datagram `j` of the `i`th receive.
+    fn segment(&self, i: usize, j: usize) -> &[u8] {
+        let datagram = self.datagram(i);
+        match self.gro_size(i) {
+            Some(size) => {
+                let start = (j * size).min(datagram.len());
+                &datagram[start..(start + size).min(datagram.len())]
+            }
+            None => datagram,
+        }
     }
 
     /// The source of the `i`th datagram of the last receive.
@@ -843,11 +934,17 @@ mod tests {
     use crate::client::Expect;
     use ringtftp::packet::Mode;
     use std::net::UdpSocket;
+    use std::os::fd::AsRawFd;
 
     /// A minimal threaded TFTP server for the event loop's tests: one thread per transfer,
     /// windows as asked, go-back-N on a 20 ms timeout. Serves `file` as `"file"`, answers any
     /// other name with ERROR 1. Returns its address; it serves until the test process ends.
     fn mini_server(file: Vec<u8>) -> SocketAddr {
+        mini_server_with(file, false)
+    }
+
+    /// [`mini_server`], sending each window as one GSO train (`UDP_SEGMENT`) when `gso`.
+    fn mini_server_with(file: Vec<u8>, gso: bool) -> SocketAddr {
         let main = UdpSocket::bind("127.0.0.1:0").unwrap();
         let addr = main.local_addr().unwrap();
         let file = std::sync::Arc::new(file);
@@ -868,7 +965,7 @@ mod tests {
                 };
                 let (blksize, window) = (num("blksize"), num("windowsize"));
                 let file = file.clone();
-                std::thread::spawn(move || transfer(peer, &name, blksize, window, &file));
+                std::thread::spawn(move || transfer(peer, &name, blksize, window, &file, gso));
             }
         });
         addr
@@ -880,6 +977,7 @@ mod tests {
         blksize: Option<u16>,
         window: Option<u16>,
         file: &[u8],
+        gso: bool,
     ) {
         let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
         sock.connect(peer).unwrap();
@@ -910,13 +1008,33 @@ mod tests {
                 }
                 let _ = sock.send(&oack);
             } else {
+                let mut train = Vec::new();
                 for block in base..(base + w).min(last + 1) {
                     let start = (block as usize - 1) * size;
                     let chunk = &file[start.min(file.len())..(start + size).min(file.len())];
                     let mut d = vec![0, 3];
                     d.extend_from_slice(&(block as u16).to_be_bytes());
                     d.extend_from_slice(chunk);
-                    let _ = sock.send(&d);
+                    if gso {
+                        train.extend_from_slice(&d);
+                    } else {
+                        let _ = sock.send(&d);
+                    }
+                }
+                if gso {
+                    // Cut by the kernel at 4 + blksize, as ringtftpd sends its windows.
+                    let segment = libc::c_int::from(size as u16 + 4);
+                    // SAFETY: a live c_int option value of the length given.
+                    unsafe {
+                        libc::setsockopt(
+                            sock.as_raw_fd(),
+                            libc::SOL_UDP,
+                            103, // UDP_SEGMENT
+                            (&segment as *const libc::c_int).cast(),
+                            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                        );
+                    }
+                    let _ = sock.send(&train);
                 }
             }
             // Take every ACK queued; a timeout re-sends the window.
@@ -948,6 +1066,7 @@ mod tests {
             loss: 0.0,
             seed: 1,
             spin: Duration::ZERO,
+            gro: true,
         }
     }
 
@@ -991,6 +1110,24 @@ mod tests {
         c.windowsize = Some(4);
         let stats = run_plan(&plan, &c, "file");
         assert_eq!((stats.ok, stats.failed()), (30, 0), "{:?}", stats.failures);
+    }
+
+    #[test]
+    fn gso_windows_are_taken_whole_and_split_with_gro() {
+        let file: Vec<u8> = (0..50_000u32).map(|i| (i * 7 % 253) as u8).collect();
+        let server = mini_server_with(file.clone(), true);
+        let mut c = config(&file);
+        c.blksize = Some(1000);
+        c.windowsize = Some(8);
+        let stats = run_plan(&plan(server, 2, 4), &c, "file");
+        assert_eq!((stats.ok, stats.failed()), (4, 0), "{:?}", stats.failures);
+        assert!(stats.coalesced > 0, "no window arrived whole");
+        // Without GRO the same trains arrive as single datagrams.
+        let mut p = plan(server, 2, 4);
+        p.gro = false;
+        let stats = run_plan(&p, &c, "file");
+        assert_eq!((stats.ok, stats.failed()), (4, 0), "{:?}", stats.failures);
+        assert_eq!(stats.coalesced, 0);
     }
 
     #[test]
