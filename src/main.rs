@@ -199,8 +199,8 @@ fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
-/// Blocks SIGINT and SIGTERM in this thread and every thread it starts afterwards, so that
-/// [`wait_for_signal`] receives them synchronously (no handler, no self-pipe).
+/// Blocks SIGINT, SIGTERM and SIGHUP in this thread and every thread it starts afterwards, so
+/// that [`wait_for_signal`] receives them synchronously (no handler, no self-pipe).
 fn block_stop_signals() -> libc::sigset_t {
     // SAFETY: sigset manipulation on a local set, then pthread_sigmask on the calling thread.
     unsafe {
@@ -208,21 +208,30 @@ fn block_stop_signals() -> libc::sigset_t {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
     }
 }
 
+/// Waits for SIGINT or SIGTERM. SIGHUP, which would otherwise kill the daemon (and which
+/// `systemctl reload` and log rotation scripts send), is logged and ignored: there is nothing to
+/// reload, as every request opens its file afresh.
 fn wait_for_signal(set: &libc::sigset_t) -> &'static str {
-    let mut signal = 0;
-    // SAFETY: sigwait on a set that every thread blocks.
-    unsafe { while libc::sigwait(set, &mut signal) != 0 {} }
-    if signal == libc::SIGINT {
-        "SIGINT"
-    } else {
-        "SIGTERM"
+    loop {
+        let mut signal = 0;
+        // SAFETY: sigwait on a set that every thread blocks.
+        unsafe { while libc::sigwait(set, &mut signal) != 0 {} }
+        match signal {
+            libc::SIGINT => return "SIGINT",
+            libc::SIGTERM => return "SIGTERM",
+            _ => tracing::info!(
+                "SIGHUP: nothing to reload (each request opens its file afresh); still serving"
+            ),
+        }
     }
 }
+
 /// Binds the main sockets, turning the usual failures into advice.
 fn bind(
     addr: Option<IpAddr>,

@@ -338,3 +338,22 @@ fn sigterm_lets_a_running_transfer_finish_and_refuses_new_ones() {
         daemon.log()
     );
 }
+
+/// SIGHUP (`systemctl reload`, log rotation) must not kill the daemon: it is logged and the
+/// server goes on serving.
+#[test]
+fn sighup_is_logged_and_the_daemon_keeps_serving() {
+    let root = TempDir::new("sighup_keeps_serving");
+    let bytes = pattern(3000, 77);
+    write_file(root.path(), "f", &bytes);
+    let mut daemon = Daemon::start(root.path(), &[]);
+    // SAFETY: kill takes no pointers; the pid is our own child's.
+    let sent = unsafe { libc::kill(daemon.pid() as libc::pid_t, libc::SIGHUP) };
+    assert_eq!(sent, 0, "kill -HUP failed");
+    let line = daemon.wait_for_log(&["SIGHUP"], Duration::from_secs(5));
+    assert!(line.is_some(), "SIGHUP not logged:\n{}", daemon.log());
+    assert!(daemon.exit_status().is_none(), "the daemon died of SIGHUP");
+    let got = raw::download(daemon.addr(), "f", WireMode::Octet, &[], |_| {})
+        .unwrap_or_else(|e| panic!("after SIGHUP: {e}"));
+    assert_eq!(got.data, bytes);
+}

@@ -27,7 +27,8 @@ mod errors;
 // The server as a whole: 200 concurrent lock-step transfers from threads, all byte-exact on
 // their own ports; the epoll backend by `--backend epoll` and by RINGTFTP_BACKEND=epoll;
 // io_uring by default with one SO_REUSEPORT main socket per shard (/proc/net/udp and ss);
-// SIGTERM during a 40 MiB transfer (it finishes, new requests get no answer, exit 0).
+// SIGTERM during a 40 MiB transfer (it finishes, new requests get no answer, exit 0); SIGHUP
+// logged and ignored.
 mod server;
 
 // The command line: port in use, port 69 without CAP_NET_BIND_SERVICE (as nobody through
