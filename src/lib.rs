@@ -13,7 +13,8 @@
 //!                                               └─> transfer::Transfer (sans-IO state machine)
 //!                                                    handle_* in, poll_* out
 //!  server: one shard per core, each its own io_uring runtime and SO_REUSEPORT main socket;
-//!          each transfer its own connected socket, registered buffers, one GSO send per window
+//!          each transfer its own connected socket; file data read once per shard into 64 KiB
+//!          registered chunks (READ_FIXED) shared by its transfers; one GSO send per window
 //! ```
 //!
 //! The protocol core — [`packet`], [`options`], [`netascii`], [`transfer`] and the path logic of

@@ -55,7 +55,8 @@ struct Cli {
           value_parser = clap::value_parser!(u16).range(8..=65464))]
     blksize_max: u16,
 
-    /// Largest window granted to a client (RFC 7440 allows 1 to 65535).
+    /// Largest window granted to a client (RFC 7440 allows 1 to 65535). A window is also kept
+    /// within 96 KiB, so a client's socket buffer holds it: blksize 8192 gets at most 12.
     #[arg(long, value_name = "BLOCKS", default_value_t = Limits::default().windowsize_max,
           value_parser = clap::value_parser!(u16).range(1..))]
     windowsize_max: u16,

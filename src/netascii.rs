@@ -22,7 +22,7 @@
 //! (or `NUL`) of one expansion. So [`Encoder`] keeps the second byte of a split expansion and
 //! writes it first into the next block, and it takes input in whatever pieces the file reader
 //! hands it. The same holds in reverse for [`Decoder`], which remembers a `CR` that ended a block.
-//! Neither allocates: callers own every buffer (DESIGN.md, "Callers own buffers").
+//! Neither allocates: callers own every buffer, so a driver decides where encoded bytes live.
 //!
 //! The length of a netascii file differs from its size on disk, so the `tsize` option
 //! (RFC 2349) must announce [`encoded_len`], which [`EncodedLen`] computes chunk by chunk.

@@ -131,8 +131,9 @@ impl Negotiated {
 
     /// Negotiates the client's `options` within `limits`.
     ///
-    /// `tsize` is called only when the client asked for the size, because the netascii size
-    /// costs a pass over the file; `None` leaves `tsize` out of the OACK (size unknown).
+    /// `tsize` is called only when the client asked for the size, so a caller whose size is
+    /// costly to learn (a netascii encoding, a generated source) pays only when asked; `None`
+    /// leaves `tsize` out of the OACK (size unknown).
     pub fn negotiate(
         options: &Options<'_>,
         limits: &Limits,

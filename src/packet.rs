@@ -374,7 +374,9 @@ impl<'a> Packet<'a> {
 
 /// Writes a DATA header for `block` into the first four bytes of `buf`.
 ///
-/// The drivers read the payload straight into the bytes after it, so a block is never copied.
+/// For a driver that reads each block's payload into the bytes after its header. ringtftp's own
+/// server sends the header and the payload as two iovecs instead (headers from a static table,
+/// payloads from shared file chunks), so a block is never copied either way.
 pub fn emit_data_header(block: u16, buf: &mut [u8; DATA_HEADER_LEN]) {
     let [op_hi, op_lo] = opcode::DATA.to_be_bytes();
     let [hi, lo] = block.to_be_bytes();

@@ -16,8 +16,9 @@
 //!    expired timer to [`Transfer::handle_timeout`], a local failure (a short read) to
 //!    [`Transfer::abort`];
 //! 2. sends what [`Transfer::poll_transmit`] returns until it returns `None`: the OACK
-//!    ([`Transfer::emit_oack`]), a run of blocks (header from [`emit_data_header`], payload at
-//!    [`Transfer::offset`] for [`Transfer::block_len`] bytes), or an ERROR;
+//!    ([`Transfer::emit_oack`]), a run of blocks (each a header — [`emit_data_header`], or
+//!    any copy of those four bytes — and the payload at [`Transfer::offset`] for
+//!    [`Transfer::block_len`] bytes), or an ERROR;
 //! 3. stops if [`Transfer::outcome`] is `Some`, otherwise sleeps until [`Transfer::poll_timeout`]
 //!    or the next datagram, whichever comes first.
 //!
@@ -30,7 +31,7 @@
 use std::time::{Duration, Instant};
 
 use crate::options::Negotiated;
-use crate::packet::{self, BufferTooSmall, ErrorCode, Packet, Request};
+use crate::packet::{BufferTooSmall, ErrorCode, Packet, Request};
 
 /// Retransmission settings, shared by all transfers of a server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,8 +172,13 @@ pub enum Inbound<'a> {
 /// A WRQ is refused, since nothing is ever written. DATA, ACK and OACK belong on a transfer's
 /// own port and get ERROR 4. An ERROR is ignored (nobodd: it can only end a transfer that never
 /// started), and so is a datagram too short to hold an opcode, which no client sends; anything
-/// else malformed gets the ERROR its [`ParseError`](packet::ParseError) names.
+/// else malformed gets the ERROR its [`ParseError`](crate::packet::ParseError) names.
 pub fn inbound(datagram: &[u8]) -> Inbound<'_> {
+    // Too short to be any TFTP packet (the smallest, an ACK, has 4 bytes): not worth an ERROR
+    // that would be ten times its size to whatever address it claims to come from.
+    if datagram.len() < MIN_ANSWERED {
+        return Inbound::Ignore;
+    }
     match Packet::parse(datagram) {
         Ok(Packet::Rrq(req)) => Inbound::Read(req),
         Ok(Packet::Wrq(_)) => Inbound::Reject {
@@ -183,9 +189,7 @@ pub fn inbound(datagram: &[u8]) -> Inbound<'_> {
             code: ErrorCode::IllegalOperation,
             message: "Illegal TFTP operation: no transfer on this port",
         },
-        Ok(Packet::Error { .. }) | Err(packet::ParseError::Truncated) if datagram.len() < 2 => {
-            Inbound::Ignore
-        }
+        // RFC 1350 §7: an ERROR is never acknowledged or answered.
         Ok(Packet::Error { .. }) => Inbound::Ignore,
         Err(e) => Inbound::Reject {
             code: e.code(),
@@ -193,6 +197,9 @@ pub fn inbound(datagram: &[u8]) -> Inbound<'_> {
         },
     }
 }
+
+/// Datagrams shorter than this get no answer on the main port (see [`inbound`]).
+const MIN_ANSWERED: usize = 4;
 
 /// The state of one read transfer; see the [module documentation](self) for how to drive it.
 #[derive(Debug, Clone)]
@@ -217,6 +224,9 @@ pub struct Transfer {
     deadline: Option<Instant>,
     /// Timeouts since the last progress.
     tries: u32,
+    /// Repeated requests answered. A client repeats its request at most as often as it retries;
+    /// more is a forger keeping the transfer (and its replies) alive, and goes unanswered.
+    repeats: u32,
     /// Whether anything came back from the client yet (proof that its address is real).
     answered: bool,
     /// The exponent of the RTO backoff: raised by each timeout, kept across progress until a
@@ -256,6 +266,7 @@ impl Transfer {
             then: None,
             deadline: None,
             tries: 0,
+            repeats: 0,
             answered: false,
             backoff: 0,
             progress_at: now,
@@ -385,11 +396,13 @@ impl Transfer {
     /// Handles the client repeating its request (the same RRQ from the same port) while this
     /// transfer runs: its first reply was lost, so it is sent again now rather than at the
     /// next timeout (RFC 1350 §4 has the client time out and repeat). Once the transfer is past
-    /// its first packet, a repeat is stale and ignored.
+    /// its first packet, a repeat is stale and ignored; so is any beyond `retries` repeats, so a
+    /// stream of forged requests cannot keep a transfer alive.
     pub fn handle_repeat(&mut self, _now: Instant) {
-        if self.outcome.is_some() || self.pending.is_some() {
+        if self.outcome.is_some() || self.pending.is_some() || self.repeats >= self.config.retries {
             return;
         }
+        self.repeats += 1;
         if self.oack {
             self.queue(Transmit::Oack);
         } else if self.acked == 0 && !self.opts.has_oack() {
@@ -499,7 +512,6 @@ impl Transfer {
         self.base_rto()
     }
 
-    /// The window starting after the last acknowledged block.
     /// The retransmissions allowed now: fewer while the client has never answered.
     fn retries(&self) -> u32 {
         if self.answered {
@@ -536,6 +548,7 @@ impl Transfer {
         }
     }
 
+    /// The window starting after the last acknowledged block.
     fn window(&self, retransmit: bool) -> Transmit {
         let count = (self.last - self.acked).min(u64::from(self.opts.windowsize.max(1)));
         Transmit::Blocks(Blocks {
@@ -985,6 +998,33 @@ mod tests {
         assert_eq!(t.poll_transmit(c.ms(0)), Some(Transmit::Oack));
         t.handle_repeat(c.ms(3));
         assert_eq!(t.poll_transmit(c.ms(3)), Some(Transmit::Oack));
+    }
+
+    #[test]
+    fn a_stream_of_repeated_requests_is_answered_a_bounded_number_of_times() {
+        let c = Clock::new();
+        let config = Config::default();
+        let mut t = lockstep(c, 4000, config);
+        let mut answered = 0;
+        let mut at = 0;
+        // A forged RRQ every 100 ms for a minute, never an ACK.
+        while t.outcome().is_none() && at < 60_000 {
+            at += 100;
+            t.handle_timeout(c.ms(at));
+            t.handle_repeat(c.ms(at));
+            while t.poll_transmit(c.ms(at)).is_some() {
+                answered += 1;
+            }
+        }
+        assert_eq!(
+            t.outcome(),
+            Some(Outcome::TimedOut),
+            "kept alive for {at} ms"
+        );
+        assert!(
+            answered <= config.retries + config.retries_unanswered,
+            "{answered} replies drawn"
+        );
     }
 
     #[test]
@@ -1562,9 +1602,9 @@ mod tests {
         }
         assert_eq!(reject(b"\x00\x09whatever"), ErrorCode::IllegalOperation);
         assert_eq!(
-            reject(b"\x00\x04"),
+            reject(b"\x00\x01ok.bin"),
             ErrorCode::IllegalOperation,
-            "truncated"
+            "unterminated, but long enough to answer"
         );
         assert_eq!(reject(b"\x00\x01f\x00mail\x00"), ErrorCode::Undefined);
         assert_eq!(
@@ -1574,6 +1614,9 @@ mod tests {
         assert_eq!(inbound(b"\x00\x05\x00\x01oops\x00"), Inbound::Ignore);
         assert_eq!(inbound(b""), Inbound::Ignore);
         assert_eq!(inbound(b"\x01"), Inbound::Ignore);
+        // Shorter than any packet: an ERROR would be ten times the size.
+        assert_eq!(inbound(b"\x00\x04\x00"), Inbound::Ignore);
+        assert_eq!(inbound(b"\x00\x00"), Inbound::Ignore);
     }
 
     #[test]

@@ -296,7 +296,6 @@ fn data_ack_and_oack_on_the_main_port_are_illegal_operations() {
         ("ACK 0", raw::ack(0)),
         ("ACK 1", raw::ack(1)),
         ("OACK", raw::oack(&[("blksize", "1428")])),
-        ("empty OACK", raw::oack(&[])),
     ] {
         let (code, message, from) = peer.expect_error(&datagram, daemon.addr());
         assert_eq!(
@@ -305,6 +304,9 @@ fn data_ack_and_oack_on_the_main_port_are_illegal_operations() {
         );
         assert_eq!(from, daemon.addr(), "{what}: answered from another port");
     }
+    // An empty OACK is 2 bytes, shorter than any packet: not worth a 25 times larger ERROR.
+    peer.send_to(&raw::oack(&[]), daemon.addr());
+    assert!(peer.collect(Duration::from_millis(300)).is_empty());
 }
 
 #[test]

@@ -192,6 +192,12 @@ impl Server {
     /// Starts the daemon serving `dir` and waits until curl in the client namespace fetches
     /// the probe file from it (before any loss is set).
     fn start(path: &Path2, dir: &Path, extra: &[&str]) -> Server {
+        Server::start_on(path, SERVER_IP, dir, extra)
+    }
+
+    /// [`Server::start`] listening on `bind` (which must take the IPv4 probe: `SERVER_IP` or
+    /// `::`).
+    fn start_on(path: &Path2, bind: &str, dir: &Path, extra: &[&str]) -> Server {
         fs::write(dir.join("probe"), b"ready\n").expect("write probe file");
         let logs = TempDir::new("faults-server-log");
         let log_path = logs.join("server.log");
@@ -199,7 +205,7 @@ impl Server {
         let child = ip(&["netns", "exec", &path.server])
             .arg(env!("CARGO_BIN_EXE_ringtftpd"))
             .arg(PORT.to_string())
-            .args(["--bind", SERVER_IP, "--directory"])
+            .args(["--bind", bind, "--directory"])
             .arg(dir)
             .args(["--log-level", "info"])
             .args(extra)
@@ -394,6 +400,7 @@ fn real_clients_at(percent: u32) {
     if !supported() {
         return;
     }
+    let _alone = util::exclusive();
     for program in ["curl", "atftp", "tftp"] {
         if util::client(program).is_none() {
             return;
@@ -476,6 +483,7 @@ fn loadgen_byte_exact_at_20_percent_loss() {
         return;
     }
     let Some(loadgen) = loadgen() else { return };
+    let _alone = util::exclusive();
     let path = Path2::new();
     let (dir, _) = served();
     let small = util::pattern(SMALL, 0x20);
@@ -525,5 +533,47 @@ fn loadgen_byte_exact_at_20_percent_loss() {
     assert!(
         total < 4 * expected_losses + 50,
         "{total} retransmits for ~{expected_losses} losses"
+    );
+}
+
+/// A request to the server's IPv6 link-local address (as on a provisioning VLAN with no router)
+/// is served: the transfer socket is bound to that address on the request's interface.
+#[test]
+fn ipv6_link_local_requests_are_served() {
+    if !supported() {
+        return;
+    }
+    let path = Path2::new();
+    for (ns, addr) in [(&path.server, "fe80::1"), (&path.client, "fe80::2")] {
+        // nodad: usable at once, without duplicate address detection's second of waiting.
+        must(ip(&[
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{addr}/64"),
+            "dev",
+            "veth0",
+            "nodad",
+        ]));
+    }
+    let (dir, sha) = served();
+    let server = Server::start_on(&path, "::", dir.path(), &[]);
+    let out = dir.join("fetched");
+    let mut curl = path.in_client("curl");
+    curl.args(["-sS", "-g", "--max-time", "20", "-o"])
+        .arg(&out)
+        .arg(format!("tftp://[fe80::1%25veth0]:{PORT}/{BIG_NAME}"));
+    let done = run(curl, Duration::from_secs(30));
+    assert!(
+        done.success() && out.is_file(),
+        "curl over IPv6 link-local failed:\n{}\nserver log:\n{}",
+        done.describe(),
+        server.log()
+    );
+    assert_eq!(
+        util::sha256_file(&out),
+        sha,
+        "link-local download corrupted"
     );
 }

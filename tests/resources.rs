@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use ringtftp::packet::Mode as WireMode;
 
 use crate::util::raw::{self, Download};
-use crate::util::{pattern, run, sha256, write_file, Daemon, TempDir};
+use crate::util::{exclusive, pattern, run, sha256, write_file, Daemon, TempDir};
 
 /// How a held transfer's first block went.
 enum Started {
@@ -320,15 +320,25 @@ fn ten_thousand_clients_at_once_complete_within_bounded_memory() {
         eprintln!("skipping: loadgen not built");
         return;
     }
+    let _alone = exclusive();
     let root = TempDir::new("ten_thousand");
-    let body = pattern(64 * 1024, 31);
+    // 22 blocks of 1468 bytes each: short, so the run stays short, yet long enough that all
+    // 10 000 transfers are in flight together (loadgen's peak_active says so).
+    let body = pattern(32 * 1024, 31);
     write_file(root.path(), "boot.efi", &body);
     let daemon = Daemon::start(root.path(), &[]);
     let idle = peak_rss_kib(daemon.pid());
     let mut cmd = Command::new(&loadgen);
     cmd.arg(daemon.addr().to_string())
         .arg("boot.efi")
-        .args(["--clients", "10000", "--transfers", "10000"])
+        .args([
+            "--clients",
+            "10000",
+            "--transfers",
+            "10000",
+            "--blksize",
+            "1468",
+        ])
         .args([
             "--sha256",
             &sha256(&body),
@@ -347,11 +357,27 @@ fn ten_thousand_clients_at_once_complete_within_bounded_memory() {
         "10 000 clients: failures or a hang\n{}",
         done.describe()
     );
+    let peak_active = done
+        .stdout
+        .split("\"peak_active\":")
+        .nth(1)
+        .and_then(|rest| {
+            rest.trim_start()
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+        })
+        .and_then(|n| n.parse::<u64>().ok())
+        .expect("peak_active in loadgen's JSON");
     println!(
-        "10 000 concurrent clients x 64 KiB: {:.1} s, daemon peak RSS {:.1} MiB (idle {:.1} MiB)",
+        "10 000 clients x 32 KiB: {peak_active} in flight at once, {:.1} s, daemon peak RSS \
+         {:.1} MiB (idle {:.1} MiB)",
         done.elapsed.as_secs_f64(),
         peak as f64 / 1024.0,
         idle as f64 / 1024.0
+    );
+    assert!(
+        peak_active >= 9_000,
+        "only {peak_active} transfers were in flight at once"
     );
     assert!(
         peak <= 96 * 1024,

@@ -1,5 +1,6 @@
 //! File data in memory: 64 KiB chunks read once into registered buffers, shared by every
-//! transfer of the shard, and the pieces a DATA datagram is sent from.
+//! transfer of the shard, and the pieces a DATA datagram (RFC 1350 §5: opcode, block number,
+//! up to `blksize` bytes, RFC 2348) is sent from.
 //!
 //! A DATA datagram goes out as an iovec list — its 4-byte header from a static table, then its
 //! payload straight from the chunk(s) holding it — so a file is read in large fixed reads,
@@ -319,6 +320,29 @@ impl ChunkCache {
         (self.hits.get(), self.misses.get())
     }
 
+    /// Forgets every chunk no transfer is holding, so its memory goes back to the [`Budget`];
+    /// returns how many were dropped. For when the budget is spent: idle cached chunks must
+    /// never be what keeps new requests out.
+    pub(crate) fn shed_idle(&self) -> usize {
+        let mut entries = self.entries.borrow_mut();
+        let before = entries.len();
+        entries.retain(|_, entry| match entry {
+            Entry::Ready(chunk) => Rc::strong_count(chunk) > 1,
+            Entry::Loading(_) => true,
+        });
+        let shed = before - entries.len();
+        drop(entries);
+        if shed > 0 {
+            let entries = self.entries.borrow();
+            self.order
+                .borrow_mut()
+                .retain(|key| entries.contains_key(key));
+            self.bytes
+                .set(self.bytes.get().saturating_sub(shed * CHUNK));
+        }
+        shed
+    }
+
     /// Forgets the oldest chunks until the cache fits its budget.
     fn evict(&self) {
         let mut order = self.order.borrow_mut();
@@ -423,6 +447,32 @@ mod tests {
             "oldest evicted"
         );
         assert!(matches!(cache.lookup(id(1), 2), Lookup::Hit(_)));
+    }
+
+    #[test]
+    fn idle_chunks_are_shed_and_held_ones_kept() {
+        let budget = Budget::new(usize::MAX);
+        let cache = ChunkCache::new(8 * CHUNK);
+        let chunk = |len| {
+            Rc::new(Chunk::new(
+                BlockBuf::Heap(vec![0; 16]),
+                len,
+                budget.lease(CHUNK),
+            ))
+        };
+        for index in 0..3 {
+            assert!(matches!(cache.lookup(id(1), index), Lookup::Miss));
+            cache.insert(id(1), index, chunk(16));
+        }
+        let Lookup::Hit(held) = cache.lookup(id(1), 1) else {
+            panic!("expected a hit")
+        };
+        assert_eq!(budget.used(), 3 * CHUNK);
+        assert_eq!(cache.shed_idle(), 2);
+        assert_eq!(budget.used(), CHUNK, "only the held chunk is still counted");
+        assert!(matches!(cache.lookup(id(1), 0), Lookup::Miss));
+        drop(held);
+        assert!(matches!(cache.lookup(id(1), 1), Lookup::Hit(_)));
     }
 
     #[test]

@@ -6,6 +6,11 @@
 //! transfer's [`Window`] holds the file chunks covering the blocks in flight and the next window
 //! (read ahead while the current one is on the wire), taken from the shard's [`ChunkCache`] or
 //! read once with a fixed read; a retransmission is a send and never a read.
+//!
+//! On the wire: each transfer answers from its own port (RFC 1350 §4, the server's TID), sends
+//! a window of DATA blocks per round (RFC 7440 §4; one block in lock-step), and ends after the
+//! final short block is acknowledged, on an ERROR from the client (RFC 1350 §7), or after its
+//! retransmissions go unanswered.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -33,7 +38,8 @@ const GSO_BYTES_MAX: usize = 65_000;
 /// Room for an ACK, or an ERROR with a message as long as RFC 1350's 512-byte packets allow;
 /// longer datagrams are cut, which is harmless. Each transfer keeps one armed, so it is small.
 const RECV_BUF: usize = 4 + 512;
-/// Room for an OACK or an ERROR: a request's options fit in 512 bytes, so their answer does.
+/// Room for an OACK or an ERROR: an OACK carries at most the five options this server grants,
+/// each with a short number, and every ERROR message is one of ours.
 const SMALL_PACKET: usize = 512;
 /// Port-unreachable errors in a row after which the client is taken to be gone.
 const REFUSED_MAX: u32 = 3;
@@ -205,8 +211,9 @@ pub(crate) async fn run<I: Io>(
     let mut recv = pin!(I::recv(&socket, vec![0; RECV_BUF]));
     let mut timer = pin!(tokio::time::sleep(Duration::from_secs(3600)));
     let end = 'transfer: loop {
-        let now = Instant::now();
-        while let Some(transmit) = t.poll_transmit(now) {
+        // The clock is read for each packet: sends and reads await in between, and the
+        // transfer's time must never run backwards.
+        while let Some(transmit) = t.poll_transmit(Instant::now()) {
             let result = match transmit {
                 Transmit::Oack => {
                     let mut oack = vec![0; SMALL_PACKET];
@@ -215,7 +222,17 @@ pub(crate) async fn run<I: Io>(
                             oack.truncate(n);
                             send_packet::<I>(&socket, oack).await
                         }
-                        Err(_) => Ok(()),
+                        Err(_) => {
+                            // Cannot happen with the options this server grants; never leave
+                            // the client waiting if it does.
+                            tracing::warn!("OACK does not fit in {SMALL_PACKET} bytes");
+                            t.abort(
+                                Instant::now(),
+                                ErrorCode::Undefined,
+                                "Cannot build the OACK",
+                            );
+                            continue;
+                        }
                     }
                 }
                 Transmit::Error { code, message } => {

@@ -60,7 +60,10 @@ pub struct Config {
     pub force_epoll: bool,
     /// Receive buffer of each main socket, in bytes.
     pub recv_buffer: usize,
-    /// The largest file served in netascii mode (it is encoded in memory).
+    /// The largest file served in netascii mode. It is read and encoded in memory on the
+    /// shard's thread when the request arrives (about 10 ms for 16 MiB), so this bounds how
+    /// long one request can hold up the shard's other transfers. netascii is for text: boot
+    /// scripts and configuration files, far below this.
     pub netascii_max: u64,
     /// Bytes of hot file data each shard keeps for its transfers to share, in registered
     /// buffers (0: every transfer reads for itself).
@@ -84,7 +87,7 @@ impl Default for Config {
             grace: Duration::from_secs(10),
             force_epoll: std::env::var("RINGTFTP_BACKEND").is_ok_and(|v| v == "epoll"),
             recv_buffer: 8 << 20,
-            netascii_max: 64 << 20,
+            netascii_max: 16 << 20,
             block_cache: 8 << 20,
             buffer_max: 256 << 20,
         }
@@ -181,6 +184,18 @@ impl Server {
         let ports = config.ports();
         let mut config = config;
         config.shards = shards;
+        // The shards' caches together may take at most half the budget of file data in memory,
+        // so running transfers always have the other half.
+        let cache_max = config.buffer_max / 2 / shards;
+        if config.block_cache > cache_max {
+            tracing::warn!(
+                block_cache = config.block_cache,
+                reduced_to = cache_max,
+                "the chunk cache of {shards} shards would take over half the file-data budget; \
+                 each shard's cache is reduced"
+            );
+            config.block_cache = cache_max;
+        }
         Ok(Server {
             sockets,
             local,
@@ -250,6 +265,10 @@ impl Server {
 }
 
 /// A running server.
+///
+/// Dropping it asks the server to stop (as [`Handle::stop`] does, without waiting), unless a
+/// [`Stopper`] from [`Handle::stopper`] is still alive; keep it for as long as the server
+/// should serve, and end with [`Handle::stop`] or [`Handle::wait`].
 #[derive(Debug)]
 pub struct Handle {
     stop: watch::Sender<bool>,

@@ -1,6 +1,11 @@
 //! One shard: a thread with its own runtime, its own main socket on the shared port, and every
 //! transfer whose request that socket received. Shards share nothing on the data path; the
 //! kernel's `SO_REUSEPORT` hash picks the shard for each client address and port.
+//!
+//! The main port takes requests only (RFC 1350 §4): an RRQ starts a transfer on a new port, a
+//! repeated RRQ from the same client port tells the running transfer its first reply was lost,
+//! a WRQ is refused (read-only), DATA/ACK/OACK get ERROR 4, and an ERROR is never answered
+//! (RFC 1350 §7). Options are negotiated per RFC 2347–2349 and RFC 7440.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -167,7 +172,8 @@ fn handle<I: Io>(
         }
     };
     if truncated {
-        // RFC 2347: a request, options included, must fit in 512 bytes.
+        // RFC 2347 §2 has a request, options included, fit in 512 bytes; one that does not even
+        // fit in REQUEST_MAX is refused rather than parsed cut short.
         reject(
             ErrorCode::IllegalOperation,
             "Invalid request, request too large",
@@ -200,7 +206,11 @@ fn handle<I: Io>(
             return;
         }
     }
-    if shared.budget.exceeded_by(CHUNK) {
+    if shared.budget.exceeded_by(CHUNK) && {
+        // Idle cached chunks give way before a request is refused.
+        state.cache.shed_idle();
+        shared.budget.exceeded_by(CHUNK)
+    } {
         tracing::warn!(%peer, file = request.filename, held = shared.budget.used(), "file data in memory is at --max-buffer-mb; request refused");
         reject(ErrorCode::Undefined, BUSY_MEMORY);
         return;
@@ -313,9 +323,12 @@ fn start<I: Io>(
         .and_then(|s| io.socket(s))
         .map_err(|e| {
             tracing::warn!(%peer, error = %e, "cannot open a transfer socket");
-            let message = match out_of_fds(&e) {
-                true => BUSY_FDS,
-                false => "Server busy: no transfer port available",
+            let message = if out_of_fds(&e) {
+                BUSY_FDS
+            } else if e.kind() == std::io::ErrorKind::AddrInUse {
+                "Server busy: no transfer port available"
+            } else {
+                "Cannot open a transfer socket"
             };
             (ErrorCode::Undefined, message.to_owned())
         })?;

@@ -21,7 +21,8 @@ const UDP_SEGMENT: libc::c_int = 103;
 
 /// Datagrams taken per `recvmmsg` call.
 const BATCH: usize = 32;
-/// Room for one request. RFC 2347 limits a request to 512 bytes; larger ones are refused.
+/// Room for one request. RFC 2347 §2 limits a request to 512 bytes; requests up to this size
+/// are still read (being lenient costs nothing), and larger ones are refused.
 pub(crate) const REQUEST_MAX: usize = 2048;
 /// Room for either kind of packet-info control message.
 const CMSG_SPACE: usize = 64;
@@ -253,7 +254,10 @@ fn recvmmsg(fd: RawFd, batch: &mut RecvBatch) -> io::Result<usize> {
     Ok(batch.received.len())
 }
 
-/// The destination address from an `IP_PKTINFO` or `IPV6_PKTINFO` control message.
+/// The local address a request arrived on, from an `IP_PKTINFO` or `IPV6_PKTINFO` control
+/// message: the address its replies must come from. For IPv4 that is `ipi_spec_dst`, which is
+/// the destination for a unicast request and the receiving interface's address for one sent to
+/// a broadcast address (a transfer socket cannot be bound to a broadcast address).
 fn read_pktinfo(msg: &libc::msghdr) -> Option<IpAddr> {
     // SAFETY: the CMSG_* macros walk the control buffer the kernel filled, within
     // `msg_controllen`; each payload is read unaligned.
@@ -265,7 +269,7 @@ fn read_pktinfo(msg: &libc::msghdr) -> Option<IpAddr> {
                 let info: libc::in_pktinfo =
                     std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const libc::in_pktinfo);
                 return Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(
-                    info.ipi_addr.s_addr,
+                    info.ipi_spec_dst.s_addr,
                 ))));
             }
             if c.cmsg_level == libc::IPPROTO_IPV6 && c.cmsg_type == libc::IPV6_PKTINFO {
@@ -357,10 +361,22 @@ pub(crate) fn bind_transfer(
         }
         (local, _) => local,
     };
+    // A link-local address means nothing without its interface: take the client's, which the
+    // kernel reported with its (link-local) source address.
+    let scope = match (local, peer) {
+        (IpAddr::V6(v6), SocketAddr::V6(p)) if v6.is_unicast_link_local() => p.scope_id(),
+        _ => 0,
+    };
+    let at = |port: u16| -> SockAddr {
+        match local {
+            IpAddr::V6(v6) => SocketAddr::V6(SocketAddrV6::new(v6, port, 0, scope)).into(),
+            v4 => SocketAddr::new(v4, port).into(),
+        }
+    };
     let socket = Socket::new(Domain::for_address(peer), Type::DGRAM, Some(Protocol::UDP))?;
     socket.set_nonblocking(true)?;
     match ports {
-        Ports::Ephemeral => socket.bind(&SocketAddr::new(local, 0).into())?,
+        Ports::Ephemeral => socket.bind(&at(0))?,
         Ports::Range(lo, hi) => {
             // Start at a different port for each transfer so a busy range is not probed from
             // its first port every time.
@@ -368,7 +384,7 @@ pub(crate) fn bind_transfer(
             let mut bound = false;
             for i in 0..span {
                 let port = lo + ((hint.wrapping_add(i)) % span) as u16;
-                match socket.bind(&SocketAddr::new(local, port).into()) {
+                match socket.bind(&at(port)) {
                     Ok(()) => {
                         bound = true;
                         break;

@@ -1,10 +1,11 @@
 //! The io_uring backend (tokio-uring): registered block buffers, fixed reads, GSO sends.
 //!
-//! Everything ring-specific lives here. Per shard, one pool of buffers is registered with the
-//! ring (a ring takes one set); file data is read with `READ_FIXED` straight into a pool buffer
-//! after its DATA header and sent from that same buffer. Where registration is refused
-//! (`RLIMIT_MEMLOCK` for an unprivileged user) or the pool runs dry, plain heap buffers and
-//! plain reads take over, with one warning.
+//! Everything ring-specific lives here. Per shard, one pool of 64 KiB chunk buffers is
+//! registered with the ring (a ring takes one set); file data is read with one `READ_FIXED` per
+//! chunk into a pool buffer, and DATA datagrams are sent straight from it (their headers come
+//! from a static table, see [`super::cache`]). Where registration is refused (`RLIMIT_MEMLOCK`
+//! for an unprivileged user: one warning at start) or the pool runs dry (counted, and reported
+//! at debug level when the shard stops), plain heap buffers and plain reads take over.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -109,7 +110,7 @@ impl Io for Uring {
     ) -> (io::Result<usize>, BlockBuf) {
         match buf {
             BlockBuf::Fixed(fixed) => {
-                // IORING_OP_READ_FIXED straight into the registered buffer, after the header.
+                // IORING_OP_READ_FIXED straight into the registered chunk buffer.
                 let (result, slice) = file.read_fixed_at(fixed.slice(begin..end), offset).await;
                 (result, BlockBuf::Fixed(slice.into_inner()))
             }

@@ -28,6 +28,15 @@ pub use daemon::{free_udp_port, Daemon, PROBE_FILE};
 #[allow(unused_imports)]
 pub use process::{run, Finished};
 
+/// Serialises the tests that load the machine heavily (10 000 clients at once) with the ones
+/// whose real clients run on fixed timers (loss in network namespaces): each holds this while
+/// it runs, so a starved CPU never fails a timer-bound client. Other tests run alongside.
+pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    // A test that panicked while holding it leaves it poisoned; the lock is still good.
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A fresh directory under `std::env::temp_dir()`, removed on drop.
 ///
 /// When the owning test panics the directory is kept and its path printed, so the files a
