@@ -210,6 +210,14 @@ pub(crate) async fn run<I: Io>(
     let mut refused = 0;
     let mut recv = pin!(I::recv(&socket, vec![0; RECV_BUF]));
     let mut timer = pin!(tokio::time::sleep(Duration::from_secs(3600)));
+    // Where the timer is set, if it is. Moving a timer in tokio's wheel is a removal and an
+    // insertion, and nearly every ACK moves the retransmission deadline later; so the timer is
+    // only ever moved earlier, and when it fires before the transfer's deadline it is moved on
+    // to it then: about one wheel operation per timeout interval instead of one per packet.
+    let mut armed: Option<Instant> = None;
+    // Mirrors `cx.client.answered`, so the shared flag (another allocation, cold in a storm)
+    // is written once rather than read on every packet.
+    let mut answered = false;
     let end = 'transfer: loop {
         // The clock is read for each packet: sends and reads await in between, and the
         // transfer's time must never run backwards.
@@ -292,14 +300,20 @@ pub(crate) async fn run<I: Io>(
             .poll_timeout()
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         // One timer for the transfer's life, moved rather than re-created each round.
-        timer.as_mut().reset(deadline.into());
+        if armed.is_none_or(|at| deadline < at) {
+            timer.as_mut().reset(deadline.into());
+            armed = Some(deadline);
+        }
         tokio::select! {
             biased;
             (result, buf) = &mut recv => {
                 match result {
                     Ok(n) => {
                         refused = 0;
-                        cx.client.answered.set(true);
+                        if !answered {
+                            answered = true;
+                            cx.client.answered.set(true);
+                        }
                         t.handle_datagram(Instant::now(), &buf[..n.min(buf.len())]);
                     }
                     // Linux reports a port-unreachable before the datagrams already queued, and
@@ -315,7 +329,20 @@ pub(crate) async fn run<I: Io>(
                 }
                 recv.set(I::recv(&socket, buf));
             }
-            () = &mut timer => t.handle_timeout(Instant::now()),
+            () = &mut timer => {
+                let now = Instant::now();
+                match t.poll_timeout() {
+                    // Fired at an older deadline: move on to the current one.
+                    Some(deadline) if deadline > now => {
+                        timer.as_mut().reset(deadline.into());
+                        armed = Some(deadline);
+                    }
+                    _ => {
+                        armed = None;
+                        t.handle_timeout(now);
+                    }
+                }
+            }
             () = cx.client.repeat.notified() => t.handle_repeat(Instant::now()),
         }
     };
@@ -414,6 +441,9 @@ const READ_FAILED: ReadError = ReadError {
 #[derive(Default)]
 struct Window {
     chunks: VecDeque<(u64, Rc<Chunk>)>,
+    /// The first and last chunk index held when they are all held in a run (the usual case),
+    /// so the per-packet check in [`Window::holds`] reads two numbers instead of the deque.
+    run: Option<(u64, u64)>,
 }
 
 impl Window {
@@ -490,10 +520,31 @@ impl Window {
         let from = t.offset(t.acked() + 1);
         let to = t.offset(upto) + t.block_len(upto) as u64;
         let first = from / CHUNK as u64;
+        if let Some((lo, hi)) = self.run {
+            if lo >= first {
+                // Nothing to drop: answer from the run alone.
+                return to <= from || (lo == first && (to - 1) / CHUNK as u64 <= hi);
+            }
+        }
+        self.drop_before(first);
+        to <= from || (first..=(to - 1) / CHUNK as u64).all(|index| self.get(index).is_some())
+    }
+
+    /// Drops the chunks before chunk `first`.
+    fn drop_before(&mut self, first: u64) {
         while self.chunks.front().is_some_and(|(i, _)| *i < first) {
             self.chunks.pop_front();
         }
-        to <= from || (first..=(to - 1) / CHUNK as u64).all(|index| self.get(index).is_some())
+        self.note_run();
+    }
+
+    fn note_run(&mut self) {
+        self.run = match (self.chunks.front(), self.chunks.back()) {
+            (Some(&(lo, _)), Some(&(hi, _))) if hi - lo + 1 == self.chunks.len() as u64 => {
+                Some((lo, hi))
+            }
+            _ => None,
+        };
     }
 
     /// [`Window::ensure`]'s slow path.
@@ -511,9 +562,7 @@ impl Window {
         let to = t.offset(upto) + t.block_len(upto) as u64;
         let first = from / CHUNK as u64;
         let last = to.saturating_sub(1) / CHUNK as u64;
-        while self.chunks.front().is_some_and(|(i, _)| *i < first) {
-            self.chunks.pop_front();
-        }
+        self.drop_before(first);
         if to <= from {
             return Ok(());
         }
@@ -589,6 +638,7 @@ impl Window {
     fn insert(&mut self, index: u64, chunk: Rc<Chunk>) {
         let at = self.chunks.partition_point(|(i, _)| *i < index);
         self.chunks.insert(at, (index, chunk));
+        self.note_run();
     }
 }
 
