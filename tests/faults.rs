@@ -39,7 +39,7 @@ const REQUIRE: &str = "RINGTFTP_REQUIRE_CLIENTS";
 /// CI) otherwise.
 fn supported() -> bool {
     let mut missing = Vec::new();
-    if !is_root() {
+    if !util::is_root() {
         missing.push("root".to_owned());
     }
     for program in ["ip", "nft"] {
@@ -57,18 +57,6 @@ fn supported() -> bool {
     }
     eprintln!("skipping: {why}");
     false
-}
-
-fn is_root() -> bool {
-    // The effective UID from /proc: no libc call needed.
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
-        })
-        .unwrap_or(false)
 }
 
 fn find_program(name: &str) -> Option<PathBuf> {
