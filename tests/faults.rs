@@ -447,19 +447,23 @@ fn real_clients_byte_exact_at_5_percent_loss() {
     real_clients_at(5);
 }
 
-/// `<target>/debug/loadgen` (next to `ringtftpd`), built by `cargo test --workspace`.
+/// `<target>/debug/loadgen` (next to `ringtftpd`), built by `cargo test --workspace` (the
+/// loadgen package's own integration test makes cargo build it).
 fn loadgen() -> Option<PathBuf> {
     let exe = Path::new(env!("CARGO_BIN_EXE_ringtftpd"));
     let path = exe.parent()?.join("loadgen");
     if path.is_file() {
-        Some(path)
-    } else {
-        eprintln!(
-            "skipping loadgen: {} not built (cargo build -p loadgen)",
-            path.display()
-        );
-        None
+        return Some(path);
     }
+    let why = format!(
+        "{} not built (cargo test --workspace builds it)",
+        path.display()
+    );
+    if env::var_os(REQUIRE).is_some_and(|v| !v.is_empty() && v != "0") {
+        panic!("{why} ({REQUIRE} is set)");
+    }
+    eprintln!("skipping loadgen: {why}");
+    None
 }
 
 /// At 20 % loss each way, 2 concurrent transfers of a 128 KiB file by loadgen (windowsize 4,
