@@ -87,8 +87,9 @@ struct Cli {
 
     /// Megabytes of file data all transfers together may hold in memory (the cache included);
     /// while it is spent, new requests get an ERROR saying the server is busy.
-    #[arg(long, value_name = "MB", default_value_t = Config::default().buffer_max >> 20)]
-    max_buffer_mb: usize,
+    #[arg(long, value_name = "MB", default_value_t = (Config::default().buffer_max >> 20) as u64,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    max_buffer_mb: u64,
 
     /// Local ports for transfers, such as 40000-40999 for a firewall [default: ephemeral].
     #[arg(long, value_name = "LO-HI", value_parser = parse_range)]
@@ -168,7 +169,9 @@ fn run(cli: Cli) -> Result<()> {
     config.max_transfers = cli.max_transfers.unwrap_or(config.max_transfers);
     config.max_per_client = cli.max_per_client.max(1);
     config.block_cache = cli.cache_mb.saturating_mul(1 << 20);
-    config.buffer_max = cli.max_buffer_mb.saturating_mul(1 << 20);
+    config.buffer_max = usize::try_from(cli.max_buffer_mb)
+        .unwrap_or(usize::MAX)
+        .saturating_mul(1 << 20);
     config.port_range = cli.port_range;
     config.grace = grace;
     config.force_epoll |= cli.backend == BackendArg::Epoll;

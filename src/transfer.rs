@@ -41,7 +41,8 @@ pub struct Config {
     /// Retransmissions while the client has not answered at all. An RRQ with a forged source
     /// address (to turn the server on a victim) then draws at most `1 + retries_unanswered`
     /// first packets; a real client whose first reply was lost repeats its request, which
-    /// [`Transfer::handle_repeat`] answers at once.
+    /// [`Transfer::handle_repeat`] answers at once (at most `retries` times, so forged repeats
+    /// draw one reply each, as many fresh requests would, and cannot keep a transfer alive).
     pub retries_unanswered: u32,
     /// The retransmission timeout before the first round-trip sample (RFC 6298 §2.1).
     pub rto_initial: Duration,
@@ -171,7 +172,7 @@ pub enum Inbound<'a> {
 ///
 /// A WRQ is refused, since nothing is ever written. DATA, ACK and OACK belong on a transfer's
 /// own port and get ERROR 4. An ERROR is ignored (nobodd: it can only end a transfer that never
-/// started), and so is a datagram too short to hold an opcode, which no client sends; anything
+/// started), and so is a datagram shorter than 4 bytes, which no client sends; anything
 /// else malformed gets the ERROR its [`ParseError`](crate::packet::ParseError) names.
 pub fn inbound(datagram: &[u8]) -> Inbound<'_> {
     // Too short to be any TFTP packet (the smallest, an ACK, has 4 bytes): not worth an ERROR

@@ -535,6 +535,7 @@ fn ipv6_link_local_requests_are_served() {
     if !supported() {
         return;
     }
+    let _alone = util::exclusive();
     let path = Path2::new();
     for (ns, addr) in [(&path.server, "fe80::1"), (&path.client, "fe80::2")] {
         // nodad: usable at once, without duplicate address detection's second of waiting.

@@ -391,7 +391,20 @@ impl<'a> Worker<'a> {
                     self.stats.stray_datagrams += 1;
                     continue;
                 };
+                if self.batch.truncated(i) && self.batch.gro_size(i).is_some() {
+                    // A coalesced train longer than the buffer: its last datagram would look
+                    // like a short block. (A single datagram cut short is passed on: the client
+                    // sees a block longer than blksize and fails the transfer for it.)
+                    self.stats.stray_datagrams += 1;
+                    continue;
+                }
+                // The simulated loss of the first datagram is drawn before it can make a TID.
+                let first_lost = self.plan.loss > 0.0 && self.rng.chance(self.plan.loss);
                 let slot = &mut self.slots[index as usize];
+                if first_lost && slot.peer.is_none() {
+                    self.stats.dropped_in += 1;
+                    continue;
+                }
                 match slot.peer {
                     // RFC 1350 §4: the first reply's source port is the server's TID.
                     None if !Client::is_first_reply(self.batch.segment(i, 0)) => {
@@ -427,7 +440,11 @@ impl<'a> Worker<'a> {
                     self.stats.coalesced += 1;
                 }
                 for j in 0..segments {
-                    if self.plan.loss > 0.0 && self.rng.chance(self.plan.loss) {
+                    let lost = match j {
+                        0 => first_lost,
+                        _ => self.plan.loss > 0.0 && self.rng.chance(self.plan.loss),
+                    };
+                    if lost {
                         self.stats.dropped_in += 1;
                         continue;
                     }
@@ -812,6 +829,11 @@ impl Batch {
     fn datagram(&self, i: usize) -> &[u8] {
         let len = (self.headers[i].msg_len as usize).min(self.size);
         &self.buffers[i * self.size..i * self.size + len]
+    }
+
+    /// Whether the `i`th receive was longer than its buffer.
+    fn truncated(&self, i: usize) -> bool {
+        self.headers[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0
     }
 
     /// The segment size the kernel reported for the `i`th datagram (`UDP_GRO`), if any.

@@ -14,10 +14,11 @@
 //! waits for the first. The cache is bounded in bytes and forgets the oldest chunks first; a
 //! chunk still used by a transfer lives on until that transfer lets go of it.
 //!
-//! Every byte of file data a transfer holds — chunks, registered or not, and netascii
-//! encodings — is counted against one server-wide [`Budget`]. A new request is refused with
-//! "Server busy" while the budget is spent, so a flood of requests for many different files
-//! cannot grow memory without bound, while running transfers always get the chunks they need.
+//! The file data transfers hold — chunks, registered or not, and netascii encodings — is
+//! counted against one server-wide [`Budget`]. A new request is refused with "Server busy"
+//! while the budget is spent, so a flood of requests for many different files cannot grow
+//! memory without bound, while running transfers always get the chunks they need (so the bound
+//! is soft: those admitted together may each take a few chunks past it).
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};

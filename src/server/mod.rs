@@ -69,9 +69,10 @@ pub struct Config {
     /// buffers (0: every transfer reads for itself).
     pub block_cache: usize,
     /// Bytes of file data all transfers together may hold in memory (chunks, cached or not,
-    /// and netascii encodings) before new requests are refused with "Server busy". Running
-    /// transfers always get what they need, so memory stays near this bound whatever mix of
-    /// files is asked for.
+    /// and netascii encodings) before new requests are refused with "Server busy". It is a
+    /// soft bound: running transfers always get the chunks they need (a few each), so memory
+    /// can go a little past it, but not grow with the number or variety of requests.
+    /// Sources a custom resolver keeps in memory are the resolver's and not counted.
     pub buffer_max: usize,
 }
 
@@ -186,7 +187,7 @@ impl Server {
         config.shards = shards;
         // The shards' caches together may take at most half the budget of file data in memory,
         // so running transfers always have the other half.
-        let cache_max = config.buffer_max / 2 / shards;
+        let cache_max = config.buffer_max / 2 / shards / cache::CHUNK * cache::CHUNK;
         if config.block_cache > cache_max {
             tracing::warn!(
                 block_cache = config.block_cache,

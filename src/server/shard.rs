@@ -124,7 +124,7 @@ async fn serve<I: Io>(
                 Ok(_) => {
                     for (received, bytes) in batch.iter() {
                         let local = received.local.or(main_ip);
-                        handle(&io, &shared, &state, &main, received.peer, local, bytes, received.truncated);
+                        handle(&io, &shared, &state, &main, received.peer, (local, received.scope), bytes, received.truncated);
                     }
                 }
                 Err(e) => {
@@ -159,7 +159,7 @@ fn handle<I: Io>(
     state: &Rc<State<I>>,
     main: &MainSocket,
     peer: SocketAddr,
-    local: Option<IpAddr>,
+    (local, scope): (Option<IpAddr>, u32),
     bytes: &[u8],
     truncated: bool,
 ) {
@@ -223,7 +223,7 @@ fn handle<I: Io>(
             return;
         }
     };
-    if let Err((code, message)) = start(io, shared, state, peer, local, &request, slot) {
+    if let Err((code, message)) = start(io, shared, state, peer, (local, scope), &request, slot) {
         tracing::info!(%peer, file = request.filename, code = code.to_u16(), %message, "request refused");
         reject(code, &message);
     }
@@ -290,7 +290,7 @@ fn start<I: Io>(
     shared: &Arc<Shared>,
     state: &Rc<State<I>>,
     peer: SocketAddr,
-    local: Option<IpAddr>,
+    (local, scope): (Option<IpAddr>, u32),
     request: &Request<'_>,
     slot: Slot,
 ) -> Result<(), (ErrorCode, String)> {
@@ -319,7 +319,7 @@ fn start<I: Io>(
         .map_err(|e| (e.code(), e.message().to_owned()))?;
     let local = local.unwrap_or(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED));
     let hint = shared.port_hint.fetch_add(1, Ordering::Relaxed);
-    let sock = socket::bind_transfer(local, peer, shared.ports, hint)
+    let sock = socket::bind_transfer(local, scope, peer, shared.ports, hint)
         .and_then(|s| io.socket(s))
         .map_err(|e| {
             tracing::warn!(%peer, error = %e, "cannot open a transfer socket");
@@ -416,6 +416,13 @@ fn encode_netascii(
     }
     // The raw bytes and their encoding (at most twice as long) are both in memory for a while.
     let len = source.len() as usize;
+    if len.saturating_mul(3) > shared.config.buffer_max {
+        // It would never fit: saying "busy" would have the client retry for ever.
+        return Err((
+            ErrorCode::DiskFull,
+            "File too large for netascii mode".to_owned(),
+        ));
+    }
     if shared.budget.exceeded_by(len.saturating_mul(3)) {
         return Err((ErrorCode::Undefined, BUSY_MEMORY.to_owned()));
     }

@@ -35,6 +35,9 @@ pub(crate) fn bind_main(addr: SocketAddr, rcvbuf: usize) -> io::Result<Socket> {
         // `[::]` serves IPv4 too (as mapped addresses), like `python -m nobodd.tftpd`.
         socket.set_only_v6(false)?;
         set_opt(&socket, libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO, 1)?;
+        // For IPv4 requests (mapped), IP_PKTINFO's ipi_spec_dst is the local address even for a
+        // broadcast request, which IPV6_PKTINFO's mapped destination is not.
+        let _ = set_opt(&socket, libc::IPPROTO_IP, libc::IP_PKTINFO, 1);
     } else {
         set_opt(&socket, libc::IPPROTO_IP, libc::IP_PKTINFO, 1)?;
     }
@@ -66,6 +69,8 @@ pub(crate) struct Received {
     pub peer: SocketAddr,
     /// The address the client sent to, when the kernel said.
     pub local: Option<IpAddr>,
+    /// The interface it arrived on (IPv6), which a link-local `local` needs; 0 if unknown.
+    pub scope: u32,
     /// Bytes in the buffer.
     pub len: usize,
     /// The datagram did not fit in [`REQUEST_MAX`].
@@ -239,9 +244,11 @@ fn recvmmsg(fd: RawFd, batch: &mut RecvBatch) -> io::Result<usize> {
         let Some(peer) = name.as_socket() else {
             continue;
         };
+        let (local, scope) = read_pktinfo(&hdr.msg_hdr).map_or((None, 0), |(ip, i)| (Some(ip), i));
         batch.received.push(Received {
             peer: canonical(peer),
-            local: read_pktinfo(&hdr.msg_hdr),
+            local,
+            scope,
             len: hdr.msg_len as usize,
             truncated: hdr.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
         });
@@ -254,11 +261,13 @@ fn recvmmsg(fd: RawFd, batch: &mut RecvBatch) -> io::Result<usize> {
     Ok(batch.received.len())
 }
 
-/// The local address a request arrived on, from an `IP_PKTINFO` or `IPV6_PKTINFO` control
-/// message: the address its replies must come from. For IPv4 that is `ipi_spec_dst`, which is
-/// the destination for a unicast request and the receiving interface's address for one sent to
-/// a broadcast address (a transfer socket cannot be bound to a broadcast address).
-fn read_pktinfo(msg: &libc::msghdr) -> Option<IpAddr> {
+/// The local address a request arrived on, and for IPv6 the interface, from an `IP_PKTINFO` or
+/// `IPV6_PKTINFO` control message: the address its replies must come from. For IPv4 that is
+/// `ipi_spec_dst`, which is the destination for a unicast request and the receiving interface's
+/// address for one sent to a broadcast address (a transfer socket cannot be bound to a
+/// broadcast address); it is preferred when a dual-stack socket reports both.
+fn read_pktinfo(msg: &libc::msghdr) -> Option<(IpAddr, u32)> {
+    let mut found = None;
     // SAFETY: the CMSG_* macros walk the control buffer the kernel filled, within
     // `msg_controllen`; each payload is read unaligned.
     unsafe {
@@ -268,19 +277,19 @@ fn read_pktinfo(msg: &libc::msghdr) -> Option<IpAddr> {
             if c.cmsg_level == libc::IPPROTO_IP && c.cmsg_type == libc::IP_PKTINFO {
                 let info: libc::in_pktinfo =
                     std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const libc::in_pktinfo);
-                return Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(
-                    info.ipi_spec_dst.s_addr,
-                ))));
+                let ip = Ipv4Addr::from(u32::from_be(info.ipi_spec_dst.s_addr));
+                return Some((IpAddr::V4(ip), 0));
             }
             if c.cmsg_level == libc::IPPROTO_IPV6 && c.cmsg_type == libc::IPV6_PKTINFO {
                 let info: libc::in6_pktinfo =
                     std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const libc::in6_pktinfo);
-                return Some(IpAddr::V6(Ipv6Addr::from(info.ipi6_addr.s6_addr)).to_canonical());
+                let ip = IpAddr::V6(Ipv6Addr::from(info.ipi6_addr.s6_addr)).to_canonical();
+                found = Some((ip, info.ipi6_ifindex));
             }
             cmsg = libc::CMSG_NXTHDR(msg, cmsg);
         }
     }
-    None
+    found
 }
 
 /// Writes a packet-info control message that sets the source address; returns its length.
@@ -347,6 +356,7 @@ pub(crate) enum Ports {
 /// connected to `peer`, so it sends only to and receives only from the client's transfer ID.
 pub(crate) fn bind_transfer(
     local: IpAddr,
+    scope: u32,
     peer: SocketAddr,
     ports: Ports,
     hint: u32,
@@ -361,10 +371,13 @@ pub(crate) fn bind_transfer(
         }
         (local, _) => local,
     };
-    // A link-local address means nothing without its interface: take the client's, which the
-    // kernel reported with its (link-local) source address.
+    // A link-local address means nothing without its interface: the one the request came in
+    // on, else the client's (the kernel gives a link-local source its interface).
     let scope = match (local, peer) {
-        (IpAddr::V6(v6), SocketAddr::V6(p)) if v6.is_unicast_link_local() => p.scope_id(),
+        (IpAddr::V6(v6), SocketAddr::V6(p)) if v6.is_unicast_link_local() => match scope {
+            0 => p.scope_id(),
+            scope => scope,
+        },
         _ => 0,
     };
     let at = |port: u16| -> SockAddr {
