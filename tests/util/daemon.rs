@@ -253,6 +253,7 @@ enum Exited {
 fn port_taken(log: &str) -> bool {
     let log = log.to_ascii_lowercase();
     log.contains("address already in use")
+        || log.contains("port is in use")
         || log.contains("addrinuse")
         || log.contains("os error 98")
 }
@@ -262,10 +263,34 @@ fn port_taken(log: &str) -> bool {
 ///
 /// Remembering handed-out ports matters because the daemon binds with `SO_REUSEPORT`: two test
 /// daemons given the same port would both bind it and silently share its traffic.
+///
+/// Ports come from below the kernel's ephemeral range where there is room, so the thousands of
+/// transfer and client sockets other tests open at the same time cannot take one between this
+/// check and the daemon's bind.
 pub fn free_udp_port(ip: IpAddr) -> u16 {
     static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
     let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
     let handed_out = handed_out.get_or_insert_with(HashSet::new);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    const LOW: u16 = 10_000;
+    if ephemeral_low > LOW + 1000 {
+        // Start somewhere different in each test process, then walk up.
+        let span = ephemeral_low - LOW;
+        let start = (std::process::id() % u32::from(span)) as u16;
+        for i in 0..span {
+            let port = LOW + (start + i) % span;
+            if handed_out.contains(&port) {
+                continue;
+            }
+            if UdpSocket::bind(SocketAddr::new(ip, port)).is_ok() {
+                handed_out.insert(port);
+                return port;
+            }
+        }
+    }
     loop {
         let socket = UdpSocket::bind(SocketAddr::new(ip, 0))
             .unwrap_or_else(|e| panic!("cannot bind a UDP socket on {ip}: {e}"));
