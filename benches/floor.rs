@@ -26,89 +26,15 @@ fn main() {
         .skip(1)
         .find_map(|a| a.parse().ok())
         .unwrap_or(200_000);
-    one_flow(cycles);
-    many_flows(cycles, 64);
+    measure(cycles, 1);
+    measure(cycles, 64);
 }
 
-fn one_flow(cycles: u64) {
-    let server = UdpSocket::bind("127.0.0.1:0").expect("bind server socket");
-    let client = UdpSocket::bind("127.0.0.1:0").expect("bind client socket");
-    server
-        .connect(client.local_addr().expect("client address"))
-        .expect("connect server socket");
-    client
-        .connect(server.local_addr().expect("server address"))
-        .expect("connect client socket");
-    for s in [&server, &client] {
-        // Nothing is lost on loopback at this rate; the timeout only ends a stuck run.
-        s.set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("set timeout");
-    }
-
-    let answering = std::thread::spawn(move || {
-        let mut buf = [0u8; 2048];
-        let ack = [0u8, 4, 0, 0];
-        let mut answered = 0u64;
-        while answered < cycles {
-            if client.recv(&mut buf).is_err() {
-                break;
-            }
-            let _ = client.send(&ack);
-            answered += 1;
-        }
-    });
-
-    let data = [0x5au8; 4 + 1468];
-    let mut reply = [0u8; 64];
-    let cpu_start = thread_cpu();
-    let wall_start = Instant::now();
-    let mut done = 0u64;
-    while done < cycles {
-        if server.send(&data).is_err() || server.recv(&mut reply).is_err() {
-            break;
-        }
-        done += 1;
-    }
-    let wall = wall_start.elapsed();
-    let cpu = thread_cpu() - cpu_start;
-    let _ = answering.join();
-
-    let per_cycle_ns = cpu.as_nanos() as f64 / done.max(1) as f64;
-    println!(
-        "floor, one flow: {done} cycles of send(1472 B) + recv(4 B) on a connected UDP socket"
-    );
-    println!(
-        "  sender CPU per cycle: {:.2} µs   ({:.0} cycles/s of sender CPU)",
-        per_cycle_ns / 1000.0,
-        1e9 / per_cycle_ns
-    );
-    println!(
-        "  wall time per cycle:  {:.2} µs   ({:.0} cycles/s)",
-        wall.as_nanos() as f64 / done.max(1) as f64 / 1000.0,
-        done as f64 / wall.as_secs_f64()
-    );
-}
-
-/// `flows` connected pairs; the sender sends one datagram on each, then takes each reply.
-fn many_flows(cycles: u64, flows: usize) {
-    let mut senders = Vec::new();
-    let mut answerers = Vec::new();
-    for _ in 0..flows {
-        let server = UdpSocket::bind("127.0.0.1:0").expect("bind server socket");
-        let client = UdpSocket::bind("127.0.0.1:0").expect("bind client socket");
-        server
-            .connect(client.local_addr().expect("client address"))
-            .expect("connect");
-        client
-            .connect(server.local_addr().expect("server address"))
-            .expect("connect");
-        for s in [&server, &client] {
-            s.set_read_timeout(Some(Duration::from_secs(5)))
-                .expect("set timeout");
-        }
-        senders.push(server);
-        answerers.push(client);
-    }
+/// Runs `cycles` send + receive cycles over `flows` connected pairs: the sender sends one
+/// datagram on each flow, then takes each reply in turn; prints its CPU and wall time per cycle.
+fn measure(cycles: u64, flows: usize) {
+    let (senders, answerers): (Vec<UdpSocket>, Vec<UdpSocket>) =
+        (0..flows).map(|_| connected_pair()).unzip();
     let rounds = cycles.div_ceil(flows as u64);
     let answering = std::thread::spawn(move || {
         let mut buf = [0u8; 2048];
@@ -122,6 +48,7 @@ fn many_flows(cycles: u64, flows: usize) {
             }
         }
     });
+
     let data = [0x5au8; 4 + 1468];
     let mut reply = [0u8; 64];
     let cpu_start = thread_cpu();
@@ -143,10 +70,16 @@ fn many_flows(cycles: u64, flows: usize) {
     let wall = wall_start.elapsed();
     let cpu = thread_cpu() - cpu_start;
     let _ = answering.join();
+
     let per_cycle_ns = cpu.as_nanos() as f64 / done.max(1) as f64;
-    println!(
-        "floor, {flows} flows: {done} cycles of send(1472 B) + recv(4 B), the sender never idle"
-    );
+    match flows {
+        1 => println!(
+            "floor, one flow: {done} cycles of send(1472 B) + recv(4 B) on a connected UDP socket"
+        ),
+        _ => println!(
+            "floor, {flows} flows: {done} cycles of send(1472 B) + recv(4 B), the sender never idle"
+        ),
+    }
     println!(
         "  sender CPU per cycle: {:.2} µs   ({:.0} cycles/s of sender CPU)",
         per_cycle_ns / 1000.0,
@@ -157,6 +90,24 @@ fn many_flows(cycles: u64, flows: usize) {
         wall.as_nanos() as f64 / done.max(1) as f64 / 1000.0,
         done as f64 / wall.as_secs_f64()
     );
+}
+
+/// A "server" and a "client" socket on 127.0.0.1, connected to each other.
+fn connected_pair() -> (UdpSocket, UdpSocket) {
+    let server = UdpSocket::bind("127.0.0.1:0").expect("bind server socket");
+    let client = UdpSocket::bind("127.0.0.1:0").expect("bind client socket");
+    server
+        .connect(client.local_addr().expect("client address"))
+        .expect("connect server socket");
+    client
+        .connect(server.local_addr().expect("server address"))
+        .expect("connect client socket");
+    for s in [&server, &client] {
+        // Nothing is lost on loopback at this rate; the timeout only ends a stuck run.
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("set timeout");
+    }
+    (server, client)
 }
 
 /// CPU time consumed by the calling thread.

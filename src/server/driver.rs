@@ -514,20 +514,17 @@ impl Window {
     /// Drops the chunks wholly before block `acked + 1`; whether those up to block `upto` are
     /// all held (nothing to load).
     fn holds(&mut self, data: &Data<impl Sized>, t: &Transfer, upto: u64) -> bool {
-        if matches!(data, Data::Memory(_)) || t.is_empty() {
+        let Some((first, last)) = chunks_for(data, t, upto) else {
             return true;
-        }
-        let from = t.offset(t.acked() + 1);
-        let to = t.offset(upto) + t.block_len(upto) as u64;
-        let first = from / CHUNK as u64;
+        };
         if let Some((lo, hi)) = self.run {
             if lo >= first {
                 // Nothing to drop: answer from the run alone.
-                return to <= from || (lo == first && (to - 1) / CHUNK as u64 <= hi);
+                return last.is_none_or(|last| lo == first && last <= hi);
             }
         }
         self.drop_before(first);
-        to <= from || (first..=(to - 1) / CHUNK as u64).all(|index| self.get(index).is_some())
+        last.is_none_or(|last| (first..=last).all(|index| self.get(index).is_some()))
     }
 
     /// Drops the chunks before chunk `first`.
@@ -555,17 +552,13 @@ impl Window {
         t: &Transfer,
         upto: u64,
     ) -> Result<(), ReadError> {
-        if matches!(data, Data::Memory(_)) || t.is_empty() {
+        let Some((first, last)) = chunks_for(data, t, upto) else {
             return Ok(());
-        }
-        let from = t.offset(t.acked() + 1);
-        let to = t.offset(upto) + t.block_len(upto) as u64;
-        let first = from / CHUNK as u64;
-        let last = to.saturating_sub(1) / CHUNK as u64;
+        };
         self.drop_before(first);
-        if to <= from {
+        let Some(last) = last else {
             return Ok(());
-        }
+        };
         let mut reads = Vec::new();
         let mut waits = Vec::new();
         for index in first..=last {
@@ -640,6 +633,18 @@ impl Window {
         self.chunks.insert(at, (index, chunk));
         self.note_run();
     }
+}
+
+/// The chunks that blocks `acked + 1 ..= upto` lie in: the first, and the last unless those
+/// blocks hold no bytes (an empty final block). `None` where data is not read in chunks.
+fn chunks_for(data: &Data<impl Sized>, t: &Transfer, upto: u64) -> Option<(u64, Option<u64>)> {
+    if matches!(data, Data::Memory(_)) || t.is_empty() {
+        return None;
+    }
+    let from = t.offset(t.acked() + 1);
+    let to = t.offset(upto) + t.block_len(upto) as u64;
+    let last = (to > from).then(|| (to - 1) / CHUNK as u64);
+    Some((from / CHUNK as u64, last))
 }
 
 /// The bytes of chunk `index` of a source of `len` bytes.
