@@ -206,14 +206,14 @@ fn handle<I: Io>(
             return;
         }
     }
-    if shared.budget.exceeded_by(CHUNK) && {
+    if shared.budget.exceeded_by(CHUNK) {
         // Idle cached chunks give way before a request is refused.
         state.cache.shed_idle();
-        shared.budget.exceeded_by(CHUNK)
-    } {
-        tracing::warn!(%peer, file = request.filename, held = shared.budget.used(), "file data in memory is at --max-buffer-mb; request refused");
-        reject(ErrorCode::Undefined, BUSY_MEMORY);
-        return;
+        if shared.budget.exceeded_by(CHUNK) {
+            tracing::warn!(%peer, file = request.filename, held = shared.budget.used(), "file data in memory is at --max-buffer-mb; request refused");
+            reject(ErrorCode::Undefined, BUSY_MEMORY);
+            return;
+        }
     }
     let slot = match Slot::take(shared, peer.ip()) {
         Ok(slot) => slot,
