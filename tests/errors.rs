@@ -97,6 +97,20 @@ impl Escapes {
         self.outer.join("root")
     }
 
+    /// Panics unless each of `names` is refused with ERROR 1 or 2 naming no server path.
+    fn assert_refused(&self, server: std::net::SocketAddr, names: &[&str]) {
+        let peer = Peer::new(server);
+        for name in names {
+            let (code, message, _) =
+                peer.expect_error(&raw::rrq(name, WireMode::Octet, &[]), server);
+            assert!(
+                code == FILE_NOT_FOUND || code == ACCESS_VIOLATION,
+                "RRQ {name:?}: ERROR {code} {message:?}, expected 1 or 2"
+            );
+            self.assert_no_path(name, &message);
+        }
+    }
+
     /// Panics if an ERROR message names a server path.
     fn assert_no_path(&self, name: &str, message: &str) {
         let outer = self.outer.path().to_string_lossy();
@@ -143,17 +157,11 @@ fn escapes_from_the_root_are_access_violations() {
 fn absolute_paths_stay_beneath_the_root() {
     let tree = Escapes::new("absolute_paths_stay_beneath_the_root");
     let daemon = Daemon::start(&tree.root(), &[]);
-    let peer = Peer::new(daemon.addr());
     let secret = tree.outer.join("secret").to_string_lossy().into_owned();
-    for name in ["/etc/passwd", secret.as_str(), "//etc/passwd", "/../secret"] {
-        let (code, message, _) =
-            peer.expect_error(&raw::rrq(name, WireMode::Octet, &[]), daemon.addr());
-        assert!(
-            code == FILE_NOT_FOUND || code == ACCESS_VIOLATION,
-            "RRQ {name:?}: ERROR {code} {message:?}, expected 1 or 2"
-        );
-        tree.assert_no_path(name, &message);
-    }
+    tree.assert_refused(
+        daemon.addr(),
+        &["/etc/passwd", secret.as_str(), "//etc/passwd", "/../secret"],
+    );
     // The same leading slash in front of a file that is beneath the root serves it.
     let got = raw::download(daemon.addr(), "/inside", WireMode::Octet, &[], |_| {})
         .unwrap_or_else(|e| panic!("{e}"));
@@ -164,16 +172,7 @@ fn absolute_paths_stay_beneath_the_root() {
 fn directories_are_refused_without_naming_paths() {
     let tree = Escapes::new("directories_are_refused_without_naming_paths");
     let daemon = Daemon::start(&tree.root(), &[]);
-    let peer = Peer::new(daemon.addr());
-    for name in ["sub", "sub/", ".", "/", "sub/.."] {
-        let (code, message, _) =
-            peer.expect_error(&raw::rrq(name, WireMode::Octet, &[]), daemon.addr());
-        assert!(
-            code == FILE_NOT_FOUND || code == ACCESS_VIOLATION,
-            "RRQ {name:?}: ERROR {code} {message:?}, expected 1 or 2"
-        );
-        tree.assert_no_path(name, &message);
-    }
+    tree.assert_refused(daemon.addr(), &["sub", "sub/", ".", "/", "sub/.."]);
 }
 
 /// Every file and directory beneath `dir` with its length and modification time.
