@@ -4,7 +4,10 @@
 //! by ACK 0), RFC 2348/2349 (block size, timeout) and RFC 7440 (windows), with the corrections
 //! that RFC 1123 §4.2.3.1 demands: a duplicate ACK never causes a retransmission (the Sorcerer's
 //! Apprentice bug) and the retransmission timeout adapts to the measured round-trip time
-//! (RFC 1123 §4.2.3.2, computed as in RFC 6298 with Karn's rule).
+//! (RFC 1123 §4.2.3.2, computed as in RFC 6298 with Karn's rule). A timeout that the client's
+//! next ACK proves spurious is undone, in the spirit of RFC 3522 (Eifel detection) and RFC 4015
+//! (Eifel response): a server too busy to read an ACK before its timer fires learns the real
+//! round trip from it instead of backing off and resending every block twice.
 //!
 //! # Driving a transfer
 //!
@@ -137,6 +140,12 @@ pub struct Stats {
     pub sent: u64,
     /// Datagrams sent again after a timeout or a partial window acknowledgment.
     pub retransmits: u64,
+    /// Timeouts proven spurious and undone: the ACK that ended them came back sooner after the
+    /// retransmission than the client could have answered it, so it answered the earlier copy
+    /// (RFC 3522). Each also drew a duplicate of the blocks resent, and usually a duplicate ACK.
+    /// Many of them mean the server reads its ACKs late (it is saturated), not that the network
+    /// loses packets.
+    pub spurious: u64,
     /// When the transfer started.
     pub started: Instant,
     /// When it ended, once it has.
@@ -242,6 +251,9 @@ pub struct Transfer {
     /// an ACK for a retransmitted packet is ambiguous).
     flight_at: Instant,
     fresh_from: u64,
+    /// What the first timeout since the last progress gave up on, kept until the next progress
+    /// so that an ACK proving it spurious can undo it.
+    undo: Option<Undo>,
     stats: Stats,
     outcome: Option<Outcome>,
 }
@@ -274,11 +286,13 @@ impl Transfer {
             rtt: RttEstimator::new(config.rto_initial),
             flight_at: now,
             fresh_from: u64::MAX,
+            undo: None,
             stats: Stats {
                 bytes: 0,
                 blocks: 0,
                 sent: 0,
                 retransmits: 0,
+                spurious: 0,
                 started: now,
                 ended: None,
             },
@@ -378,6 +392,15 @@ impl Transfer {
         if self.tries >= self.retries() {
             self.finish(now, Outcome::TimedOut);
             return;
+        }
+        if self.undo.is_none() {
+            // Kept from the first timeout since the last progress: an ACK too quick to answer
+            // the first retransmission answers none of the later ones either.
+            self.undo = Some(Undo {
+                orig_at: self.flight_at,
+                fresh_from: self.fresh_from,
+                retx_at: None,
+            });
         }
         self.tries += 1;
         self.backoff = (self.backoff + 1).min(16);
@@ -570,6 +593,10 @@ impl Transfer {
             }
             None => self.fresh_from = u64::MAX,
         }
+        if let Some(undo) = &mut self.undo {
+            // The first send after a timeout is its retransmission.
+            undo.retx_at.get_or_insert(now);
+        }
         let mut wait = self.base_rto();
         if self.opts.timeout.is_none() {
             // RFC 6298 §5.5: back off exponentially while the client stays silent, and keep
@@ -596,14 +623,49 @@ impl Transfer {
 
     /// The client acknowledged `block` (0: the OACK), new progress.
     fn progress(&mut self, now: Instant, block: u64) {
-        if block >= self.fresh_from {
-            self.rtt
-                .sample(now.saturating_duration_since(self.flight_at));
+        // Karn's rule: the ACK of a block the last run sent for the first time is a sample.
+        let mut sample_from = (block >= self.fresh_from).then_some(self.flight_at);
+        if let Some(undo) = self.undo.take() {
+            // A block first sent by the retransmission (`sample_from` is set) proves the client
+            // answered it. Otherwise the ACK is timed from the run the timer gave up on only if
+            // the block had a single copy in flight before the timeout: a block that went twice
+            // (a window slid over a gap) may have been answered by the older copy.
+            if sample_from.is_none() && block >= undo.fresh_from && self.too_soon(now, &undo) {
+                // RFC 4015's response, with the sample its timestamps would give: the backoff
+                // collapses as after any sample (RFC 6298 §5.7) and `tries` restarts below, both
+                // back where they were before the timeout (0: the record is taken at the first
+                // one), and the sample is the slow round trip that made the timer fire early,
+                // so the RTO grows past it.
+                self.stats.spurious += 1;
+                sample_from = Some(undo.orig_at);
+            }
+        }
+        if let Some(at) = sample_from {
+            self.rtt.sample(now.saturating_duration_since(at));
             self.backoff = 0;
         }
         self.tries = 0;
         self.progress_at = now;
         self.deadline = None;
+    }
+
+    /// Whether an ACK at `now` came back too soon after the retransmission to answer it, so it
+    /// answered the copy sent before the timeout: the timeout was spurious (RFC 3522 detects
+    /// this with timestamps; a TFTP ACK carries none, so the time it took is the evidence).
+    ///
+    /// The client cannot answer faster than the path's round trip, and the least round trip
+    /// measured on this transfer bounds it; half of that leaves a margin for a minimum that was
+    /// itself inflated by queueing, or a clock tick of error. RACK (RFC 8985) makes the same
+    /// inference from the whole minimum. A wrong call errs the safe way: a genuine loss taken
+    /// for spurious gives a sample of about one RTO, which raises the RTO (a slower recovery
+    /// from the next loss), never lowers it. Before any sample there is no bound at all, and a
+    /// wrong call would seed SRTT with the whole initial RTO (1 s), so the timeout stands as
+    /// Karn's rule has it; so it does when the clock is too coarse to see the round trip (0).
+    fn too_soon(&self, now: Instant, undo: &Undo) -> bool {
+        let (Some(retx_at), Some(min)) = (undo.retx_at, self.rtt.min) else {
+            return false;
+        };
+        now.saturating_duration_since(retx_at) < min / 2
     }
 
     fn fail(&mut self, now: Instant, code: ErrorCode, message: &'static str) {
@@ -627,12 +689,25 @@ fn wire(block: u64) -> u16 {
     block as u16
 }
 
-/// The smoothed round-trip time and its variation (RFC 6298 §2).
+/// What a timeout gave up on, to undo it if the client's next ACK proves it spurious.
+#[derive(Debug, Clone, Copy)]
+struct Undo {
+    /// When the run the timer was armed for left (the original transmission), and the first
+    /// block of it sent for the first time (`u64::MAX`: none).
+    orig_at: Instant,
+    fresh_from: u64,
+    /// When the retransmission left; `None` until it has.
+    retx_at: Option<Instant>,
+}
+
+/// The smoothed round-trip time and its variation (RFC 6298 §2), and the least round trip.
 #[derive(Debug, Clone, Copy)]
 struct RttEstimator {
     initial: Duration,
     srtt: Option<Duration>,
     rttvar: Duration,
+    /// The least sample: the bound on how fast the client can answer (see `too_soon`).
+    min: Option<Duration>,
 }
 
 impl RttEstimator {
@@ -641,10 +716,12 @@ impl RttEstimator {
             initial,
             srtt: None,
             rttvar: Duration::ZERO,
+            min: None,
         }
     }
 
     fn sample(&mut self, r: Duration) {
+        self.min = Some(self.min.map_or(r, |min| min.min(r)));
         match self.srtt {
             None => {
                 self.srtt = Some(r);
@@ -1222,6 +1299,156 @@ mod tests {
         assert_eq!(t.poll_transmit(c.ms(160)), blocks(7, 4, false));
         t.handle_datagram(c.ms(200), &ack(10));
         assert_ne!(t.rto(), rto);
+    }
+
+    /// A lock-step transfer whose first round trip took 10 ms (SRTT 10, RTTVAR 5, RTO 30 ms, the
+    /// least round trip 10 ms), and whose DATA 2, sent at 10 ms, was retransmitted at 40 ms.
+    fn retransmitted_after_a_10_ms_round_trip(c: Clock) -> Transfer {
+        let mut t = lockstep(c, 512 * 10, Config::default());
+        t.handle_datagram(c.ms(10), &ack(1));
+        assert_eq!(t.rto(), ms(30));
+        assert_eq!(t.poll_transmit(c.ms(10)), blocks(2, 1, false));
+        assert_eq!(fire(&mut t), c.ms(40));
+        assert_eq!(t.poll_transmit(c.ms(40)), blocks(2, 1, true));
+        t
+    }
+
+    #[test]
+    fn a_spurious_timeout_is_undone_and_the_rto_learns_the_slow_round_trip() {
+        let c = Clock::new();
+        let mut t = retransmitted_after_a_10_ms_round_trip(c);
+        // ACK 2, 1 ms after the retransmission, far sooner than the 5 ms (half the least round
+        // trip) the client needs to answer it: it answers DATA 2 sent at 10 ms, 31 ms ago.
+        t.handle_datagram(c.ms(41), &ack(2));
+        assert_eq!((t.stats().spurious, t.stats().retransmits), (1, 1));
+        // The sample: SRTT (7 * 10 + 31) / 8 = 12.625, RTTVAR (3 * 5 + 21) / 4 = 9 → 48.625 ms,
+        // more than the round trip that fooled the timer.
+        let rto = Duration::from_micros(48_625);
+        assert_eq!(t.rto(), rto);
+        assert!(t.rto() >= ms(31));
+        // The backoff is undone: DATA 3 waits one RTO, not two (nor two of the old 30 ms).
+        assert_eq!(t.poll_transmit(c.ms(41)), blocks(3, 1, false));
+        assert_eq!(t.poll_timeout(), Some(c.ms(41) + rto));
+        // The client's ACK of the duplicate DATA 2 is a duplicate: nothing is sent or rearmed.
+        t.handle_datagram(c.ms(51), &ack(2));
+        assert_eq!(t.poll_transmit(c.ms(51)), None);
+        assert_eq!(t.poll_timeout(), Some(c.ms(41) + rto));
+        assert_eq!(t.stats().spurious, 1);
+    }
+
+    #[test]
+    fn a_genuine_loss_is_not_taken_for_a_spurious_timeout() {
+        let c = Clock::new();
+        let t = retransmitted_after_a_10_ms_round_trip(c);
+        // ACK 2 a whole round trip after the retransmission (it answers it), or exactly half
+        // the least round trip after: Karn's rule stands, no sample and the backoff is kept.
+        for at in [50, 45] {
+            let mut t = t.clone();
+            t.handle_datagram(c.ms(at), &ack(2));
+            assert_eq!(t.stats().spurious, 0, "ACK at {at} ms");
+            assert_eq!(t.rto(), ms(30), "ACK at {at} ms");
+            assert_eq!(t.poll_transmit(c.ms(at)), blocks(3, 1, false));
+            assert_eq!(t.poll_timeout(), Some(c.ms(at + 60)), "ACK at {at} ms");
+        }
+        // Just under half: spurious.
+        let mut t = t.clone();
+        t.handle_datagram(c.ms(45) - Duration::from_micros(1), &ack(2));
+        assert_eq!(t.stats().spurious, 1);
+
+        // Before any sample nothing bounds how fast the client answers: even an ACK at the
+        // very moment of the retransmission may answer it.
+        let mut t = lockstep(c, 512 * 10, Config::default());
+        assert_eq!(fire(&mut t), c.ms(1000));
+        assert_eq!(t.poll_transmit(c.ms(1000)), blocks(1, 1, true));
+        t.handle_datagram(c.ms(1000), &ack(1));
+        assert_eq!(t.stats().spurious, 0);
+        assert_eq!(t.rto(), ms(1000));
+        assert_eq!(t.poll_transmit(c.ms(1000)), blocks(2, 1, false));
+        assert_eq!(t.poll_timeout(), Some(c.ms(3000)));
+    }
+
+    #[test]
+    fn a_saturated_server_learns_its_lag_from_one_spurious_timeout_and_never_backs_off() {
+        let c = Clock::new();
+        let mut t = lockstep(c, 512 * 100, Config::default());
+        // A quiet start: a 5 ms round trip, RTO 20 ms (the floor).
+        t.handle_datagram(c.ms(5), &ack(1));
+        assert_eq!(t.rto(), ms(20));
+        let mut now = c.ms(5);
+        let mut retransmits = Vec::new();
+        // Then the server falls `lag` behind: it gets to its timer and the client's (prompt)
+        // ACK only `lag` after each send, the timer first, the ACK 1 ms later.
+        for lag in [200, 200, 200, 200, 200, 1000, 1000, 1000, 1000, 1000] {
+            let before = t.stats().retransmits;
+            assert!(matches!(drain(&mut t, now)[..], [Transmit::Blocks(_)]));
+            let busy = now + ms(lag);
+            t.handle_timeout(busy);
+            drain(&mut t, busy);
+            now = busy + ms(1);
+            t.handle_datagram(now, &ack(wire(t.acked() + 1)));
+            retransmits.push(t.stats().retransmits - before);
+            // Never a backoff to escalate, and the RTO covers the round trip it has seen.
+            assert_eq!(t.backoff, 0, "{retransmits:?}");
+            assert!(t.rto() >= ms(lag + 1), "{:?} {retransmits:?}", t.rto());
+        }
+        // One spurious retransmission each time the lag grows, none once it is learnt. (Karn's
+        // rule alone kept the backoff and resent blocks 2 to 5: 40, 80, 160 ms were all short.)
+        assert_eq!(retransmits, [1, 0, 0, 0, 0, 1, 0, 0, 0, 0]);
+        assert_eq!(t.stats().spurious, 2);
+    }
+
+    #[test]
+    fn a_spurious_timeout_of_a_window_is_undone() {
+        let c = Clock::new();
+        let mut t = Transfer::new(
+            c.ms(0),
+            negotiated(b"windowsize\x004\x00"),
+            512 * 40,
+            Config::default(),
+        );
+        assert_eq!(t.poll_transmit(c.ms(0)), Some(Transmit::Oack));
+        t.handle_datagram(c.ms(10), &ack(0));
+        assert_eq!(t.poll_transmit(c.ms(10)), blocks(1, 4, false));
+        // Two 10 ms samples: SRTT 10, RTTVAR 3.75, RTO 25 ms.
+        t.handle_datagram(c.ms(20), &ack(4));
+        assert_eq!(t.rto(), ms(25));
+        assert_eq!(t.poll_transmit(c.ms(20)), blocks(5, 4, false));
+        assert_eq!(fire(&mut t), c.ms(45));
+        assert_eq!(t.poll_transmit(c.ms(45)), blocks(5, 4, true));
+        assert_eq!(t.stats().retransmits, 4);
+        // The ACK of the whole original window, 1 ms after the window went again.
+        t.handle_datagram(c.ms(46), &ack(8));
+        assert_eq!(t.stats().spurious, 1);
+        // A 26 ms sample: SRTT (7 * 10 + 26) / 8 = 12, RTTVAR (3 * 3.75 + 16) / 4 = 6.8125,
+        // RTO 39.25 ms, and no backoff.
+        let rto = Duration::from_micros(39_250);
+        assert_eq!(t.rto(), rto);
+        assert_eq!(t.poll_transmit(c.ms(46)), blocks(9, 4, false));
+        assert_eq!(t.poll_timeout(), Some(c.ms(46) + rto));
+        // The client's ACK of the duplicate window changes nothing.
+        t.handle_datagram(c.ms(48), &ack(8));
+        assert_eq!(t.poll_transmit(c.ms(48)), None);
+        assert_eq!(t.poll_timeout(), Some(c.ms(46) + rto));
+
+        // Block 11 lost: the ACK of 10 slides the window, resending 11 and 12 with 13 and 14
+        // new (a 4 ms sample: the least round trip is now 4 ms).
+        t.handle_datagram(c.ms(50), &ack(10));
+        assert_eq!(t.poll_transmit(c.ms(50)), blocks(11, 4, false));
+        let at = fire(&mut t);
+        assert_eq!(t.poll_transmit(at), blocks(11, 4, true));
+        let rto = t.rto();
+        // ACK 14 1 ms later answers the run sent at 50 ms, where 14 went first: spurious.
+        let mut whole = t.clone();
+        whole.handle_datagram(at + ms(1), &ack(14));
+        assert_eq!(whole.stats().spurious, 2);
+        assert_ne!(whole.rto(), rto);
+        // ACK 12 as soon: 12 also went in the window sent at 46 ms, and either copy may have
+        // drawn it. No sample, and the timeout stands.
+        t.handle_datagram(at + ms(1), &ack(12));
+        assert_eq!(t.stats().spurious, 1);
+        assert_eq!(t.rto(), rto);
+        assert_eq!(t.poll_transmit(at + ms(1)), blocks(13, 4, false));
+        assert_eq!(t.poll_timeout(), Some(at + ms(1) + rto * 2));
     }
 
     /// Runs a lock-step transfer of `len` bytes to the end with instant ACKs; returns the blocks
@@ -2401,6 +2628,7 @@ mod tests {
                     prop_assert_eq!(stats.blocks, t.acked);
                     prop_assert_eq!(stats.bytes, len.min(t.acked * u64::from(blksize)));
                     prop_assert!(stats.retransmits <= stats.sent);
+                    prop_assert!(stats.spurious <= stats.retransmits);
                     prop_assert_eq!(stats.ended.is_some(), t.outcome.is_some());
                     match (ended, t.outcome()) {
                         (Some(before), now_) => prop_assert_eq!(now_, Some(before)),
