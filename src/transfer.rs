@@ -21,7 +21,8 @@
 //! 2. sends what [`Transfer::poll_transmit`] returns until it returns `None`: the OACK
 //!    ([`Transfer::emit_oack`]), a run of blocks (each a header — [`emit_data_header`], or
 //!    any copy of those four bytes — and the payload at [`Transfer::offset`] for
-//!    [`Transfer::block_len`] bytes), or an ERROR;
+//!    [`Transfer::block_len`] bytes), or an ERROR; a driver that submits its sends in batches,
+//!    after `poll_transmit`, then reports when they left with [`Transfer::handle_sent`];
 //! 3. stops if [`Transfer::outcome`] is `Some`, otherwise sleeps until [`Transfer::poll_timeout`]
 //!    or the next datagram, whichever comes first.
 //!
@@ -251,6 +252,10 @@ pub struct Transfer {
     /// an ACK for a retransmitted packet is ambiguous).
     flight_at: Instant,
     fresh_from: u64,
+    /// When the last run was sent, and the wait the timer was armed with then: what
+    /// [`handle_sent`](Self::handle_sent) re-arms from when the run really left later.
+    sent_at: Instant,
+    wait: Duration,
     /// What the first timeout since the last progress gave up on, kept until the next progress
     /// so that an ACK proving it spurious can undo it.
     undo: Option<Undo>,
@@ -286,6 +291,8 @@ impl Transfer {
             rtt: RttEstimator::new(config.rto_initial),
             flight_at: now,
             fresh_from: u64::MAX,
+            sent_at: now,
+            wait: Duration::ZERO,
             undo: None,
             stats: Stats {
                 bytes: 0,
@@ -440,6 +447,35 @@ impl Transfer {
         if self.outcome.is_none() {
             self.fail(now, code, message);
         }
+    }
+
+    /// Handles the datagrams of the run last returned by [`poll_transmit`](Self::poll_transmit)
+    /// leaving at `at`, for a driver that queues its sends and submits them in a batch a little
+    /// later. The round trip and the retransmission timer then count from when the datagrams
+    /// left, not from when they were queued: the driver's own queueing is neither measured as
+    /// the client's delay nor charged against the client's time to answer. The timer is re-armed
+    /// for `at` plus the wait it was armed with.
+    ///
+    /// Does nothing when `at` is not later than the time given to `poll_transmit`, once the
+    /// transfer has ended, and while nothing is in flight (an ACK or a timeout came first and
+    /// the next run awaits `poll_transmit`). A driver that never calls it keeps
+    /// `poll_transmit`'s time.
+    pub fn handle_sent(&mut self, at: Instant) {
+        if self.outcome.is_some() || self.deadline.is_none() || at <= self.sent_at {
+            return;
+        }
+        // `arm` stamped `flight_at` only if the last run carried a block sent for the first
+        // time; otherwise it still holds an earlier run's time, which is right as it is.
+        if self.fresh_from != u64::MAX {
+            self.flight_at = at;
+        }
+        if let Some(undo) = &mut self.undo {
+            if undo.retx_at == Some(self.sent_at) {
+                undo.retx_at = Some(at);
+            }
+        }
+        self.sent_at = at;
+        self.deadline = Some(at + self.wait);
     }
 
     /// What to send now, if anything. Call until it returns `None`.
@@ -611,6 +647,8 @@ impl Transfer {
             let silent = now.saturating_duration_since(self.progress_at);
             wait = wait.max(self.config.patience.saturating_sub(silent));
         }
+        self.sent_at = now;
+        self.wait = wait;
         self.deadline = Some(now + wait);
     }
 
@@ -1449,6 +1487,49 @@ mod tests {
         assert_eq!(t.rto(), rto);
         assert_eq!(t.poll_transmit(at + ms(1)), blocks(13, 4, false));
         assert_eq!(t.poll_timeout(), Some(at + ms(1) + rto * 2));
+    }
+
+    #[test]
+    fn handle_sent_times_the_flight_from_when_it_left() {
+        let c = Clock::new();
+        let mut t = lockstep(c, 512 * 10, Config::default());
+        assert_eq!(t.poll_timeout(), Some(c.ms(1000)));
+        // DATA 1, polled at 0 ms, left in a batch at 3 ms: the timer moves with it.
+        t.handle_sent(c.ms(3));
+        assert_eq!(t.poll_timeout(), Some(c.ms(1003)));
+        // Not later than the stamp: nothing changes.
+        t.handle_sent(c.ms(2));
+        t.handle_sent(c.ms(3));
+        assert_eq!(t.poll_timeout(), Some(c.ms(1003)));
+        // The round trip counts from 3 ms: a 10 ms sample, RTO 30 ms (13 ms would give 39).
+        t.handle_datagram(c.ms(13), &ack(1));
+        assert_eq!(t.rto(), ms(30));
+        // Nothing in flight until DATA 2 is polled.
+        t.handle_sent(c.ms(14));
+        assert_eq!(t.poll_timeout(), None);
+        assert_eq!(t.poll_transmit(c.ms(14)), blocks(2, 1, false));
+        assert_eq!(t.poll_timeout(), Some(c.ms(44)));
+        // A retransmission polled at 44 ms leaves at 50 ms: its timer (backed off to 60 ms)
+        // moves, and ACK 2 at 51 ms is 1 ms after it left (7 ms after it was polled, which
+        // would not prove the timeout spurious). The original DATA 2 keeps its time: a 37 ms
+        // sample, SRTT 13.375, RTTVAR 10.5, RTO 55.375 ms.
+        assert_eq!(fire(&mut t), c.ms(44));
+        assert_eq!(t.poll_transmit(c.ms(44)), blocks(2, 1, true));
+        assert_eq!(t.poll_timeout(), Some(c.ms(104)));
+        let mut unsent = t.clone();
+        t.handle_sent(c.ms(50));
+        assert_eq!(t.poll_timeout(), Some(c.ms(110)));
+        t.handle_datagram(c.ms(51), &ack(2));
+        assert_eq!(t.stats().spurious, 1);
+        assert_eq!(t.rto(), Duration::from_micros(55_375));
+        unsent.handle_datagram(c.ms(51), &ack(2));
+        assert_eq!(unsent.stats().spurious, 0);
+        // Once ended, nothing moves.
+        assert_eq!(t.poll_transmit(c.ms(51)), blocks(3, 1, false));
+        t.handle_datagram(c.ms(52), &error(0, "bye"));
+        t.handle_sent(c.ms(60));
+        assert_ended(&mut t, c.ms(60), Outcome::Cancelled(ErrorCode::Undefined));
+        assert_eq!(t.stats().ended, Some(c.ms(52)));
     }
 
     /// Runs a lock-step transfer of `len` bytes to the end with instant ACKs; returns the blocks
@@ -2538,6 +2619,8 @@ mod tests {
             Advance(u16),
             /// Time jumps to the deadline, and the timer is handled.
             Fire,
+            /// Time passes by this many milliseconds, and the last run is reported sent then.
+            Sent(u8),
             Datagram(Vec<u8>),
             Drain,
             Abort,
@@ -2550,6 +2633,7 @@ mod tests {
                 1 => any::<u16>().prop_map(Event::Error),
                 2 => (0u16..3000).prop_map(Event::Advance),
                 4 => Just(Event::Fire),
+                2 => any::<u8>().prop_map(Event::Sent),
                 1 => prop::collection::vec(any::<u8>(), 0..12).prop_map(Event::Datagram),
                 8 => Just(Event::Drain),
                 1 => Just(Event::Abort),
@@ -2609,6 +2693,10 @@ mod tests {
                                 now = now.max(deadline);
                                 t.handle_timeout(now);
                             }
+                        }
+                        Event::Sent(ms) => {
+                            now += Duration::from_millis(u64::from(ms));
+                            t.handle_sent(now);
                         }
                         Event::Datagram(bytes) => t.handle_datagram(now, &bytes),
                         Event::Drain => {
