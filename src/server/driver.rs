@@ -32,17 +32,17 @@ use crate::resolve::{FileId, ReadAt};
 use crate::transfer::{Outcome, Transfer, Transmit};
 
 /// Datagrams in one GSO send: the kernel's UDP_MAX_SEGMENTS is 64 on older kernels.
-const GSO_SEGMENTS_MAX: usize = 64;
+pub(crate) const GSO_SEGMENTS_MAX: usize = 64;
 /// Bytes in one GSO send: a UDP datagram's payload limit, less the IPv6 headers' worst case.
-const GSO_BYTES_MAX: usize = 65_000;
+pub(crate) const GSO_BYTES_MAX: usize = 65_000;
 /// Room for an ACK, or an ERROR with a message as long as RFC 1350's 512-byte packets allow;
 /// longer datagrams are cut, which is harmless. Each transfer keeps one armed, so it is small.
 const RECV_BUF: usize = 4 + 512;
 /// Room for an OACK or an ERROR: an OACK carries at most the five options this server grants,
 /// each with a short number, and every ERROR message is one of ours.
-const SMALL_PACKET: usize = 512;
+pub(crate) const SMALL_PACKET: usize = 512;
 /// Port-unreachable errors in a row after which the client is taken to be gone.
-const REFUSED_MAX: u32 = 3;
+pub(crate) const REFUSED_MAX: u32 = 3;
 
 /// One I/O backend as a transfer task sees it. Every operation takes and returns owned buffers,
 /// because io_uring owns them while the kernel works on them.
@@ -91,6 +91,8 @@ pub(crate) enum BlockBuf {
     Fixed(FixedBuf),
     /// A heap buffer, where registration was refused or the pool is exhausted.
     Heap(Vec<u8>),
+    /// A registered buffer of the raw io_uring engine's slab.
+    Slab(super::ring::SlabBuf),
 }
 
 impl std::fmt::Debug for BlockBuf {
@@ -98,6 +100,7 @@ impl std::fmt::Debug for BlockBuf {
         match self {
             Self::Fixed(b) => write!(f, "Fixed({})", b.buf_index()),
             Self::Heap(v) => write!(f, "Heap({})", v.len()),
+            Self::Slab(b) => write!(f, "Slab({})", b.index()),
         }
     }
 }
@@ -108,6 +111,7 @@ unsafe impl IoBuf for BlockBuf {
         match self {
             Self::Fixed(b) => IoBuf::stable_ptr(b),
             Self::Heap(v) => v.as_ptr(),
+            Self::Slab(b) => b.ptr(),
         }
     }
 
@@ -115,6 +119,7 @@ unsafe impl IoBuf for BlockBuf {
         match self {
             Self::Fixed(b) => IoBuf::bytes_init(b),
             Self::Heap(v) => v.len(),
+            Self::Slab(_) => CHUNK,
         }
     }
 
@@ -122,17 +127,20 @@ unsafe impl IoBuf for BlockBuf {
         match self {
             Self::Fixed(b) => IoBuf::bytes_total(b),
             Self::Heap(v) => v.len(),
+            Self::Slab(_) => CHUNK,
         }
     }
 }
 
-// SAFETY: forwards to the inner buffer. Heap buffers are created fully initialised, so there is
+// SAFETY: forwards to the inner buffer. Heap buffers are created fully initialised and slab
+// buffers are counted whole (their bytes past a chunk's length are never sent), so there is
 // nothing to record for them.
 unsafe impl IoBufMut for BlockBuf {
     fn stable_mut_ptr(&mut self) -> *mut u8 {
         match self {
             Self::Fixed(b) => IoBufMut::stable_mut_ptr(b),
             Self::Heap(v) => v.as_mut_ptr(),
+            Self::Slab(b) => b.ptr(),
         }
     }
 
@@ -409,10 +417,15 @@ fn unchanged<I: Io>(data: &Data<I::File>) -> Result<(), ReadError> {
     let Data::File(file, id) = data else {
         return Ok(());
     };
-    // SAFETY: the descriptor stays open (owned by `file`) while this borrowed view lives, and
+    unchanged_fd(I::file_fd(file), id)
+}
+
+/// Whether the file open as `fd` is still `id`.
+pub(crate) fn unchanged_fd(fd: RawFd, id: &FileId) -> Result<(), ReadError> {
+    // SAFETY: the caller keeps the descriptor open while this borrowed view lives, and
     // ManuallyDrop keeps the view from closing it.
     let view = std::mem::ManuallyDrop::new(unsafe {
-        <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(I::file_fd(file))
+        <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd)
     });
     match FileId::of(&view) {
         Ok(now) if now == *id => Ok(()),
@@ -422,16 +435,16 @@ fn unchanged<I: Io>(data: &Data<I::File>) -> Result<(), ReadError> {
 
 /// A failed read, as the ERROR the client gets.
 #[derive(Debug, Clone, Copy)]
-struct ReadError {
-    code: ErrorCode,
-    message: &'static str,
+pub(crate) struct ReadError {
+    pub code: ErrorCode,
+    pub message: &'static str,
 }
 
-const CHANGED: ReadError = ReadError {
+pub(crate) const CHANGED: ReadError = ReadError {
     code: ErrorCode::Undefined,
     message: "File changed while being served",
 };
-const READ_FAILED: ReadError = ReadError {
+pub(crate) const READ_FAILED: ReadError = ReadError {
     code: ErrorCode::Undefined,
     message: "Read error",
 };
@@ -439,7 +452,7 @@ const READ_FAILED: ReadError = ReadError {
 /// The chunks a transfer holds: those covering the window in flight and the one read ahead,
 /// in file order.
 #[derive(Default)]
-struct Window {
+pub(crate) struct Window {
     chunks: VecDeque<(u64, Rc<Chunk>)>,
     /// The first and last chunk index held when they are all held in a run (the usual case),
     /// so the per-packet check in [`Window::holds`] reads two numbers instead of the deque.
@@ -447,7 +460,7 @@ struct Window {
 }
 
 impl Window {
-    fn get(&self, index: u64) -> Option<&Rc<Chunk>> {
+    pub(crate) fn get(&self, index: u64) -> Option<&Rc<Chunk>> {
         self.chunks
             .iter()
             .find(|(i, _)| *i == index)
@@ -456,7 +469,7 @@ impl Window {
 
     /// Appends the iovecs of block `block` (header, then payload) to `pieces`; false if a chunk
     /// it needs is not loaded.
-    fn pieces(
+    pub(crate) fn pieces(
         &self,
         data: &Data<impl Sized>,
         t: &Transfer,
@@ -513,7 +526,7 @@ impl Window {
 
     /// Drops the chunks wholly before block `acked + 1`; whether those up to block `upto` are
     /// all held (nothing to load).
-    fn holds(&mut self, data: &Data<impl Sized>, t: &Transfer, upto: u64) -> bool {
+    pub(crate) fn holds(&mut self, data: &Data<impl Sized>, t: &Transfer, upto: u64) -> bool {
         let Some((first, last)) = chunks_for(data, t, upto) else {
             return true;
         };
@@ -628,7 +641,7 @@ impl Window {
     }
 
     /// Keeps the chunks in file order (few: a window spans a handful).
-    fn insert(&mut self, index: u64, chunk: Rc<Chunk>) {
+    pub(crate) fn insert(&mut self, index: u64, chunk: Rc<Chunk>) {
         let at = self.chunks.partition_point(|(i, _)| *i < index);
         self.chunks.insert(at, (index, chunk));
         self.note_run();
@@ -637,7 +650,11 @@ impl Window {
 
 /// The chunks that blocks `acked + 1 ..= upto` lie in: the first, and the last unless those
 /// blocks hold no bytes (an empty final block). `None` where data is not read in chunks.
-fn chunks_for(data: &Data<impl Sized>, t: &Transfer, upto: u64) -> Option<(u64, Option<u64>)> {
+pub(crate) fn chunks_for(
+    data: &Data<impl Sized>,
+    t: &Transfer,
+    upto: u64,
+) -> Option<(u64, Option<u64>)> {
     if matches!(data, Data::Memory(_)) || t.is_empty() {
         return None;
     }
@@ -648,7 +665,7 @@ fn chunks_for(data: &Data<impl Sized>, t: &Transfer, upto: u64) -> Option<(u64, 
 }
 
 /// The bytes of chunk `index` of a source of `len` bytes.
-fn chunk_len(len: u64, index: u64) -> usize {
+pub(crate) fn chunk_len(len: u64, index: u64) -> usize {
     let start = index * CHUNK as u64;
     len.saturating_sub(start).min(CHUNK as u64) as usize
 }
@@ -682,7 +699,7 @@ async fn read_chunk<I: Io>(
     (index, Ok(Chunk::new(buf, want, lease)))
 }
 
-fn read_custom(
+pub(crate) fn read_custom(
     budget: &Arc<Budget>,
     source: &dyn ReadAt,
     len: u64,

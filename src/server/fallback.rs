@@ -62,7 +62,7 @@ impl Io for Epoll {
     ) -> (io::Result<usize>, BlockBuf) {
         let result = match &mut buf {
             BlockBuf::Heap(vec) => file.read_at(&mut vec[begin..end], offset),
-            BlockBuf::Fixed(_) => Err(io::Error::other(
+            BlockBuf::Fixed(_) | BlockBuf::Slab(_) => Err(io::Error::other(
                 "registered buffer in the fallback backend",
             )),
         };

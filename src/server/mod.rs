@@ -17,6 +17,7 @@
 mod cache;
 mod driver;
 mod fallback;
+mod ring;
 mod shard;
 mod socket;
 mod uring;
@@ -26,7 +27,7 @@ use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
-use std::sync::atomic::{AtomicU32, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -83,7 +84,7 @@ impl Default for Config {
             limits: Limits::default(),
             transfer: transfer::Config::default(),
             max_transfers: 16_384,
-            max_per_client: 256,
+            max_per_client: 4096,
             port_range: None,
             grace: Duration::from_secs(10),
             force_epoll: std::env::var("RINGTFTP_BACKEND").is_ok_and(|v| v == "epoll"),
@@ -145,6 +146,9 @@ pub(crate) struct Shared {
     ports: socket::Ports,
     /// File data held in memory, for `buffer_max`.
     budget: Arc<cache::Budget>,
+    /// Whether `max_transfers` and `max_per_client` have refused a request yet (said once).
+    warned_total: AtomicBool,
+    warned_per_client: AtomicBool,
 }
 
 /// A server bound to its port, not yet serving.
@@ -207,6 +211,8 @@ impl Server {
                 port_hint: AtomicU32::new(std::process::id()),
                 ports,
                 budget: cache::Budget::new(config.buffer_max),
+                warned_total: AtomicBool::new(false),
+                warned_per_client: AtomicBool::new(false),
                 config,
             }),
         })

@@ -7,15 +7,17 @@
 //! a WRQ is refused (read-only), DATA/ACK/OACK get ERROR 4, and an ERROR is never answered
 //! (RFC 1350 §7). Options are negotiated per RFC 2347–2349 and RFC 7440.
 
+use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::{Rc, Weak};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use socket2::Socket;
+use tokio::io::unix::AsyncFd;
 use tokio::sync::{watch, Notify};
 
 use super::cache::{ChunkCache, Lease, CHUNK};
@@ -37,31 +39,44 @@ pub(crate) fn run(
     stop: watch::Receiver<bool>,
     ready: std::sync::mpsc::Sender<Backend>,
 ) {
+    let mut socket = socket;
     if !shared.config.force_epoll {
-        match super::uring::runtime() {
-            Ok(rt) => {
-                rt.block_on(async move {
-                    let io = super::uring::Uring::new(index, shared.config.block_cache / CHUNK);
-                    let _ = ready.send(Backend::IoUring {
-                        registered_buffers: io.registered(),
+        // RINGTFTP_BACKEND=tokio-uring selects the earlier tokio-uring data path, kept for
+        // side-by-side measurement against the engine that drives the ring itself.
+        let tokio_uring = std::env::var("RINGTFTP_BACKEND").is_ok_and(|v| v == "tokio-uring");
+        let refused = if tokio_uring {
+            match super::uring::runtime() {
+                Ok(rt) => {
+                    rt.block_on(async move {
+                        let io = super::uring::Uring::new(index, shared.config.block_cache / CHUNK);
+                        let _ = ready.send(Backend::IoUring {
+                            registered_buffers: io.registered(),
+                        });
+                        let io = Rc::new(io);
+                        serve(io.clone(), socket, shared, stop).await;
+                        if io.spilled() > 0 {
+                            tracing::debug!(
+                                shard = index,
+                                spilled = io.spilled(),
+                                "heap buffers used when the registered pool ran dry"
+                            );
+                        }
                     });
-                    let io = Rc::new(io);
-                    serve(io.clone(), socket, shared, stop).await;
-                    if io.spilled() > 0 {
-                        tracing::debug!(
-                            shard = index,
-                            spilled = io.spilled(),
-                            "heap buffers used when the registered pool ran dry"
-                        );
-                    }
-                });
-                return;
+                    return;
+                }
+                Err(e) => e,
             }
-            Err(e) => {
-                if index == 0 {
-                    tracing::warn!(error = %e, "io_uring is unavailable (seccomp, kernel.io_uring_disabled or an old kernel); serving with epoll");
+        } else {
+            match super::ring::run(index, socket, shared.clone(), stop.clone(), ready.clone()) {
+                Ok(()) => return,
+                Err((e, back)) => {
+                    socket = back;
+                    e
                 }
             }
+        };
+        if index == 0 {
+            tracing::warn!(error = %refused, "io_uring is unavailable (seccomp, kernel.io_uring_disabled or an old kernel); serving with epoll");
         }
     }
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -102,14 +117,19 @@ async fn serve<I: Io>(
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let main = match MainSocket::new(socket) {
+    let main = match MainSocket::new(socket).and_then(|m| {
+        // SAFETY: the main socket owns its descriptor, which is neither closed nor replaced
+        // while the AsyncFd holds it.
+        unsafe { AsyncFd::register_with_interest(m, tokio::io::Interest::READABLE) }
+            .map_err(std::io::Error::from)
+    }) {
         Ok(main) => Rc::new(main),
         Err(e) => {
             tracing::error!(error = %e, "cannot register the main socket");
             return;
         }
     };
-    let main_ip = main.local_addr().map(|a| a.ip()).ok();
+    let main_ip = main.get_ref().local_addr().map(|a| a.ip()).ok();
     let state = Rc::new(State {
         active: RefCell::new(HashMap::new()),
         files: RefCell::new(HashMap::new()),
@@ -120,11 +140,11 @@ async fn serve<I: Io>(
     let mut batch = RecvBatch::new();
     loop {
         tokio::select! {
-            result = main.recv_batch(&mut batch) => match result {
+            result = socket::recv_batch(&main, &mut batch) => match result {
                 Ok(_) => {
                     for (received, bytes) in batch.iter() {
                         let local = received.local.or(main_ip);
-                        handle(&io, &shared, &state, &main, received.peer, (local, received.scope), bytes, received.truncated);
+                        handle(&io, &shared, &state, main.get_ref(), received.peer, (local, received.scope), bytes, received.truncated);
                     }
                 }
                 Err(e) => {
@@ -163,22 +183,101 @@ fn handle<I: Io>(
     bytes: &[u8],
     truncated: bool,
 ) {
-    let reject = |code: ErrorCode, message: &str| {
-        let mut buf = [0u8; 600];
-        if let Ok(n) = packet::emit_error(code, message, &mut buf) {
-            if let Err(e) = main.send_to(&buf[..n], peer, local) {
-                tracing::debug!(%peer, error = %e, "cannot send an ERROR");
+    let repeat_of = |peer: &SocketAddr, filename: &str| {
+        state
+            .active
+            .borrow()
+            .get(peer)
+            .is_some_and(|c| !c.answered.get() && *c.filename == *filename)
+    };
+    let shed = || {
+        state.cache.shed_idle();
+    };
+    match decide(
+        shared,
+        peer,
+        (local, scope),
+        bytes,
+        truncated,
+        repeat_of,
+        shed,
+    ) {
+        Decision::Ignore => {}
+        Decision::Repeat => {
+            if let Some(client) = state.active.borrow().get(&peer) {
+                client.repeat.notify_one();
             }
         }
-    };
+        Decision::Reject(code, message) => reject(main, peer, local, code, &message),
+        Decision::Start(prepared) => {
+            if let Err((code, message)) = spawn(io, shared, state, prepared) {
+                reject(main, peer, local, code, &message);
+            }
+        }
+    }
+}
+
+/// Sends an ERROR from the main port; a full socket drops it (the client will ask again).
+pub(crate) fn reject(
+    main: &MainSocket,
+    peer: SocketAddr,
+    local: Option<IpAddr>,
+    code: ErrorCode,
+    message: &str,
+) {
+    let mut buf = [0u8; 600];
+    if let Ok(n) = packet::emit_error(code, message, &mut buf) {
+        if let Err(e) = main.send_to(&buf[..n], peer, local) {
+            tracing::debug!(%peer, error = %e, "cannot send an ERROR");
+        }
+    }
+}
+
+/// What the main port does with one datagram.
+pub(crate) enum Decision {
+    /// Nothing: an ERROR, or a datagram too short to answer (RFC 1350 §7).
+    Ignore,
+    /// The client repeated the request of its running transfer: its first reply was lost.
+    Repeat,
+    /// Refuse with an ERROR from the main port.
+    Reject(ErrorCode, Cow<'static, str>),
+    /// A new transfer, resolved, negotiated and with its socket, ready to run.
+    Start(Box<Prepared>),
+}
+
+/// A transfer admitted and ready to run on some backend.
+pub(crate) struct Prepared {
+    /// Bound to the address the request came to and connected to the client.
+    pub socket: std::net::UdpSocket,
+    /// What to send (already encoded for netascii).
+    pub source: Source,
+    /// The netascii encoding's place in the memory budget, freed with the transfer.
+    pub lease: Option<Lease>,
+    pub transfer: Transfer,
+    pub meta: Meta,
+    /// The transfer's place in the server's limits, given back when dropped.
+    pub slot: Slot,
+}
+
+/// Decides what to do with one datagram on the main port (RFC 1350 §4): `repeat_of` says
+/// whether it repeats the request of a transfer still waiting for its client's first answer,
+/// `shed` frees idle cached chunks before a request would be refused for memory.
+pub(crate) fn decide(
+    shared: &Arc<Shared>,
+    peer: SocketAddr,
+    (local, scope): (Option<IpAddr>, u32),
+    bytes: &[u8],
+    truncated: bool,
+    repeat_of: impl FnOnce(&SocketAddr, &str) -> bool,
+    shed: impl FnOnce(),
+) -> Decision {
     if truncated {
         // RFC 2347 §2 has a request, options included, fit in 512 bytes; one that does not even
         // fit in REQUEST_MAX is refused rather than parsed cut short.
-        reject(
+        return Decision::Reject(
             ErrorCode::IllegalOperation,
-            "Invalid request, request too large",
+            Cow::Borrowed("Invalid request, request too large"),
         );
-        return;
     }
     let request = match transfer::inbound(bytes) {
         Inbound::Read(request) => request,
@@ -190,42 +289,36 @@ fn handle<I: Io>(
                 // worth a line only when debugging.
                 tracing::debug!(%peer, code = code.to_u16(), message, "datagram refused");
             }
-            reject(code, message);
-            return;
+            return Decision::Reject(code, Cow::Borrowed(message));
         }
-        Inbound::Ignore => return,
+        Inbound::Ignore => return Decision::Ignore,
     };
-    if let Some(client) = state.active.borrow().get(&peer) {
-        // RFC 1350 §4: a client that has not heard from its transfer times out and repeats its
-        // RRQ: the first reply was lost, and the running transfer sends it again. A client
-        // that has answered its transfer has moved on, and an RRQ from the same port is a new
-        // request (clients reuse ports quickly); the old transfer ends on its own.
-        if !client.answered.get() && *client.filename == *request.filename {
-            tracing::debug!(%peer, file = request.filename, "repeated request");
-            client.repeat.notify_one();
-            return;
-        }
+    // RFC 1350 §4: a client that has not heard from its transfer times out and repeats its
+    // RRQ: the first reply was lost, and the running transfer sends it again. A client that
+    // has answered its transfer has moved on, and an RRQ from the same port is a new request
+    // (clients reuse ports quickly); the old transfer ends on its own.
+    if repeat_of(&peer, request.filename) {
+        tracing::debug!(%peer, file = request.filename, "repeated request");
+        return Decision::Repeat;
     }
     if shared.budget.exceeded_by(CHUNK) {
         // Idle cached chunks give way before a request is refused.
-        state.cache.shed_idle();
+        shed();
         if shared.budget.exceeded_by(CHUNK) {
             tracing::warn!(%peer, file = request.filename, held = shared.budget.used(), "file data in memory is at --max-buffer-mb; request refused");
-            reject(ErrorCode::Undefined, BUSY_MEMORY);
-            return;
+            return Decision::Reject(ErrorCode::Undefined, Cow::Borrowed(BUSY_MEMORY));
         }
     }
     let slot = match Slot::take(shared, peer.ip()) {
         Ok(slot) => slot,
-        Err(busy) => {
-            tracing::warn!(%peer, file = request.filename, "{busy}; request refused");
-            reject(ErrorCode::Undefined, busy);
-            return;
-        }
+        Err(busy) => return Decision::Reject(ErrorCode::Undefined, Cow::Borrowed(busy)),
     };
-    if let Err((code, message)) = start(io, shared, state, peer, (local, scope), &request, slot) {
-        tracing::info!(%peer, file = request.filename, code = code.to_u16(), %message, "request refused");
-        reject(code, &message);
+    match prepare(shared, peer, (local, scope), &request, slot) {
+        Ok(prepared) => Decision::Start(Box::new(prepared)),
+        Err((code, message)) => {
+            tracing::info!(%peer, file = request.filename, code = code.to_u16(), %message, "request refused");
+            Decision::Reject(code, Cow::Owned(message))
+        }
     }
 }
 
@@ -237,8 +330,21 @@ fn out_of_fds(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }
 
+const BUSY_TOTAL: &str = "Server busy: too many transfers, try again later";
+const BUSY_CLIENT: &str = "Server busy: too many transfers for this client";
+
+/// Says once, at warning level, that a cap has started refusing requests and how to raise it;
+/// later refusals go to the debug log, so a storm past the cap is not also a storm of log lines.
+fn refusing(warned: &AtomicBool, client: IpAddr, flag: &str, cap: usize) {
+    if !warned.swap(true, Ordering::Relaxed) {
+        tracing::warn!(%client, cap, "{flag} reached: refusing requests as busy until transfers end (raise {flag} to let more in; said once)");
+    } else {
+        tracing::debug!(%client, cap, "{flag} reached: request refused");
+    }
+}
+
 /// A transfer's place in the server-wide limits, given back when dropped.
-struct Slot {
+pub(crate) struct Slot {
     shared: Arc<Shared>,
     client: IpAddr,
 }
@@ -248,7 +354,13 @@ impl Slot {
     fn take(shared: &Arc<Shared>, client: IpAddr) -> Result<Slot, &'static str> {
         if shared.running.fetch_add(1, Ordering::AcqRel) >= shared.config.max_transfers {
             shared.running.fetch_sub(1, Ordering::AcqRel);
-            return Err("Server busy: too many transfers, try again later");
+            refusing(
+                &shared.warned_total,
+                client,
+                "--max-transfers",
+                shared.config.max_transfers,
+            );
+            return Err(BUSY_TOTAL);
         }
         // Requests are far rarer than packets, so one lock per request costs nothing on the
         // data path; it bounds what one address (or one forging it) can hold.
@@ -257,7 +369,13 @@ impl Slot {
         if *count >= shared.config.max_per_client {
             drop(clients);
             shared.running.fetch_sub(1, Ordering::AcqRel);
-            return Err("Server busy: too many transfers for this client");
+            refusing(
+                &shared.warned_per_client,
+                client,
+                "--max-per-client",
+                shared.config.max_per_client,
+            );
+            return Err(BUSY_CLIENT);
         }
         *count += 1;
         Ok(Slot {
@@ -284,16 +402,14 @@ impl Drop for Slot {
     }
 }
 
-/// Resolves, negotiates and spawns the transfer for one RRQ.
-fn start<I: Io>(
-    io: &Rc<I>,
+/// Resolves and negotiates one RRQ and opens its transfer socket.
+fn prepare(
     shared: &Arc<Shared>,
-    state: &Rc<State<I>>,
     peer: SocketAddr,
     (local, scope): (Option<IpAddr>, u32),
     request: &Request<'_>,
     slot: Slot,
-) -> Result<(), (ErrorCode, String)> {
+) -> Result<Prepared, (ErrorCode, String)> {
     let source = shared
         .resolver
         .resolve(request.filename, peer)
@@ -319,19 +435,56 @@ fn start<I: Io>(
         .map_err(|e| (e.code(), e.message().to_owned()))?;
     let local = local.unwrap_or(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED));
     let hint = shared.port_hint.fetch_add(1, Ordering::Relaxed);
-    let sock = socket::bind_transfer(local, scope, peer, shared.ports, hint)
-        .and_then(|s| io.socket(s))
-        .map_err(|e| {
-            tracing::warn!(%peer, error = %e, "cannot open a transfer socket");
-            let message = if out_of_fds(&e) {
-                BUSY_FDS
-            } else if e.kind() == std::io::ErrorKind::AddrInUse {
-                "Server busy: no transfer port available"
-            } else {
-                "Cannot open a transfer socket"
-            };
-            (ErrorCode::Undefined, message.to_owned())
-        })?;
+    let socket = socket::bind_transfer(local, scope, peer, shared.ports, hint).map_err(|e| {
+        tracing::warn!(%peer, error = %e, "cannot open a transfer socket");
+        let message = if out_of_fds(&e) {
+            BUSY_FDS
+        } else if e.kind() == std::io::ErrorKind::AddrInUse {
+            "Server busy: no transfer port available"
+        } else {
+            "Cannot open a transfer socket"
+        };
+        (ErrorCode::Undefined, message.to_owned())
+    })?;
+    let meta = Meta {
+        peer,
+        filename: request.filename.into(),
+        mode: request.mode,
+    };
+    let transfer = Transfer::new(Instant::now(), negotiated, len, shared.config.transfer);
+    tracing::debug!(%peer, file = request.filename, mode = request.mode.as_str(), ?negotiated, "transfer starting");
+    Ok(Prepared {
+        socket,
+        source,
+        lease,
+        transfer,
+        meta,
+        slot,
+    })
+}
+
+/// Runs a prepared transfer as a task of this shard.
+fn spawn<I: Io>(
+    io: &Rc<I>,
+    shared: &Arc<Shared>,
+    state: &Rc<State<I>>,
+    prepared: Box<Prepared>,
+) -> Result<(), (ErrorCode, String)> {
+    let Prepared {
+        socket,
+        source,
+        lease,
+        transfer: t,
+        meta,
+        slot,
+    } = *prepared;
+    let sock = io.socket(socket).map_err(|e| {
+        tracing::warn!(peer = %meta.peer, error = %e, "cannot open a transfer socket");
+        (
+            ErrorCode::Undefined,
+            "Cannot open a transfer socket".to_owned(),
+        )
+    })?;
     let data = match source {
         Source::File(file) => {
             let id = file.id();
@@ -340,19 +493,12 @@ fn start<I: Io>(
         Source::Memory(bytes) => Data::Memory(bytes),
         Source::Custom(custom) => Data::Custom(custom),
     };
-    let meta = Meta {
-        peer,
-        filename: request.filename.into(),
-        mode: request.mode,
-    };
-    let t = Transfer::new(Instant::now(), negotiated, len, shared.config.transfer);
-    tracing::debug!(%peer, file = request.filename, mode = request.mode.as_str(), ?negotiated, "transfer starting");
     let client = Rc::new(Client {
         filename: meta.filename.clone(),
         repeat: Notify::new(),
         answered: Cell::new(false),
     });
-    state.active.borrow_mut().insert(peer, client.clone());
+    state.active.borrow_mut().insert(meta.peer, client.clone());
     state.running.set(state.running.get() + 1);
     let (io, state, budget) = (io.clone(), state.clone(), shared.budget.clone());
     tokio::task::spawn_local(async move {
@@ -437,7 +583,7 @@ fn encode_netascii(
 }
 
 /// The one line per finished transfer.
-fn log_end(meta: &Meta, t: &Transfer, end: End) {
+pub(crate) fn log_end(meta: &Meta, t: &Transfer, end: End) {
     let stats = t.stats();
     let opts = t.options();
     let secs = stats.duration(Instant::now()).as_secs_f64();

@@ -14,7 +14,6 @@ use std::os::fd::{AsRawFd, RawFd};
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::io::unix::AsyncFd;
-use tokio::io::Interest;
 
 /// `UDP_SEGMENT` from `linux/udp.h`; the libc crate does not export it.
 const UDP_SEGMENT: libc::c_int = 103;
@@ -77,16 +76,24 @@ pub(crate) struct Received {
     pub truncated: bool,
 }
 
-/// A main socket inside a shard's runtime.
+/// A shard's main socket: requests in, in batches; ERRORs out.
 pub(crate) struct MainSocket {
-    fd: AsyncFd<Socket>,
+    socket: Socket,
+    /// Whether the socket is IPv6 (dual-stack): replies go to v4-mapped addresses then.
+    v6: bool,
 }
 
 impl std::fmt::Debug for MainSocket {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MainSocket")
-            .field("fd", &self.fd.as_raw_fd())
+            .field("fd", &self.socket.as_raw_fd())
             .finish()
+    }
+}
+
+impl AsRawFd for MainSocket {
+    fn as_raw_fd(&self) -> RawFd {
+        self.socket.as_raw_fd()
     }
 }
 
@@ -133,34 +140,24 @@ impl RecvBatch {
 }
 
 impl MainSocket {
-    /// Registers `socket` with the current tokio reactor.
+    /// Wraps a socket from [`bind_main`].
     pub(crate) fn new(socket: Socket) -> io::Result<Self> {
-        Ok(Self {
-            // SAFETY: the socket owns its descriptor, which is neither closed nor replaced
-            // while the AsyncFd holds it.
-            fd: unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE) }
-                .map_err(io::Error::from)?,
-        })
+        let v6 = socket.local_addr()?.is_ipv6();
+        Ok(Self { socket, v6 })
     }
 
     /// The bound address.
     pub(crate) fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.fd
-            .get_ref()
+        self.socket
             .local_addr()?
             .as_socket()
             .ok_or_else(|| io::Error::other("not an IP socket"))
     }
 
-    /// Waits for requests and takes up to a batch of them in one system call.
-    pub(crate) async fn recv_batch(&self, batch: &mut RecvBatch) -> io::Result<usize> {
-        loop {
-            let mut guard = self.fd.readable().await?;
-            match guard.try_io(|fd| recvmmsg(fd.as_raw_fd(), batch)) {
-                Ok(result) => return result,
-                Err(_would_block) => continue,
-            }
-        }
+    /// Takes up to a batch of requests in one system call, without waiting
+    /// ([`io::ErrorKind::WouldBlock`] when there are none).
+    pub(crate) fn try_recv_batch(&self, batch: &mut RecvBatch) -> io::Result<usize> {
+        recvmmsg(self.socket.as_raw_fd(), batch)
     }
 
     /// Sends `data` to `peer` from the address `local` (when known), without waiting: a reply
@@ -171,8 +168,8 @@ impl MainSocket {
         peer: SocketAddr,
         local: Option<IpAddr>,
     ) -> io::Result<()> {
-        let fd = self.fd.as_raw_fd();
-        let v6_socket = self.local_addr()?.is_ipv6();
+        let fd = self.socket.as_raw_fd();
+        let v6_socket = self.v6;
         let peer = if v6_socket { to_v6(peer) } else { peer };
         let name = SockAddr::from(peer);
         let mut iov = libc::iovec {
@@ -199,6 +196,20 @@ impl MainSocket {
             return Err(io::Error::last_os_error());
         }
         Ok(())
+    }
+}
+
+/// Waits for requests on a main socket registered with tokio and takes up to a batch of them.
+pub(crate) async fn recv_batch(
+    main: &AsyncFd<MainSocket>,
+    batch: &mut RecvBatch,
+) -> io::Result<usize> {
+    loop {
+        let mut guard = main.readable().await?;
+        match guard.try_io(|fd| fd.get_ref().try_recv_batch(batch)) {
+            Ok(result) => return result,
+            Err(_would_block) => continue,
+        }
     }
 }
 

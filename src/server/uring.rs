@@ -118,6 +118,12 @@ impl Io for Uring {
                 let (result, slice) = file.read_at(vec.slice(begin..end), offset).await;
                 (result, BlockBuf::Heap(slice.into_inner()))
             }
+            slab @ BlockBuf::Slab(_) => (
+                Err(io::Error::other(
+                    "a raw-ring buffer in the tokio-uring backend",
+                )),
+                slab,
+            ),
         }
     }
 

@@ -1,0 +1,685 @@
+//! The io_uring engine: one ring per shard, driven directly, every operation batched and armed
+//! once.
+//!
+//! In a lock-step boot storm (RFC 1350 §6: one DATA, one ACK, repeated 700 times per MiB for
+//! every client at once) the kernel's UDP path is the floor, and everything a server adds per
+//! datagram is overhead. So per shard:
+//!
+//! - each transfer socket (the server's TID, RFC 1350 §4) is a registered (fixed) file with one
+//!   **multishot receive** armed for its whole life, taking buffers the kernel picks from a
+//!   **provided-buffer ring** ([`bufs::RecvRing`]): no re-arming, no buffer per waiting socket;
+//! - sends are `SENDMSG` entries queued while completions are handled and submitted together by
+//!   the one `io_uring_enter` that also waits for the next completions;
+//! - file data is read once per 64 KiB chunk with `READ_FIXED` into registered buffers
+//!   ([`bufs::Slab`]), shared through the shard's chunk cache, and sent from there (a window of
+//!   blocks, RFC 7440, as one GSO send);
+//! - retransmission timers live in a wheel of our own ([`timer::Wheel`]);
+//! - nothing is allocated, and no future or waker exists, per datagram.
+//!
+//! The main socket is polled with one multishot poll and drained with `recvmmsg`, which also
+//! gives each request's destination address (`IP_PKTINFO`).
+//!
+//! **Timers never outrun the queue.** A retransmission timer fires only for a deadline that
+//! passed before the last wait began, and only after every completion that wait produced has
+//! been handled: an ACK the kernel already holds is always seen before its transfer is declared
+//! late. However far behind a saturated shard falls, its own queueing delay is never taken for
+//! loss (a spurious retransmission costs a duplicate DATA and a duplicate ACK).
+
+mod bufs;
+mod conn;
+mod reads;
+mod timer;
+
+pub(crate) use bufs::SlabBuf;
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsRawFd, RawFd};
+use std::rc::Weak;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use socket2::Socket;
+use tokio::sync::watch;
+
+use super::cache::{ChunkCache, CHUNK};
+use super::shard::{self, Decision, Prepared};
+use super::socket::{MainSocket, RecvBatch};
+use super::{Backend, Shared};
+use crate::resolve::FileId;
+use bufs::{RecvRing, Slab};
+use conn::Conn;
+use reads::ReadOp;
+use timer::Wheel;
+
+/// Submission queue entries; a full queue is submitted early, so this bounds nothing.
+const SQ_ENTRIES: u32 = 4096;
+/// Completion queue entries: sends, reads and receives of thousands of transfers between two
+/// waits. The kernel keeps overflowing completions rather than dropping them (FEAT_NODROP).
+const CQ_ENTRIES: u32 = 65536;
+/// Receive buffers in the provided ring: datagrams taken between two waits before receives
+/// run short (they then wait in their sockets, see [`RecvRing`]).
+const RECV_ENTRIES: u16 = 4096;
+/// Bytes per receive buffer: an ACK is 4, an ERROR at most 516 (RFC 1350 §5); a longer
+/// datagram is cut, which no valid packet is.
+const RECV_SIZE: usize = 1024;
+/// The receive buffer group.
+const BGID: u16 = 0;
+/// The longest a shard sleeps, so a stop is seen promptly.
+const IDLE_WAIT: Duration = Duration::from_millis(100);
+/// `recvmmsg` batches taken from the main socket per wake-up before the ring gets a turn.
+const MAIN_BATCHES: usize = 16;
+
+/// What a completion is for, in the top byte of its user data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Op {
+    /// A transfer's multishot receive.
+    Recv = 1,
+    /// A transfer's send.
+    Send = 2,
+    /// A chunk read, indexed by read slot.
+    Read = 3,
+    /// The main socket's multishot poll.
+    Main = 4,
+    /// A cancellation (its own completion carries nothing).
+    Cancel = 5,
+}
+
+/// Generations are kept to 24 bits, to fit the user data beside the op and the slot.
+const GEN_MASK: u32 = 0xFF_FFFF;
+
+fn user_data(op: Op, index: u32, gen: u32) -> u64 {
+    (op as u64) << 56 | u64::from(gen & GEN_MASK) << 32 | u64::from(index)
+}
+
+fn decode(user_data: u64) -> (Option<Op>, u32, u32) {
+    let op = match (user_data >> 56) as u8 {
+        1 => Some(Op::Recv),
+        2 => Some(Op::Send),
+        3 => Some(Op::Read),
+        4 => Some(Op::Main),
+        5 => Some(Op::Cancel),
+        _ => None,
+    };
+    (op, user_data as u32, (user_data >> 32) as u32 & GEN_MASK)
+}
+
+/// Runs shard `index` on io_uring until the server stops. Gives the socket back, with the
+/// reason, where this kernel or sandbox refuses what the engine needs; the shard then serves
+/// with the epoll backend.
+pub(crate) fn run(
+    index: usize,
+    socket: Socket,
+    shared: Arc<Shared>,
+    stop: watch::Receiver<bool>,
+    ready: std::sync::mpsc::Sender<Backend>,
+) -> Result<(), (io::Error, Socket)> {
+    let ring = match build_ring() {
+        Ok(ring) => ring,
+        Err(e) => return Err((e, socket)),
+    };
+    let recv = match RecvRing::new(&ring.submitter(), BGID, RECV_ENTRIES, RECV_SIZE) {
+        Ok(recv) => recv,
+        Err(e) => return Err((e, socket)),
+    };
+    let slab = match Slab::new(&ring.submitter(), shared.config.block_cache / CHUNK) {
+        Ok(slab) => Some(slab),
+        Err(e) => {
+            if index == 0 {
+                tracing::warn!(error = %e, "cannot register file buffers with io_uring (raise RLIMIT_MEMLOCK or grant CAP_IPC_LOCK); reading into unregistered buffers");
+            }
+            None
+        }
+    };
+    let main = match MainSocket::new(socket) {
+        Ok(main) => main,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot use the main socket");
+            return Ok(());
+        }
+    };
+    let fixed = fixed_table(&ring);
+    let _ = ready.send(Backend::IoUring {
+        registered_buffers: slab.is_some(),
+    });
+    let mut engine = Engine {
+        main_ip: main.local_addr().map(|a| a.ip()).ok(),
+        ring,
+        recv,
+        slab,
+        conns: Vec::new(),
+        gens: Vec::new(),
+        free: Vec::new(),
+        fixed_free: (0..fixed).rev().collect(),
+        active: HashMap::new(),
+        files: HashMap::new(),
+        cache: ChunkCache::new(shared.config.block_cache),
+        reads: Vec::new(),
+        reads_free: Vec::new(),
+        loading: HashMap::new(),
+        wheel: Wheel::new(Instant::now()),
+        dirty: Vec::new(),
+        rearm: Vec::new(),
+        expired: Vec::new(),
+        cqes: Vec::with_capacity(1024),
+        main: Some(main),
+        main_more: false,
+        batch: Some(Box::new(RecvBatch::new())),
+        running: 0,
+        starved: false,
+        spilled: 0,
+        shared,
+        stop,
+    };
+    engine.arm_main();
+    engine.serve();
+    let (hits, misses) = engine.cache.counts();
+    tracing::debug!(
+        shard = index,
+        hits,
+        misses,
+        spilled = engine.spilled,
+        "chunk cache"
+    );
+    Ok(())
+}
+
+/// A ring for one shard: `SINGLE_ISSUER` and `DEFER_TASKRUN` (completions are produced only
+/// when this thread waits for them, in one batch, rather than by interrupting it), falling back
+/// to cooperative task running on kernels before 6.1.
+fn build_ring() -> io::Result<IoUring> {
+    let deferred = IoUring::builder()
+        .setup_cqsize(CQ_ENTRIES)
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .build(SQ_ENTRIES);
+    match deferred {
+        Ok(ring) => Ok(ring),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => IoUring::builder()
+            .setup_cqsize(CQ_ENTRIES)
+            .setup_coop_taskrun()
+            .build(SQ_ENTRIES),
+        Err(e) => Err(e),
+    }
+}
+
+/// Registers a sparse table of fixed files as large as the descriptor limit allows (each
+/// transfer socket takes one slot); returns its size, 0 where the kernel refuses.
+fn fixed_table(ring: &IoUring) -> u32 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct it is given.
+    let size = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        limit.rlim_cur.clamp(64, 65_536) as u32
+    } else {
+        1024
+    };
+    match ring.submitter().register_files_sparse(size) {
+        Ok(()) => size,
+        Err(e) => {
+            tracing::debug!(error = %e, "no fixed-file table; transfer sockets used by descriptor");
+            0
+        }
+    }
+}
+
+/// One shard's engine. `ring` is the first field: it is dropped (cancelling everything in
+/// flight) before the memory its operations point into.
+pub(super) struct Engine {
+    ring: IoUring,
+    recv: RecvRing,
+    slab: Option<Slab>,
+    /// Transfers by slot; a slot's generation tells a live transfer from an earlier one.
+    conns: Vec<Option<Box<Conn>>>,
+    gens: Vec<u32>,
+    free: Vec<u32>,
+    /// Free slots of the fixed-file table.
+    fixed_free: Vec<u32>,
+    /// Transfers by client transfer ID, for repeated requests.
+    active: HashMap<SocketAddr, (u32, u32)>,
+    /// Open files by identity, so transfers of one file share one descriptor.
+    files: HashMap<FileId, Weak<std::fs::File>>,
+    cache: ChunkCache,
+    reads: Vec<Option<ReadOp>>,
+    reads_free: Vec<u32>,
+    /// Chunk reads in flight, by file and chunk.
+    loading: HashMap<(FileId, u64), u32>,
+    wheel: Wheel,
+    /// Transfers with something to send or to arm.
+    dirty: Vec<u32>,
+    /// Transfers whose receive ended and must be armed again.
+    rearm: Vec<u32>,
+    expired: Vec<((u32, u32), u64)>,
+    cqes: Vec<(u64, i32, u32)>,
+    main: Option<MainSocket>,
+    main_ip: Option<IpAddr>,
+    /// The main socket had more than one wake-up's worth of requests.
+    main_more: bool,
+    batch: Option<Box<RecvBatch>>,
+    running: usize,
+    /// A receive ran out of buffers in this turn's completions.
+    starved: bool,
+    /// Chunk reads into heap buffers because the slab was empty.
+    spilled: u64,
+    shared: Arc<Shared>,
+    stop: watch::Receiver<bool>,
+}
+
+impl Engine {
+    /// The loop: send what the transfers ask for, submit and wait, handle every completion,
+    /// then the timers that are due.
+    fn serve(&mut self) {
+        let mut stopping: Option<Instant> = None;
+        loop {
+            let now = Instant::now();
+            self.flush_dirty(now);
+            if let Some(deadline) = stopping {
+                if self.running == 0 {
+                    break;
+                }
+                if now >= deadline {
+                    tracing::warn!(
+                        running = self.running,
+                        "grace period over; abandoning running transfers"
+                    );
+                    break;
+                }
+            }
+            let before_wait = Instant::now();
+            self.starved = false;
+            self.wait(before_wait);
+            let after_wait = Instant::now();
+            self.handle_completions(after_wait);
+            // Timers only once every completion the wait produced has been handled, and only
+            // for deadlines that passed before it began (see the module documentation). A
+            // receive that ran out of buffers may leave datagrams unseen: no timers this turn.
+            if !self.starved {
+                self.expire(before_wait, after_wait);
+            }
+            if stopping.is_none() && !matches!(self.stop.has_changed(), Ok(false)) {
+                self.close_main();
+                stopping = Some(Instant::now() + self.shared.config.grace);
+            }
+        }
+    }
+
+    /// Submits what is queued and waits for a completion, a timer or the idle limit.
+    fn wait(&mut self, now: Instant) {
+        let mut timeout = match self.wheel.next_due() {
+            Some(at) => at.saturating_duration_since(now).min(IDLE_WAIT),
+            None => IDLE_WAIT,
+        };
+        if self.main_more || !self.dirty.is_empty() || !self.rearm.is_empty() {
+            timeout = Duration::ZERO;
+        }
+        let ts = types::Timespec::from(timeout);
+        let args = types::SubmitArgs::new().timespec(&ts);
+        match self.ring.submitter().submit_with_args(1, &args) {
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                ) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "io_uring_enter failed");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+
+    /// Handles every completion there is, in arrival order.
+    fn handle_completions(&mut self, now: Instant) {
+        let mut cqes = std::mem::take(&mut self.cqes);
+        loop {
+            cqes.clear();
+            cqes.extend(
+                self.ring
+                    .completion()
+                    .map(|c| (c.user_data(), c.result(), c.flags())),
+            );
+            if cqes.is_empty() {
+                break;
+            }
+            for &(data, result, flags) in &cqes {
+                let (op, index, gen) = decode(data);
+                match op {
+                    Some(Op::Recv) => self.on_recv(index, gen, result, flags, now),
+                    Some(Op::Send) => self.on_send(index, gen, result),
+                    Some(Op::Read) => self.on_read(index, result),
+                    Some(Op::Main) => self.on_main(result, flags, now),
+                    Some(Op::Cancel) | None => {}
+                }
+            }
+            self.recv.publish();
+        }
+        self.cqes = cqes;
+        if self.main_more {
+            self.drain_main(now);
+        }
+        let rearm = std::mem::take(&mut self.rearm);
+        for &slot in &rearm {
+            if let Some(conn) = self.conns[slot as usize].as_deref_mut() {
+                if !conn.receiving && conn.end.is_none() {
+                    let entry = conn.recv_entry(self.recv.group(), slot);
+                    conn.receiving = true;
+                    push(&mut self.ring, &entry);
+                }
+            }
+        }
+        self.rearm = rearm;
+        self.rearm.clear();
+    }
+
+    /// Fires the timers due: those set for before `due` (when the last wait began).
+    fn expire(&mut self, due: Instant, now: Instant) {
+        let mut expired = std::mem::take(&mut self.expired);
+        self.wheel.expire(due, &mut expired);
+        for &((slot, gen), tick) in &expired {
+            let Some(mut conn) = self.take_conn(slot, gen) else {
+                continue;
+            };
+            // Only the entry the transfer last armed counts; older ones are stale.
+            if conn.timer_at == Some(tick) {
+                conn.timer_at = None;
+                match conn.t.poll_timeout() {
+                    Some(deadline) if deadline > due => {
+                        conn.timer_at = Some(self.wheel.insert(deadline, (slot, gen)));
+                    }
+                    Some(_) => {
+                        conn.t.handle_timeout(now);
+                        self.mark(&mut conn, slot);
+                    }
+                    None => {}
+                }
+            }
+            self.put_conn(slot, conn);
+        }
+        expired.clear();
+        self.expired = expired;
+    }
+
+    /// Arms the multishot poll on the main socket.
+    fn arm_main(&mut self) {
+        if let Some(main) = &self.main {
+            let entry = opcode::PollAdd::new(types::Fd(main.as_raw_fd()), libc::POLLIN as u32)
+                .multi(true)
+                .build()
+                .user_data(user_data(Op::Main, 0, 0));
+            push(&mut self.ring, &entry);
+        }
+    }
+
+    fn on_main(&mut self, result: i32, flags: u32, now: Instant) {
+        if self.main.is_none() {
+            return;
+        }
+        if result < 0 && result != -libc::ECANCELED {
+            tracing::warn!(error = %io::Error::from_raw_os_error(-result), "main socket poll failed");
+        }
+        self.drain_main(now);
+        if !cqueue::more(flags) {
+            self.arm_main();
+        }
+    }
+
+    /// Takes the requests waiting on the main socket, a bounded number of batches at a time.
+    fn drain_main(&mut self, now: Instant) {
+        self.main_more = false;
+        let Some(mut batch) = self.batch.take() else {
+            return;
+        };
+        for _ in 0..MAIN_BATCHES {
+            let Some(main) = &self.main else { break };
+            match main.try_recv_batch(&mut batch) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "main socket receive failed");
+                    break;
+                }
+            }
+            for (received, bytes) in batch.iter() {
+                let local = received.local.or(self.main_ip);
+                self.request(
+                    received.peer,
+                    (local, received.scope),
+                    bytes,
+                    received.truncated,
+                    now,
+                );
+            }
+            self.main_more = true;
+        }
+        self.batch = Some(batch);
+    }
+
+    /// Answers one datagram on the main port.
+    fn request(
+        &mut self,
+        peer: SocketAddr,
+        (local, scope): (Option<IpAddr>, u32),
+        bytes: &[u8],
+        truncated: bool,
+        now: Instant,
+    ) {
+        let (conns, active, cache) = (&self.conns, &self.active, &self.cache);
+        let repeat_of = |peer: &SocketAddr, filename: &str| {
+            active.get(peer).is_some_and(|&(slot, gen)| {
+                conns[slot as usize]
+                    .as_deref()
+                    .is_some_and(|c| c.gen == gen && c.repeat_of(filename))
+            })
+        };
+        let shed = || {
+            cache.shed_idle();
+        };
+        match shard::decide(
+            &self.shared,
+            peer,
+            (local, scope),
+            bytes,
+            truncated,
+            repeat_of,
+            shed,
+        ) {
+            Decision::Ignore => {}
+            Decision::Repeat => {
+                if let Some(&(slot, gen)) = self.active.get(&peer) {
+                    if let Some(mut conn) = self.take_conn(slot, gen) {
+                        conn.t.handle_repeat(now);
+                        self.mark(&mut conn, slot);
+                        self.put_conn(slot, conn);
+                    }
+                }
+            }
+            Decision::Reject(code, message) => {
+                if let Some(main) = &self.main {
+                    shard::reject(main, peer, local, code, &message);
+                }
+            }
+            Decision::Start(prepared) => self.start(prepared),
+        }
+    }
+
+    /// Stops taking requests: the main socket leaves the port's `SO_REUSEPORT` group.
+    fn close_main(&mut self) {
+        if self.main.take().is_some() {
+            let entry = opcode::AsyncCancel::new(user_data(Op::Main, 0, 0))
+                .build()
+                .user_data(user_data(Op::Cancel, 0, 0));
+            push(&mut self.ring, &entry);
+        }
+    }
+
+    /// Starts a prepared transfer in a free slot.
+    fn start(&mut self, prepared: Box<Prepared>) {
+        let slot = match self.free.pop() {
+            Some(slot) => slot,
+            None => {
+                self.conns.push(None);
+                self.gens.push(0);
+                (self.conns.len() - 1) as u32
+            }
+        };
+        let gen = (self.gens[slot as usize].wrapping_add(1)) & GEN_MASK;
+        self.gens[slot as usize] = gen;
+        let fixed = self.fixed_free.pop().and_then(|index| {
+            let fd = prepared.socket.as_raw_fd();
+            match self.ring.submitter().register_files_update(index, &[fd]) {
+                Ok(_) => Some(index),
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot register a transfer socket; using its descriptor");
+                    self.fixed_free.push(index);
+                    None
+                }
+            }
+        });
+        let peer = prepared.meta.peer;
+        let mut conn = Box::new(Conn::new(*prepared, gen, fixed, &mut self.files));
+        let entry = conn.recv_entry(self.recv.group(), slot);
+        conn.receiving = true;
+        push(&mut self.ring, &entry);
+        self.active.insert(peer, (slot, gen));
+        self.running += 1;
+        self.mark(&mut conn, slot);
+        self.conns[slot as usize] = Some(conn);
+    }
+
+    fn on_recv(&mut self, slot: u32, gen: u32, result: i32, flags: u32, now: Instant) {
+        let bid = cqueue::buffer_select(flags);
+        let Some(mut conn) = self.take_conn(slot, gen) else {
+            if let Some(bid) = bid {
+                self.recv.give_back(bid);
+            }
+            return;
+        };
+        if !cqueue::more(flags) {
+            conn.receiving = false;
+        }
+        if result >= 0 {
+            if let Some(bid) = bid {
+                if conn.end.is_none() {
+                    let datagram = self.recv.get(bid, result as usize);
+                    conn.refused = 0;
+                    conn.answered = true;
+                    conn.t.handle_datagram(now, datagram);
+                    self.mark(&mut conn, slot);
+                }
+                self.recv.give_back(bid);
+            }
+        } else if let Some(bid) = bid {
+            self.recv.give_back(bid);
+        }
+        match -result {
+            // Linux reports a port-unreachable before the datagrams already queued, and the
+            // client's final ACK may be among them: read on, and only believe the client gone
+            // when nothing but refusals come back.
+            libc::ECONNREFUSED => conn.refused += 1,
+            libc::ENOBUFS => self.starved = true,
+            libc::ECANCELED => {}
+            e if e > 0 => {
+                tracing::debug!(error = %io::Error::from_raw_os_error(e), "receive failed")
+            }
+            _ => {}
+        }
+        if conn.refused >= super::driver::REFUSED_MAX && conn.end.is_none() {
+            self.close(&mut conn, slot, super::driver::End::Unreachable);
+        }
+        if !conn.receiving {
+            if conn.end.is_none() {
+                self.rearm.push(slot);
+            } else if !conn.sending {
+                self.free(slot, conn);
+                return;
+            }
+        }
+        self.put_conn(slot, conn);
+    }
+
+    /// The transfer in `slot` if it is still generation `gen`, taken out of its slot (give it
+    /// back with [`Engine::put_conn`]).
+    fn take_conn(&mut self, slot: u32, gen: u32) -> Option<Box<Conn>> {
+        let entry = self.conns.get_mut(slot as usize)?;
+        if entry.as_ref().is_some_and(|c| c.gen == gen) {
+            entry.take()
+        } else {
+            None
+        }
+    }
+
+    fn put_conn(&mut self, slot: u32, conn: Box<Conn>) {
+        self.conns[slot as usize] = Some(conn);
+    }
+
+    /// Queues the transfer for the next flush.
+    fn mark(&mut self, conn: &mut Conn, slot: u32) {
+        if !conn.dirty {
+            conn.dirty = true;
+            self.dirty.push(slot);
+        }
+    }
+
+    /// Ends a transfer: its receive is cancelled, and the slot is freed once nothing of it is
+    /// left in flight.
+    fn close(&mut self, conn: &mut Conn, slot: u32, end: super::driver::End) {
+        if conn.end.is_some() {
+            return;
+        }
+        conn.end = Some(end);
+        if conn.receiving {
+            let entry = opcode::AsyncCancel::new(user_data(Op::Recv, slot, conn.gen))
+                .build()
+                .user_data(user_data(Op::Cancel, slot, conn.gen));
+            push(&mut self.ring, &entry);
+        }
+    }
+
+    /// Frees a finished transfer's slot: the log line, its socket, its place in the limits.
+    fn free(&mut self, slot: u32, conn: Box<Conn>) {
+        if let Some(index) = conn.fixed {
+            if let Err(e) = self.ring.submitter().register_files_update(index, &[-1]) {
+                tracing::debug!(error = %e, "cannot unregister a transfer socket");
+            } else {
+                self.fixed_free.push(index);
+            }
+        }
+        if self.active.get(&conn.meta.peer) == Some(&(slot, conn.gen)) {
+            self.active.remove(&conn.meta.peer);
+        }
+        if let Some(end) = conn.end {
+            shard::log_end(&conn.meta, &conn.t, end);
+        }
+        self.running -= 1;
+        self.free.push(slot);
+        drop(conn);
+    }
+}
+
+/// Queues one submission; a full queue is handed to the kernel first.
+fn push(ring: &mut IoUring, entry: &squeue::Entry) {
+    loop {
+        // SAFETY: every entry built by the engine points into memory that stays put until its
+        // completion: a transfer's boxed message and pieces, the slab, the receive ring.
+        if unsafe { ring.submission().push(entry) }.is_ok() {
+            return;
+        }
+        if let Err(e) = ring.submit() {
+            if e.raw_os_error() != Some(libc::EBUSY) {
+                tracing::warn!(error = %e, "io_uring submit failed");
+            }
+        }
+    }
+}
+
+/// A socket's descriptor, or its slot in the fixed-file table.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Target {
+    Fixed(u32),
+    Fd(RawFd),
+}
