@@ -430,17 +430,20 @@ impl Engine {
 
     /// Takes the requests waiting on the main socket, a bounded number of batches at a time.
     fn drain_main(&mut self, now: Instant) {
-        self.main_more = false;
         let Some(mut batch) = self.batch.take() else {
             return;
         };
+        // Still true after MAIN_BATCHES full batches: the rest wait for the ring's next turn.
+        self.main_more = true;
         for _ in 0..MAIN_BATCHES {
             let Some(main) = &self.main else { break };
             match main.try_recv_batch(&mut batch) {
                 Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => {
-                    tracing::warn!(error = %e, "main socket receive failed");
+                    if e.kind() != io::ErrorKind::WouldBlock {
+                        tracing::warn!(error = %e, "main socket receive failed");
+                    }
+                    self.main_more = false;
                     break;
                 }
             }
@@ -454,7 +457,6 @@ impl Engine {
                     now,
                 );
             }
-            self.main_more = true;
         }
         self.batch = Some(batch);
     }
