@@ -29,9 +29,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
-use tokio_uring::buf::IoBuf;
+use tokio_uring::buf::fixed::FixedBuf;
+use tokio_uring::buf::{IoBuf, IoBufMut};
 
-use super::driver::BlockBuf;
 use crate::resolve::FileId;
 
 /// Bytes per chunk: one fixed read, and a multiple of the page size.
@@ -174,6 +174,73 @@ static HEADERS: [[u8; 4]; 65536] = {
     }
     headers
 };
+
+/// A data buffer: registered with the ring (fixed reads) or plain heap memory.
+pub(crate) enum BlockBuf {
+    /// A registered buffer from the shard's pool.
+    Fixed(FixedBuf),
+    /// A heap buffer, where registration was refused or the pool is exhausted.
+    Heap(Vec<u8>),
+    /// A registered buffer of the raw io_uring engine's slab.
+    Slab(super::ring::SlabBuf),
+}
+
+impl std::fmt::Debug for BlockBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Fixed(b) => write!(f, "Fixed({})", b.buf_index()),
+            Self::Heap(v) => write!(f, "Heap({})", v.len()),
+            Self::Slab(b) => write!(f, "Slab({})", b.index()),
+        }
+    }
+}
+
+// SAFETY: forwards to the inner buffer, whose memory stays put while it is owned.
+unsafe impl IoBuf for BlockBuf {
+    fn stable_ptr(&self) -> *const u8 {
+        match self {
+            Self::Fixed(b) => IoBuf::stable_ptr(b),
+            Self::Heap(v) => v.as_ptr(),
+            Self::Slab(b) => b.ptr(),
+        }
+    }
+
+    fn bytes_init(&self) -> usize {
+        match self {
+            Self::Fixed(b) => IoBuf::bytes_init(b),
+            Self::Heap(v) => v.len(),
+            Self::Slab(_) => CHUNK,
+        }
+    }
+
+    fn bytes_total(&self) -> usize {
+        match self {
+            Self::Fixed(b) => IoBuf::bytes_total(b),
+            Self::Heap(v) => v.len(),
+            Self::Slab(_) => CHUNK,
+        }
+    }
+}
+
+// SAFETY: forwards to the inner buffer. Heap buffers are created fully initialised and slab
+// buffers are counted whole (their bytes past a chunk's length are never sent), so there is
+// nothing to record for them.
+unsafe impl IoBufMut for BlockBuf {
+    fn stable_mut_ptr(&mut self) -> *mut u8 {
+        match self {
+            Self::Fixed(b) => IoBufMut::stable_mut_ptr(b),
+            Self::Heap(v) => v.as_mut_ptr(),
+            Self::Slab(b) => b.ptr(),
+        }
+    }
+
+    unsafe fn set_init(&mut self, pos: usize) {
+        if let Self::Fixed(b) = self {
+            // SAFETY: the caller's guarantee is passed on unchanged.
+            unsafe { IoBufMut::set_init(b, pos) }
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct Key {

@@ -1,5 +1,7 @@
-//! The transfer driver: one task per transfer, a thin loop around [`Transfer`] over whichever
-//! I/O backend the shard runs ([`Io`]: io_uring or the epoll fallback).
+//! The task-per-transfer driver: a thin loop around [`Transfer`] for the backends that run on a
+//! tokio runtime ([`Io`]: the epoll fallback, and tokio-uring kept for side-by-side
+//! measurement). The io_uring engine in [`super::ring`] drives transfers from completions
+//! instead, with no task per transfer.
 //!
 //! It follows the drain order documented on [`crate::transfer`]: feed what happened, send what
 //! the transfer asks for, then wait for the next datagram or the retransmission timer. The
@@ -12,7 +14,6 @@
 //! final short block is acknowledged, on an ERROR from the client (RFC 1350 §7), or after its
 //! retransmissions go unanswered.
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -23,12 +24,12 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use tokio_uring::buf::fixed::FixedBuf;
-use tokio_uring::buf::{IoBuf, IoBufMut};
-
-use super::cache::{header, Budget, Chunk, ChunkCache, Lookup, Piece, CHUNK};
+use super::cache::{BlockBuf, Budget, Chunk, ChunkCache, Lookup, Piece, CHUNK};
+pub(crate) use super::window::Data;
+use super::window::{
+    chunk_len, chunks_for, read_custom, unchanged_fd, ReadError, Window, CHANGED, READ_FAILED,
+};
 use crate::packet::{self, ErrorCode, Mode, DATA_HEADER_LEN};
-use crate::resolve::{FileId, ReadAt};
 use crate::transfer::{Outcome, Transfer, Transmit};
 
 /// Datagrams in one GSO send: the kernel's UDP_MAX_SEGMENTS is 64 on older kernels.
@@ -83,84 +84,6 @@ pub(crate) trait Io: 'static {
     fn raw_fd(socket: &Self::Socket) -> RawFd;
     /// The file's raw descriptor, to check it has not changed.
     fn file_fd(file: &Self::File) -> RawFd;
-}
-
-/// A data buffer: registered with the ring (fixed reads) or plain heap memory.
-pub(crate) enum BlockBuf {
-    /// A registered buffer from the shard's pool.
-    Fixed(FixedBuf),
-    /// A heap buffer, where registration was refused or the pool is exhausted.
-    Heap(Vec<u8>),
-    /// A registered buffer of the raw io_uring engine's slab.
-    Slab(super::ring::SlabBuf),
-}
-
-impl std::fmt::Debug for BlockBuf {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Fixed(b) => write!(f, "Fixed({})", b.buf_index()),
-            Self::Heap(v) => write!(f, "Heap({})", v.len()),
-            Self::Slab(b) => write!(f, "Slab({})", b.index()),
-        }
-    }
-}
-
-// SAFETY: forwards to the inner buffer, whose memory stays put while it is owned.
-unsafe impl IoBuf for BlockBuf {
-    fn stable_ptr(&self) -> *const u8 {
-        match self {
-            Self::Fixed(b) => IoBuf::stable_ptr(b),
-            Self::Heap(v) => v.as_ptr(),
-            Self::Slab(b) => b.ptr(),
-        }
-    }
-
-    fn bytes_init(&self) -> usize {
-        match self {
-            Self::Fixed(b) => IoBuf::bytes_init(b),
-            Self::Heap(v) => v.len(),
-            Self::Slab(_) => CHUNK,
-        }
-    }
-
-    fn bytes_total(&self) -> usize {
-        match self {
-            Self::Fixed(b) => IoBuf::bytes_total(b),
-            Self::Heap(v) => v.len(),
-            Self::Slab(_) => CHUNK,
-        }
-    }
-}
-
-// SAFETY: forwards to the inner buffer. Heap buffers are created fully initialised and slab
-// buffers are counted whole (their bytes past a chunk's length are never sent), so there is
-// nothing to record for them.
-unsafe impl IoBufMut for BlockBuf {
-    fn stable_mut_ptr(&mut self) -> *mut u8 {
-        match self {
-            Self::Fixed(b) => IoBufMut::stable_mut_ptr(b),
-            Self::Heap(v) => v.as_mut_ptr(),
-            Self::Slab(b) => b.ptr(),
-        }
-    }
-
-    unsafe fn set_init(&mut self, pos: usize) {
-        if let Self::Fixed(b) = self {
-            // SAFETY: the caller's guarantee is passed on unchanged.
-            unsafe { IoBufMut::set_init(b, pos) }
-        }
-    }
-}
-
-/// Where a transfer's bytes come from.
-pub(crate) enum Data<F> {
-    /// An open file, read by the backend (fixed reads under io_uring), and what it was when
-    /// opened.
-    File(Rc<F>, FileId),
-    /// Bytes in memory (generated per client, or a netascii encoding), sent without a copy.
-    Memory(Arc<[u8]>),
-    /// Any other source, read synchronously into private chunks.
-    Custom(Box<dyn ReadAt>),
 }
 
 /// What the shard needs to know of a transfer for its log line.
@@ -420,91 +343,7 @@ fn unchanged<I: Io>(data: &Data<I::File>) -> Result<(), ReadError> {
     unchanged_fd(I::file_fd(file), id)
 }
 
-/// Whether the file open as `fd` is still `id`.
-pub(crate) fn unchanged_fd(fd: RawFd, id: &FileId) -> Result<(), ReadError> {
-    // SAFETY: the caller keeps the descriptor open while this borrowed view lives, and
-    // ManuallyDrop keeps the view from closing it.
-    let view = std::mem::ManuallyDrop::new(unsafe {
-        <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd)
-    });
-    match FileId::of(&view) {
-        Ok(now) if now == *id => Ok(()),
-        _ => Err(CHANGED),
-    }
-}
-
-/// A failed read, as the ERROR the client gets.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct ReadError {
-    pub code: ErrorCode,
-    pub message: &'static str,
-}
-
-pub(crate) const CHANGED: ReadError = ReadError {
-    code: ErrorCode::Undefined,
-    message: "File changed while being served",
-};
-pub(crate) const READ_FAILED: ReadError = ReadError {
-    code: ErrorCode::Undefined,
-    message: "Read error",
-};
-
-/// The chunks a transfer holds: those covering the window in flight and the one read ahead,
-/// in file order.
-#[derive(Default)]
-pub(crate) struct Window {
-    chunks: VecDeque<(u64, Rc<Chunk>)>,
-    /// The first and last chunk index held when they are all held in a run (the usual case),
-    /// so the per-packet check in [`Window::holds`] reads two numbers instead of the deque.
-    run: Option<(u64, u64)>,
-}
-
 impl Window {
-    pub(crate) fn get(&self, index: u64) -> Option<&Rc<Chunk>> {
-        self.chunks
-            .iter()
-            .find(|(i, _)| *i == index)
-            .map(|(_, c)| c)
-    }
-
-    /// Appends the iovecs of block `block` (header, then payload) to `pieces`; false if a chunk
-    /// it needs is not loaded.
-    pub(crate) fn pieces(
-        &self,
-        data: &Data<impl Sized>,
-        t: &Transfer,
-        block: u64,
-        pieces: &mut Vec<Piece>,
-    ) -> bool {
-        pieces.push(Piece::Header(header(Transfer::wire_block(block))));
-        let mut offset = t.offset(block);
-        let mut left = t.block_len(block);
-        if let Data::Memory(bytes) = data {
-            let Ok(start) = usize::try_from(offset) else {
-                return false;
-            };
-            return match Piece::memory(bytes, start, left) {
-                Some(piece) => {
-                    pieces.push(piece);
-                    true
-                }
-                None => false,
-            };
-        }
-        while left > 0 {
-            let index = offset / CHUNK as u64;
-            let start = (offset % CHUNK as u64) as usize;
-            let len = left.min(CHUNK - start);
-            let Some(piece) = self.get(index).and_then(|c| Piece::chunk(c, start, len)) else {
-                return false;
-            };
-            pieces.push(piece);
-            offset += len as u64;
-            left -= len;
-        }
-        true
-    }
-
     /// Makes sure the chunks covering blocks `acked + 1 ..= upto` are held, dropping those
     /// wholly before them: from the shard's cache where another transfer read them, otherwise
     /// reading them (concurrently, one fixed read each).
@@ -522,39 +361,6 @@ impl Window {
             true => Ok(()),
             false => Box::pin(self.load(cx, data, t, upto)).await,
         }
-    }
-
-    /// Drops the chunks wholly before block `acked + 1`; whether those up to block `upto` are
-    /// all held (nothing to load).
-    pub(crate) fn holds(&mut self, data: &Data<impl Sized>, t: &Transfer, upto: u64) -> bool {
-        let Some((first, last)) = chunks_for(data, t, upto) else {
-            return true;
-        };
-        if let Some((lo, hi)) = self.run {
-            if lo >= first {
-                // Nothing to drop: answer from the run alone.
-                return last.is_none_or(|last| lo == first && last <= hi);
-            }
-        }
-        self.drop_before(first);
-        last.is_none_or(|last| (first..=last).all(|index| self.get(index).is_some()))
-    }
-
-    /// Drops the chunks before chunk `first`.
-    fn drop_before(&mut self, first: u64) {
-        while self.chunks.front().is_some_and(|(i, _)| *i < first) {
-            self.chunks.pop_front();
-        }
-        self.note_run();
-    }
-
-    fn note_run(&mut self) {
-        self.run = match (self.chunks.front(), self.chunks.back()) {
-            (Some(&(lo, _)), Some(&(hi, _))) if hi - lo + 1 == self.chunks.len() as u64 => {
-                Some((lo, hi))
-            }
-            _ => None,
-        };
     }
 
     /// [`Window::ensure`]'s slow path.
@@ -639,35 +445,6 @@ impl Window {
         }
         failed.map_or(Ok(()), Err)
     }
-
-    /// Keeps the chunks in file order (few: a window spans a handful).
-    pub(crate) fn insert(&mut self, index: u64, chunk: Rc<Chunk>) {
-        let at = self.chunks.partition_point(|(i, _)| *i < index);
-        self.chunks.insert(at, (index, chunk));
-        self.note_run();
-    }
-}
-
-/// The chunks that blocks `acked + 1 ..= upto` lie in: the first, and the last unless those
-/// blocks hold no bytes (an empty final block). `None` where data is not read in chunks.
-pub(crate) fn chunks_for(
-    data: &Data<impl Sized>,
-    t: &Transfer,
-    upto: u64,
-) -> Option<(u64, Option<u64>)> {
-    if matches!(data, Data::Memory(_)) || t.is_empty() {
-        return None;
-    }
-    let from = t.offset(t.acked() + 1);
-    let to = t.offset(upto) + t.block_len(upto) as u64;
-    let last = (to > from).then(|| (to - 1) / CHUNK as u64);
-    Some((from / CHUNK as u64, last))
-}
-
-/// The bytes of chunk `index` of a source of `len` bytes.
-pub(crate) fn chunk_len(len: u64, index: u64) -> usize {
-    let start = index * CHUNK as u64;
-    len.saturating_sub(start).min(CHUNK as u64) as usize
 }
 
 /// Reads chunk `index` of the file, however many reads it takes.
@@ -697,28 +474,6 @@ async fn read_chunk<I: Io>(
         }
     }
     (index, Ok(Chunk::new(buf, want, lease)))
-}
-
-pub(crate) fn read_custom(
-    budget: &Arc<Budget>,
-    source: &dyn ReadAt,
-    len: u64,
-    index: u64,
-) -> Result<Chunk, ReadError> {
-    let want = chunk_len(len, index);
-    let start = index * CHUNK as u64;
-    let lease = budget.lease(want);
-    let mut buf = vec![0; want];
-    let mut done = 0;
-    while done < want {
-        match source.read_at(&mut buf[done..], start + done as u64) {
-            Ok(0) => return Err(CHANGED),
-            Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return Err(READ_FAILED),
-        }
-    }
-    Ok(Chunk::new(BlockBuf::Heap(buf), want, lease))
 }
 
 /// Polls every future to completion, concurrently; the results keep their order.

@@ -12,8 +12,8 @@ use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio_uring::buf::IoBuf;
 
-use super::cache::{Piece, CHUNK};
-use super::driver::{BlockBuf, Io};
+use super::cache::{BlockBuf, Piece, CHUNK};
+use super::driver::Io;
 
 /// The epoll backend of one shard.
 #[derive(Debug, Default)]

@@ -21,6 +21,7 @@ mod ring;
 mod shard;
 mod socket;
 mod uring;
+mod window;
 
 use std::collections::HashMap;
 use std::fmt;

@@ -31,7 +31,8 @@ use crate::resolve::{FileId, ResolveError, Source};
 use crate::transfer::{self, Inbound, Outcome, Transfer};
 
 /// Runs shard `index` on the calling thread until the server stops; reports the backend it
-/// chose through `ready` before serving.
+/// chose through `ready` before serving: the io_uring engine ([`super::ring`]) where the kernel
+/// allows it, else transfer tasks on epoll.
 pub(crate) fn run(
     index: usize,
     socket: Socket,
@@ -603,6 +604,7 @@ pub(crate) fn log_end(meta: &Meta, t: &Transfer, end: End) {
                 bytes = stats.bytes,
                 blocks = stats.blocks,
                 retransmits = stats.retransmits,
+                spurious = stats.spurious,
                 ms = (secs * 1000.0) as u64,
                 kib_per_s = rate_kib as u64,
                 $msg

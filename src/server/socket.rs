@@ -1,8 +1,9 @@
 //! Sockets: the shards' main sockets on the server port and each transfer's own socket.
 //!
-//! The main socket is read with `recvmmsg` through tokio's readiness API rather than io_uring:
-//! it drains a whole burst of requests per wake-up, and it delivers `IP_PKTINFO` /
-//! `IPV6_PKTINFO`, the address each request was sent *to*, which tokio-uring's `recvmsg` cannot.
+//! The main socket is read with `recvmmsg` once it is readable (a multishot poll in the io_uring
+//! engine, tokio's readiness on the task backends): it drains a whole burst of requests per
+//! wake-up, and it delivers `IP_PKTINFO` / `IPV6_PKTINFO`, the address each request was sent
+//! *to*.
 //! Each transfer socket is then bound to that address, so on a multi-homed host the replies come
 //! from the address the client asked (PXE firmware drops them otherwise), and connected to the
 //! client, so the kernel filters out every other transfer ID (RFC 1350 §4).

@@ -17,8 +17,8 @@ use tokio_uring::buf::BoundedBuf;
 use tokio_uring::fs::File;
 use tokio_uring::net::UdpSocket;
 
-use super::cache::{Piece, CHUNK};
-use super::driver::{BlockBuf, Io};
+use super::cache::{BlockBuf, Piece, CHUNK};
+use super::driver::Io;
 
 /// The io_uring backend of one shard.
 pub(crate) struct Uring {

@@ -18,11 +18,9 @@ use super::{push, user_data, Engine, Op, Target};
 use crate::packet::{self, ErrorCode, DATA_HEADER_LEN};
 use crate::resolve::{FileId, Source};
 use crate::server::cache::{Lease, Piece};
-use crate::server::driver::Meta;
-use crate::server::driver::{
-    self, unchanged_fd, Data, End, ReadError, Window, GSO_BYTES_MAX, GSO_SEGMENTS_MAX, SMALL_PACKET,
-};
+use crate::server::driver::{self, End, Meta, GSO_BYTES_MAX, GSO_SEGMENTS_MAX, SMALL_PACKET};
 use crate::server::shard::{Prepared, Slot};
+use crate::server::window::{unchanged_fd, Data, ReadError, Window};
 use crate::transfer::{Blocks, Transfer, Transmit};
 
 /// A running transfer.

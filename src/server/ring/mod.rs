@@ -30,6 +30,9 @@ mod conn;
 mod reads;
 mod timer;
 
+#[cfg(test)]
+mod tests;
+
 pub(crate) use bufs::SlabBuf;
 
 use std::collections::HashMap;
@@ -117,11 +120,54 @@ pub(crate) fn run(
     stop: watch::Receiver<bool>,
     ready: std::sync::mpsc::Sender<Backend>,
 ) -> Result<(), (io::Error, Socket)> {
+    run_with(index, socket, shared, stop, ready, Tuning::default()).map(|counts| {
+        tracing::debug!(shard = index, ?counts, "engine counts");
+    })
+}
+
+/// Sizes of the engine's kernel-shared tables, smaller in tests that exhaust them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Tuning {
+    /// Buffers in the provided receive ring (a power of two).
+    pub recv_entries: u16,
+    /// Slots in the fixed-file table; `None`: as many as the descriptor limit.
+    pub fixed_files: Option<u32>,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Self {
+            recv_entries: RECV_ENTRIES,
+            fixed_files: None,
+        }
+    }
+}
+
+/// What the engine did that shows how its tables held up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Counts {
+    /// Multishot receives that ended because every receive buffer was taken.
+    pub starved: u64,
+    /// Multishot receives armed again after they ended.
+    pub rearmed: u64,
+    /// Transfers that ran on a plain descriptor because the fixed-file table was full.
+    pub unfixed: u64,
+}
+
+/// [`run`] with the given table sizes; returns the engine's counts when it stops.
+pub(crate) fn run_with(
+    index: usize,
+    socket: Socket,
+    shared: Arc<Shared>,
+    stop: watch::Receiver<bool>,
+    ready: std::sync::mpsc::Sender<Backend>,
+    tuning: Tuning,
+) -> Result<Counts, (io::Error, Socket)> {
     let ring = match build_ring() {
         Ok(ring) => ring,
         Err(e) => return Err((e, socket)),
     };
-    let recv = match RecvRing::new(&ring.submitter(), BGID, RECV_ENTRIES, RECV_SIZE) {
+    let recv = match RecvRing::new(&ring.submitter(), BGID, tuning.recv_entries, RECV_SIZE) {
         Ok(recv) => recv,
         Err(e) => return Err((e, socket)),
     };
@@ -138,10 +184,10 @@ pub(crate) fn run(
         Ok(main) => main,
         Err(e) => {
             tracing::error!(error = %e, "cannot use the main socket");
-            return Ok(());
+            return Ok(Counts::default());
         }
     };
-    let fixed = fixed_table(&ring);
+    let fixed = fixed_table(&ring, tuning.fixed_files);
     let _ = ready.send(Backend::IoUring {
         registered_buffers: slab.is_some(),
     });
@@ -169,6 +215,7 @@ pub(crate) fn run(
         main_more: false,
         batch: Some(Box::new(RecvBatch::new())),
         running: 0,
+        counts: Counts::default(),
         starved: false,
         spilled: 0,
         shared,
@@ -184,7 +231,7 @@ pub(crate) fn run(
         spilled = engine.spilled,
         "chunk cache"
     );
-    Ok(())
+    Ok(engine.counts)
 }
 
 /// A ring for one shard: `SINGLE_ISSUER` and `DEFER_TASKRUN` (completions are produced only
@@ -208,17 +255,22 @@ fn build_ring() -> io::Result<IoUring> {
 
 /// Registers a sparse table of fixed files as large as the descriptor limit allows (each
 /// transfer socket takes one slot); returns its size, 0 where the kernel refuses.
-fn fixed_table(ring: &IoUring) -> u32 {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct it is given.
-    let size = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
-        limit.rlim_cur.clamp(64, 65_536) as u32
-    } else {
-        1024
-    };
+fn fixed_table(ring: &IoUring, size: Option<u32>) -> u32 {
+    let size = size.unwrap_or_else(|| {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes into the struct it is given.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+            limit.rlim_cur.clamp(64, 65_536) as u32
+        } else {
+            1024
+        }
+    });
+    if size == 0 {
+        return 0;
+    }
     match ring.submitter().register_files_sparse(size) {
         Ok(()) => size,
         Err(e) => {
@@ -262,6 +314,7 @@ pub(super) struct Engine {
     main_more: bool,
     batch: Option<Box<RecvBatch>>,
     running: usize,
+    counts: Counts,
     /// A receive ran out of buffers in this turn's completions.
     starved: bool,
     /// Chunk reads into heap buffers because the slab was empty.
@@ -369,6 +422,7 @@ impl Engine {
                     let entry = conn.recv_entry(self.recv.group(), slot);
                     conn.receiving = true;
                     push(&mut self.ring, &entry);
+                    self.counts.rearmed += 1;
                 }
             }
         }
@@ -542,6 +596,9 @@ impl Engine {
                 }
             }
         });
+        if fixed.is_none() {
+            self.counts.unfixed += 1;
+        }
         let peer = prepared.meta.peer;
         let mut conn = Box::new(Conn::new(*prepared, gen, fixed, &mut self.files));
         let entry = conn.recv_entry(self.recv.group(), slot);
@@ -583,7 +640,10 @@ impl Engine {
             // client's final ACK may be among them: read on, and only believe the client gone
             // when nothing but refusals come back.
             libc::ECONNREFUSED => conn.refused += 1,
-            libc::ENOBUFS => self.starved = true,
+            libc::ENOBUFS => {
+                self.starved = true;
+                self.counts.starved += 1;
+            }
             libc::ECANCELED => {}
             e if e > 0 => {
                 tracing::debug!(error = %io::Error::from_raw_os_error(e), "receive failed")

@@ -9,10 +9,8 @@ use io_uring::{opcode, types};
 
 use super::{push, user_data, Conn, Engine, Op};
 use crate::resolve::FileId;
-use crate::server::cache::{Chunk, Lease, Lookup, CHUNK};
-use crate::server::driver::{
-    chunk_len, chunks_for, read_custom, BlockBuf, Data, CHANGED, READ_FAILED,
-};
+use crate::server::cache::{BlockBuf, Chunk, Lease, Lookup, CHUNK};
+use crate::server::window::{chunk_len, chunks_for, read_custom, Data, CHANGED, READ_FAILED};
 
 /// A chunk read in flight.
 pub(super) struct ReadOp {
