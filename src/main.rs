@@ -95,6 +95,12 @@ struct Cli {
     #[arg(long, value_name = "LO-HI", value_parser = parse_range)]
     port_range: Option<(u16, u16)>,
 
+    /// Answer every transfer from the main port, telling clients apart by address and port,
+    /// for clients behind NAT, a container port mapping or a load-balancer address, where
+    /// replies from a new port never arrive (needs io_uring).
+    #[arg(long)]
+    single_port: bool,
+
     /// Seconds a stop waits for running transfers.
     #[arg(long, value_name = "SECS", default_value = "10")]
     grace: f64,
@@ -173,6 +179,7 @@ fn run(cli: Cli) -> Result<()> {
         .unwrap_or(usize::MAX)
         .saturating_mul(1 << 20);
     config.port_range = cli.port_range;
+    config.single_port = cli.single_port;
     config.grace = grace;
     config.force_epoll |= cli.backend == BackendArg::Epoll;
     raise_fd_limit(&mut config, cli.max_transfers.is_some());

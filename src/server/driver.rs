@@ -101,6 +101,8 @@ pub(crate) enum End {
     Outcome(Outcome),
     /// The client's host said the port is closed (ICMP port unreachable).
     Unreachable,
+    /// In single-port mode, the client sent a new request from the same port: it has moved on.
+    Replaced,
 }
 
 /// What a transfer task needs from its shard.

@@ -56,6 +56,10 @@ pub struct Config {
     pub max_per_client: usize,
     /// Local ports for transfer sockets: `None` for ephemeral ports, or an inclusive range.
     pub port_range: Option<(u16, u16)>,
+    /// Answer every transfer from the main port, told apart by the client's address and port
+    /// (for NAT, container port mappings and load-balancer addresses, where replies from a
+    /// fresh port never reach the client). Needs the io_uring engine.
+    pub single_port: bool,
     /// How long a stop waits for running transfers.
     pub grace: Duration,
     /// Serve with epoll even where io_uring works (also set by `RINGTFTP_BACKEND=epoll`).
@@ -87,6 +91,7 @@ impl Default for Config {
             max_transfers: 16_384,
             max_per_client: 4096,
             port_range: None,
+            single_port: false,
             grace: Duration::from_secs(10),
             force_epoll: std::env::var("RINGTFTP_BACKEND").is_ok_and(|v| v == "epoll"),
             recv_buffer: 8 << 20,

@@ -44,7 +44,8 @@ pub(crate) fn run(
     if !shared.config.force_epoll {
         // RINGTFTP_BACKEND=tokio-uring selects the earlier tokio-uring data path, kept for
         // side-by-side measurement against the engine that drives the ring itself.
-        let tokio_uring = std::env::var("RINGTFTP_BACKEND").is_ok_and(|v| v == "tokio-uring");
+        let tokio_uring = !shared.config.single_port
+            && std::env::var("RINGTFTP_BACKEND").is_ok_and(|v| v == "tokio-uring");
         let refused = if tokio_uring {
             match super::uring::runtime() {
                 Ok(rt) => {
@@ -76,9 +77,20 @@ pub(crate) fn run(
                 }
             }
         };
+        if shared.config.single_port {
+            tracing::error!(shard = index, error = %refused, "--single-port needs the io_uring engine, which is unavailable here (seccomp, kernel.io_uring_disabled or an old kernel)");
+            return;
+        }
         if index == 0 {
             tracing::warn!(error = %refused, "io_uring is unavailable (seccomp, kernel.io_uring_disabled or an old kernel); serving with epoll");
         }
+    }
+    if shared.config.single_port {
+        tracing::error!(
+            shard = index,
+            "--single-port needs the io_uring engine; it cannot run with --backend epoll"
+        );
+        return;
     }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -248,8 +260,11 @@ pub(crate) enum Decision {
 
 /// A transfer admitted and ready to run on some backend.
 pub(crate) struct Prepared {
-    /// Bound to the address the request came to and connected to the client.
-    pub socket: std::net::UdpSocket,
+    /// Bound to the address the request came to and connected to the client; `None` in
+    /// single-port mode, where the transfer answers from the main socket.
+    pub socket: Option<std::net::UdpSocket>,
+    /// The address the request came to, where the kernel said.
+    pub local: Option<IpAddr>,
     /// What to send (already encoded for netascii).
     pub source: Source,
     /// The netascii encoding's place in the memory budget, freed with the transfer.
@@ -434,19 +449,11 @@ fn prepare(
     let tsize = || (len > 0).then_some(len);
     let negotiated = Negotiated::negotiate(&request.options, &shared.config.limits, tsize)
         .map_err(|e| (e.code(), e.message().to_owned()))?;
-    let local = local.unwrap_or(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED));
-    let hint = shared.port_hint.fetch_add(1, Ordering::Relaxed);
-    let socket = socket::bind_transfer(local, scope, peer, shared.ports, hint).map_err(|e| {
-        tracing::warn!(%peer, error = %e, "cannot open a transfer socket");
-        let message = if out_of_fds(&e) {
-            BUSY_FDS
-        } else if e.kind() == std::io::ErrorKind::AddrInUse {
-            "Server busy: no transfer port available"
-        } else {
-            "Cannot open a transfer socket"
-        };
-        (ErrorCode::Undefined, message.to_owned())
-    })?;
+    let socket = if shared.config.single_port {
+        None
+    } else {
+        Some(transfer_socket(shared, peer, (local, scope))?)
+    };
     let meta = Meta {
         peer,
         filename: request.filename.into(),
@@ -456,11 +463,34 @@ fn prepare(
     tracing::debug!(%peer, file = request.filename, mode = request.mode.as_str(), ?negotiated, "transfer starting");
     Ok(Prepared {
         socket,
+        local,
         source,
         lease,
         transfer,
         meta,
         slot,
+    })
+}
+
+/// Opens a transfer's own socket: bound to the address the request came to, connected to the
+/// client (RFC 1350 §4: the server's transfer ID).
+fn transfer_socket(
+    shared: &Shared,
+    peer: SocketAddr,
+    (local, scope): (Option<IpAddr>, u32),
+) -> Result<std::net::UdpSocket, (ErrorCode, String)> {
+    let local = local.unwrap_or(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED));
+    let hint = shared.port_hint.fetch_add(1, Ordering::Relaxed);
+    socket::bind_transfer(local, scope, peer, shared.ports, hint).map_err(|e| {
+        tracing::warn!(%peer, error = %e, "cannot open a transfer socket");
+        let message = if out_of_fds(&e) {
+            BUSY_FDS
+        } else if e.kind() == std::io::ErrorKind::AddrInUse {
+            "Server busy: no transfer port available"
+        } else {
+            "Cannot open a transfer socket"
+        };
+        (ErrorCode::Undefined, message.to_owned())
     })
 }
 
@@ -473,12 +503,20 @@ fn spawn<I: Io>(
 ) -> Result<(), (ErrorCode, String)> {
     let Prepared {
         socket,
+        local: _,
         source,
         lease,
         transfer: t,
         meta,
         slot,
     } = *prepared;
+    let Some(socket) = socket else {
+        // Server::start refuses single-port mode on these backends.
+        return Err((
+            ErrorCode::Undefined,
+            "Cannot open a transfer socket".to_owned(),
+        ));
+    };
     let sock = io.socket(socket).map_err(|e| {
         tracing::warn!(peer = %meta.peer, error = %e, "cannot open a transfer socket");
         (
@@ -624,5 +662,9 @@ pub(crate) fn log_end(meta: &Meta, t: &Transfer, end: End) {
             tracing::warn!(peer = %meta.peer, file = %meta.filename, code = code.to_u16(), bytes = stats.bytes, "transfer failed")
         }
         End::Unreachable => line!(warn, "transfer ended: the client's port is closed"),
+        End::Replaced => line!(
+            info,
+            "transfer ended: the client asked again from the same port"
+        ),
     }
 }

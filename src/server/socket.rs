@@ -155,6 +155,11 @@ impl MainSocket {
             .ok_or_else(|| io::Error::other("not an IP socket"))
     }
 
+    /// Whether the socket is IPv6 (dual-stack).
+    pub(crate) fn is_v6(&self) -> bool {
+        self.v6
+    }
+
     /// Takes up to a batch of requests in one system call, without waiting
     /// ([`io::ErrorKind::WouldBlock`] when there are none).
     pub(crate) fn try_recv_batch(&self, batch: &mut RecvBatch) -> io::Result<usize> {
@@ -487,4 +492,86 @@ fn to_v6(addr: SocketAddr) -> SocketAddr {
         }
         v6 => v6,
     }
+}
+
+/// Where a single-port transfer's datagrams go, all from the main socket: the client's address,
+/// and control messages that set the source address (the one the request came to, as a
+/// transfer socket would be bound to it) and, for a window, the datagram size for UDP GSO.
+pub(crate) struct Reply {
+    name: SockAddr,
+    control: Control,
+    /// Bytes of the source-address message, then of both.
+    pktinfo_len: usize,
+    all_len: usize,
+}
+
+/// Control-message space, aligned as `cmsghdr` needs.
+#[repr(C, align(8))]
+struct Control([u8; CMSG_SPACE]);
+
+impl Reply {
+    /// Replies to `peer` from `local` (when known) on a main socket that is IPv6 (dual-stack)
+    /// or not, in datagrams of `segment` bytes when GSO cuts a window.
+    pub(crate) fn new(
+        peer: SocketAddr,
+        local: Option<IpAddr>,
+        v6_socket: bool,
+        segment: u16,
+    ) -> Self {
+        let peer = if v6_socket { to_v6(peer) } else { peer };
+        let mut control = Control([0; CMSG_SPACE]);
+        let pktinfo_len = match local {
+            Some(local) => write_pktinfo(&mut control.0, local, v6_socket),
+            None => 0,
+        };
+        let segment_space = write_segment(&mut control.0[pktinfo_len..], segment);
+        Self {
+            name: SockAddr::from(peer),
+            control,
+            pktinfo_len,
+            all_len: pktinfo_len + segment_space,
+        }
+    }
+
+    /// Points `msg` at the client's address and the control messages; `gso` when the message
+    /// holds several datagrams for the kernel to cut.
+    pub(crate) fn apply(&mut self, msg: &mut libc::msghdr, gso: bool) {
+        msg.msg_name = self.name.as_ptr() as *mut libc::c_void;
+        msg.msg_namelen = self.name.len();
+        let len = if gso { self.all_len } else { self.pktinfo_len };
+        msg.msg_controllen = len;
+        msg.msg_control = if len > 0 {
+            self.control.0.as_mut_ptr().cast()
+        } else {
+            std::ptr::null_mut()
+        };
+    }
+}
+
+/// Writes a `UDP_SEGMENT` control message (`SOL_UDP`, a u16 datagram size) at the start of
+/// `control`; returns its space, 0 if it does not fit.
+fn write_segment(control: &mut [u8], segment: u16) -> usize {
+    // SAFETY: CMSG_SPACE/CMSG_LEN are pure arithmetic.
+    let (space, len) = unsafe {
+        (
+            libc::CMSG_SPACE(size_of::<u16>() as u32) as usize,
+            libc::CMSG_LEN(size_of::<u16>() as u32) as usize,
+        )
+    };
+    if control.len() < space {
+        return 0;
+    }
+    let header = libc::cmsghdr {
+        cmsg_len: len,
+        cmsg_level: libc::SOL_UDP,
+        cmsg_type: UDP_SEGMENT,
+    };
+    // SAFETY: `space` bytes are available; both writes are unaligned-safe, and the payload
+    // follows the header as CMSG_DATA places it (the header's size is already aligned).
+    unsafe {
+        let at = control.as_mut_ptr();
+        std::ptr::write_unaligned(at.cast::<libc::cmsghdr>(), header);
+        std::ptr::write_unaligned(at.add(size_of::<libc::cmsghdr>()).cast::<u16>(), segment);
+    }
+    space
 }

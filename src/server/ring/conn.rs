@@ -7,7 +7,7 @@
 //! for one GSO send goes out in several, one after the other.
 
 use std::collections::HashMap;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::{Rc, Weak};
 use std::time::Instant;
 
@@ -20,6 +20,7 @@ use crate::resolve::{FileId, Source};
 use crate::server::cache::{Lease, Piece};
 use crate::server::driver::{self, End, Meta, GSO_BYTES_MAX, GSO_SEGMENTS_MAX, SMALL_PACKET};
 use crate::server::shard::{Prepared, Slot};
+use crate::server::socket::Reply;
 use crate::server::window::{unchanged_fd, Data, ReadError, Window};
 use crate::transfer::{Blocks, Transfer, Transmit};
 
@@ -27,8 +28,11 @@ use crate::transfer::{Blocks, Transfer, Transmit};
 pub(super) struct Conn {
     pub gen: u32,
     pub t: Transfer,
-    /// The transfer socket (closed when the transfer is dropped).
-    socket: std::net::UdpSocket,
+    /// The transfer socket (closed when the transfer is dropped); `None` in single-port mode.
+    socket: Option<std::net::UdpSocket>,
+    /// In single-port mode: the main socket, and where its datagrams to this client go.
+    main_fd: RawFd,
+    reply: Option<Reply>,
     /// Its slot in the ring's fixed-file table, where it has one.
     pub fixed: Option<u32>,
     pub data: Data<std::fs::File>,
@@ -46,6 +50,8 @@ pub(super) struct Conn {
     in_flight: Option<Blocks>,
     /// Whether the socket cuts sends into datagrams (UDP GSO).
     gso: bool,
+    /// Whether the iovecs hold several datagrams for GSO to cut.
+    gso_run: bool,
     pub sending: bool,
     pub receiving: bool,
     pub dirty: bool,
@@ -73,10 +79,12 @@ impl Conn {
         prepared: Prepared,
         gen: u32,
         fixed: Option<u32>,
+        (main_fd, main_v6): (RawFd, bool),
         files: &mut HashMap<FileId, Weak<std::fs::File>>,
     ) -> Self {
         let Prepared {
             socket,
+            local,
             source,
             lease,
             transfer: t,
@@ -92,12 +100,24 @@ impl Conn {
             Source::Custom(custom) => Data::Custom(custom),
         };
         let segment = DATA_HEADER_LEN + usize::from(t.options().blksize);
-        let gso = t.options().windowsize > 1
-            && crate::server::socket::enable_gso(socket.as_raw_fd(), segment as u16);
+        let windowed = t.options().windowsize > 1;
+        let (gso, reply) = match &socket {
+            Some(socket) => (
+                windowed && crate::server::socket::enable_gso(socket.as_raw_fd(), segment as u16),
+                None,
+            ),
+            // From the main socket, GSO is asked per send, by a control message.
+            None => (
+                windowed,
+                Some(Reply::new(meta.peer, local, main_v6, segment as u16)),
+            ),
+        };
         Self {
             gen,
             t,
             socket,
+            main_fd,
+            reply,
             fixed,
             data,
             window: Window::default(),
@@ -106,6 +126,7 @@ impl Conn {
             stalled: None,
             in_flight: None,
             gso,
+            gso_run: false,
             sending: false,
             receiving: false,
             dirty: false,
@@ -131,10 +152,16 @@ impl Conn {
     }
 
     fn target(&self) -> Target {
-        match self.fixed {
-            Some(index) => Target::Fixed(index),
-            None => Target::Fd(self.socket.as_raw_fd()),
+        match (self.fixed, &self.socket) {
+            (Some(index), _) => Target::Fixed(index),
+            (None, Some(socket)) => Target::Fd(socket.as_raw_fd()),
+            (None, None) => Target::Fd(self.main_fd),
         }
+    }
+
+    /// Whether the transfer has a socket of its own to receive on (not in single-port mode).
+    pub(super) fn own_socket(&self) -> bool {
+        self.socket.is_some()
     }
 
     /// The multishot receive for this transfer's socket.
@@ -150,6 +177,9 @@ impl Conn {
     fn send_entry(&mut self, slot: u32) -> squeue::Entry {
         self.msg.msg_iov = self.iovecs.as_mut_ptr();
         self.msg.msg_iovlen = self.iovecs.len();
+        if let Some(reply) = &mut self.reply {
+            reply.apply(&mut self.msg, self.gso_run);
+        }
         let msg: *const libc::msghdr = &self.msg;
         let entry = match self.target() {
             Target::Fixed(i) => opcode::SendMsg::new(types::Fixed(i), msg).build(),
@@ -160,6 +190,7 @@ impl Conn {
 
     /// Sets the iovecs to the first `len` bytes of the small-packet buffer.
     fn small_iovec(&mut self, len: usize) {
+        self.gso_run = false;
         self.pieces.clear();
         self.iovecs.clear();
         self.iovecs.push(libc::iovec {
@@ -178,6 +209,7 @@ impl Conn {
             1
         };
         let count = usize::from(run.count).min(per_send) as u16;
+        self.gso_run = count > 1;
         self.pieces.clear();
         for block in run.first..run.first + u64::from(count) {
             if !self

@@ -188,6 +188,7 @@ pub(crate) fn run_with(
         }
     };
     let fixed = fixed_table(&ring, tuning.fixed_files);
+    let main_id = (main.as_raw_fd(), main.is_v6());
     let _ = ready.send(Backend::IoUring {
         registered_buffers: slab.is_some(),
     });
@@ -212,6 +213,9 @@ pub(crate) fn run_with(
         expired: Vec::new(),
         cqes: Vec::with_capacity(1024),
         main: Some(main),
+        main_id,
+        single_port: shared.config.single_port,
+        accepting: true,
         main_more: false,
         batch: Some(Box::new(RecvBatch::new())),
         running: 0,
@@ -309,6 +313,12 @@ pub(super) struct Engine {
     expired: Vec<((u32, u32), u64)>,
     cqes: Vec<(u64, i32, u32)>,
     main: Option<MainSocket>,
+    /// The main socket's descriptor and whether it is IPv6, for single-port transfers.
+    main_id: (RawFd, bool),
+    /// Every transfer answers from the main socket, told apart by the client's address.
+    single_port: bool,
+    /// Whether new requests are taken (not once stopping).
+    accepting: bool,
     main_ip: Option<IpAddr>,
     /// The main socket had more than one wake-up's worth of requests.
     main_more: bool,
@@ -502,6 +512,12 @@ impl Engine {
                 }
             }
             for (received, bytes) in batch.iter() {
+                if self.single_port && self.deliver(received.peer, bytes, now) {
+                    continue;
+                }
+                if !self.accepting {
+                    continue;
+                }
                 let local = received.local.or(self.main_ip);
                 self.request(
                     received.peer,
@@ -513,6 +529,27 @@ impl Engine {
             }
         }
         self.batch = Some(batch);
+    }
+
+    /// In single-port mode, hands a datagram that is not a request to the transfer of the
+    /// client's address and port; whether it was taken (ACKs and ERRORs of no transfer — late
+    /// ones, from a transfer just ended — are dropped rather than answered).
+    fn deliver(&mut self, peer: SocketAddr, bytes: &[u8], now: Instant) -> bool {
+        if matches!(bytes, [0, 1 | 2, ..]) {
+            return false;
+        }
+        let Some(&(slot, gen)) = self.active.get(&peer) else {
+            return matches!(bytes, [0, 4 | 5, ..]);
+        };
+        if let Some(mut conn) = self.take_conn(slot, gen) {
+            if conn.end.is_none() {
+                conn.answered = true;
+                conn.t.handle_datagram(now, bytes);
+                self.mark(&mut conn, slot);
+            }
+            self.put_conn(slot, conn);
+        }
+        true
     }
 
     /// Answers one datagram on the main port.
@@ -559,12 +596,31 @@ impl Engine {
                     shard::reject(main, peer, local, code, &message);
                 }
             }
-            Decision::Start(prepared) => self.start(prepared),
+            Decision::Start(prepared) => {
+                if self.single_port {
+                    // A new request from the port of a running transfer: that client has moved
+                    // on (it only asks again before it hears back, which is a repeat), and two
+                    // transfers cannot share one address on one port.
+                    if let Some(&(slot, gen)) = self.active.get(&peer) {
+                        if let Some(mut conn) = self.take_conn(slot, gen) {
+                            self.close(&mut conn, slot, super::driver::End::Replaced);
+                            self.mark(&mut conn, slot);
+                            self.put_conn(slot, conn);
+                        }
+                    }
+                }
+                self.start(prepared)
+            }
         }
     }
 
-    /// Stops taking requests: the main socket leaves the port's `SO_REUSEPORT` group.
+    /// Stops taking requests: the main socket leaves the port's `SO_REUSEPORT` group (in
+    /// single-port mode it stays, for the running transfers, and requests are ignored).
     fn close_main(&mut self) {
+        self.accepting = false;
+        if self.single_port {
+            return;
+        }
         if self.main.take().is_some() {
             let entry = opcode::AsyncCancel::new(user_data(Op::Main, 0, 0))
                 .build()
@@ -585,8 +641,9 @@ impl Engine {
         };
         let gen = (self.gens[slot as usize].wrapping_add(1)) & GEN_MASK;
         self.gens[slot as usize] = gen;
-        let fixed = self.fixed_free.pop().and_then(|index| {
-            let fd = prepared.socket.as_raw_fd();
+        let own = prepared.socket.as_ref().map(|s| s.as_raw_fd());
+        let fixed = own.and_then(|fd| {
+            let index = self.fixed_free.pop()?;
             match self.ring.submitter().register_files_update(index, &[fd]) {
                 Ok(_) => Some(index),
                 Err(e) => {
@@ -596,14 +653,22 @@ impl Engine {
                 }
             }
         });
-        if fixed.is_none() {
+        if own.is_some() && fixed.is_none() {
             self.counts.unfixed += 1;
         }
         let peer = prepared.meta.peer;
-        let mut conn = Box::new(Conn::new(*prepared, gen, fixed, &mut self.files));
-        let entry = conn.recv_entry(self.recv.group(), slot);
-        conn.receiving = true;
-        push(&mut self.ring, &entry);
+        let mut conn = Box::new(Conn::new(
+            *prepared,
+            gen,
+            fixed,
+            self.main_id,
+            &mut self.files,
+        ));
+        if conn.own_socket() {
+            let entry = conn.recv_entry(self.recv.group(), slot);
+            conn.receiving = true;
+            push(&mut self.ring, &entry);
+        }
         self.active.insert(peer, (slot, gen));
         self.running += 1;
         self.mark(&mut conn, slot);
