@@ -20,24 +20,24 @@ use std::time::{Duration, Instant};
 use crate::util::{self, run, Finished, TempDir};
 
 /// The server's address inside its namespace (TEST-NET-1: documentation only, never routed).
-const SERVER_IP: &str = "192.0.2.1";
+pub(crate) const SERVER_IP: &str = "192.0.2.1";
 const CLIENT_IP: &str = "192.0.2.2";
 /// The namespaces are fresh, so any port is free in them.
-const PORT: u16 = 6969;
+pub(crate) const PORT: u16 = 6969;
 /// Bound on every `ip`/`nft` command.
-const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// A fetch still running after this long is a hang (the clients give up by themselves well
 /// before: tftp-hpa after 25 s of silence, atftp 30 s).
-const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
 const BIG: usize = 1024 * 1024;
-const BIG_NAME: &str = "big";
+pub(crate) const BIG_NAME: &str = "big";
 const SMALL: usize = 128 * 1024;
 const SMALL_NAME: &str = "small";
 const REQUIRE: &str = "RINGTFTP_REQUIRE_CLIENTS";
 
 /// Whether this machine can run the tests: root, `ip` and `nft`. Prints why not (or panics in
 /// CI) otherwise.
-fn supported() -> bool {
+pub(crate) fn supported() -> bool {
     let mut missing = Vec::new();
     if !util::is_root() {
         missing.push("root".to_owned());
@@ -68,13 +68,13 @@ fn find_program(name: &str) -> Option<PathBuf> {
 }
 
 /// Runs a setup command and panics with its output if it fails.
-fn must(cmd: Command) -> Finished {
+pub(crate) fn must(cmd: Command) -> Finished {
     let done = run(cmd, SETUP_TIMEOUT);
     assert!(done.success(), "setup command failed:\n{}", done.describe());
     done
 }
 
-fn ip(args: &[&str]) -> Command {
+pub(crate) fn ip(args: &[&str]) -> Command {
     let mut cmd = Command::new("ip");
     cmd.args(args);
     cmd
@@ -82,14 +82,14 @@ fn ip(args: &[&str]) -> Command {
 
 /// Two namespaces, `rt<pid>x<n>s` (server) and `rt<pid>x<n>c` (client), joined by a veth pair;
 /// both are deleted on drop (with their veths and nftables tables), even on a panic.
-struct Path2 {
-    server: String,
-    client: String,
+pub(crate) struct Path2 {
+    pub(crate) server: String,
+    pub(crate) client: String,
     scratch: TempDir,
 }
 
 impl Path2 {
-    fn new() -> Path2 {
+    pub(crate) fn new() -> Path2 {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let base = format!("rt{}x{n}", std::process::id());
@@ -150,7 +150,7 @@ impl Path2 {
     }
 
     /// `ip netns exec CLIENT program args...`.
-    fn in_client(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    pub(crate) fn in_client(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut cmd = ip(&["netns", "exec", &self.client]);
         cmd.arg(program);
         cmd
@@ -170,7 +170,7 @@ impl Drop for Path2 {
 }
 
 /// `ringtftpd` inside the server namespace; killed by PID on drop (before the namespaces go).
-struct Server {
+pub(crate) struct Server {
     child: Child,
     log_path: PathBuf,
     _logs: TempDir,
@@ -179,7 +179,7 @@ struct Server {
 impl Server {
     /// Starts the daemon serving `dir` and waits until curl in the client namespace fetches
     /// the probe file from it (before any loss is set).
-    fn start(path: &Path2, dir: &Path, extra: &[&str]) -> Server {
+    pub(crate) fn start(path: &Path2, dir: &Path, extra: &[&str]) -> Server {
         Server::start_on(path, SERVER_IP, dir, extra)
     }
 
@@ -230,7 +230,7 @@ impl Server {
         }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         String::from_utf8_lossy(&fs::read(&self.log_path).unwrap_or_default()).into_owned()
     }
 
@@ -310,7 +310,7 @@ fn url(file: &str) -> String {
 }
 
 /// The served directory with the 1 MiB file; returns it and the file's SHA-256.
-fn served() -> (TempDir, String) {
+pub(crate) fn served() -> (TempDir, String) {
     let dir = TempDir::new("faults-root");
     let bytes = util::pattern(BIG, 0xFA17);
     util::write_file(dir.path(), BIG_NAME, &bytes);
@@ -375,7 +375,7 @@ fn fetches(path: &Path2, out: &Path) -> Vec<Fetch> {
 }
 
 /// Whether a finished client reported a failure (see tests/util/clients.rs for how each does).
-fn client_failed(done: &Finished) -> bool {
+pub(crate) fn client_failed(done: &Finished) -> bool {
     !done.success()
         || done
             .stdout

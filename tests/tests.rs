@@ -55,6 +55,11 @@ mod hostile;
 // printed and bounded. Needs root, ip and nft (skipped otherwise unless CI requires them).
 mod faults;
 
+// A server behind a destination-NAT virtual address (nftables in a namespace): with
+// --single-port, curl, tftp-hpa and atftp (windowed) fetch byte-exact through it; without, the
+// replies come from a transfer port the NAT does not rewrite, and tftp-hpa fails.
+mod nat;
+
 // Resources running out and files changing: a descriptor limit (new requests "Server busy",
 // held transfers finish byte-exact, service resumes), the --max-buffer-mb budget (the same, and
 // a netascii encoding that does not fit), a file renamed over (the snapshot is served),
