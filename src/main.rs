@@ -101,6 +101,11 @@ struct Cli {
     #[arg(long)]
     single_port: bool,
 
+    /// Cap the granted block size so each DATA datagram fits this link MTU [default: the MTU
+    /// of the interface each request arrived on; 1500 gives 1468 over IPv4, 1448 over IPv6].
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u32).range(68..=65536))]
+    mtu: Option<u32>,
+
     /// Seconds a stop waits for running transfers.
     #[arg(long, value_name = "SECS", default_value = "10")]
     grace: f64,
@@ -180,6 +185,7 @@ fn run(cli: Cli) -> Result<()> {
         .saturating_mul(1 << 20);
     config.port_range = cli.port_range;
     config.single_port = cli.single_port;
+    config.mtu = cli.mtu;
     config.grace = grace;
     config.force_epoll |= cli.backend == BackendArg::Epoll;
     raise_fd_limit(&mut config, cli.max_transfers.is_some());

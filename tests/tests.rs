@@ -60,6 +60,10 @@ mod faults;
 // replies come from a transfer port the NAT does not rewrite, and tftp-hpa fails.
 mod nat;
 
+// Blocks that fit the path: on a 1400-byte-MTU veth, curl and atftp asking for 65464 are granted
+// 1368 and fetch byte-exact; --mtu 1200 grants 1168.
+mod mtu;
+
 // Resources running out and files changing: a descriptor limit (new requests "Server busy",
 // held transfers finish byte-exact, service resumes), the --max-buffer-mb budget (the same, and
 // a netascii encoding that does not fit), a file renamed over (the snapshot is served),

@@ -17,6 +17,7 @@
 mod cache;
 mod driver;
 mod fallback;
+mod mtu;
 mod ring;
 mod shard;
 mod socket;
@@ -60,6 +61,9 @@ pub struct Config {
     /// (for NAT, container port mappings and load-balancer addresses, where replies from a
     /// fresh port never reach the client). Needs the io_uring engine.
     pub single_port: bool,
+    /// The link MTU that caps a granted `blksize` so each DATA datagram fits unfragmented;
+    /// `None` reads the MTU of the interface each request arrived on.
+    pub mtu: Option<u32>,
     /// How long a stop waits for running transfers.
     pub grace: Duration,
     /// Serve with epoll even where io_uring works (also set by `RINGTFTP_BACKEND=epoll`).
@@ -92,6 +96,7 @@ impl Default for Config {
             max_per_client: 4096,
             port_range: None,
             single_port: false,
+            mtu: None,
             grace: Duration::from_secs(10),
             force_epoll: std::env::var("RINGTFTP_BACKEND").is_ok_and(|v| v == "epoll"),
             recv_buffer: 8 << 20,
@@ -152,6 +157,8 @@ pub(crate) struct Shared {
     ports: socket::Ports,
     /// File data held in memory, for `buffer_max`.
     budget: Arc<cache::Budget>,
+    /// Interface MTUs, for the `blksize` cap.
+    mtus: mtu::Mtus,
     /// Whether `max_transfers` and `max_per_client` have refused a request yet (said once).
     warned_total: AtomicBool,
     warned_per_client: AtomicBool,
@@ -217,6 +224,7 @@ impl Server {
                 port_hint: AtomicU32::new(std::process::id()),
                 ports,
                 budget: cache::Budget::new(config.buffer_max),
+                mtus: mtu::Mtus::new(),
                 warned_total: AtomicBool::new(false),
                 warned_per_client: AtomicBool::new(false),
                 config,

@@ -447,7 +447,14 @@ fn prepare(
     // An empty file's size is left out of the OACK: RFC 2349 lets a server ignore `tsize`, and
     // curl (through 8.x) refuses an OACK that says `tsize 0`.
     let tsize = || (len > 0).then_some(len);
-    let negotiated = Negotiated::negotiate(&request.options, &shared.config.limits, tsize)
+    // Blocks that fit the link the request came over (RFC 2348 lets the server grant less).
+    let mut limits = shared.config.limits;
+    if let Some(mtu) = shared.config.mtu.or_else(|| shared.mtus.of(scope)) {
+        limits.blksize_max = limits
+            .blksize_max
+            .min(super::mtu::blksize_for(mtu, peer.ip()));
+    }
+    let negotiated = Negotiated::negotiate(&request.options, &limits, tsize)
         .map_err(|e| (e.code(), e.message().to_owned()))?;
     let socket = if shared.config.single_port {
         None

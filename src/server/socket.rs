@@ -69,7 +69,8 @@ pub(crate) struct Received {
     pub peer: SocketAddr,
     /// The address the client sent to, when the kernel said.
     pub local: Option<IpAddr>,
-    /// The interface it arrived on (IPv6), which a link-local `local` needs; 0 if unknown.
+    /// The interface it arrived on (its index; 0 if unknown): the MTU that caps `blksize`,
+    /// and the scope a link-local `local` needs.
     pub scope: u32,
     /// Bytes in the buffer.
     pub len: usize,
@@ -295,7 +296,7 @@ fn read_pktinfo(msg: &libc::msghdr) -> Option<(IpAddr, u32)> {
                 let info: libc::in_pktinfo =
                     std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const libc::in_pktinfo);
                 let ip = Ipv4Addr::from(u32::from_be(info.ipi_spec_dst.s_addr));
-                return Some((IpAddr::V4(ip), 0));
+                return Some((IpAddr::V4(ip), info.ipi_ifindex as u32));
             }
             if c.cmsg_level == libc::IPPROTO_IPV6 && c.cmsg_type == libc::IPV6_PKTINFO {
                 let info: libc::in6_pktinfo =
