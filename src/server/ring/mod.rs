@@ -242,6 +242,14 @@ pub(crate) fn run_with(
 /// when this thread waits for them, in one batch, rather than by interrupting it), falling back
 /// to cooperative task running on kernels before 6.1.
 fn build_ring() -> io::Result<IoUring> {
+    // Multishot receives (and their buffer rings) came in Linux 6.0; an older kernel accepts the
+    // ring and fails each receive, so it is refused here and the shard serves with epoll.
+    if kernel_version().is_some_and(|v| v < (6, 0)) {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "the io_uring engine needs Linux 6.0 or later (multishot receives)",
+        ));
+    }
     let deferred = IoUring::builder()
         .setup_cqsize(CQ_ENTRIES)
         .setup_single_issuer()
@@ -255,6 +263,27 @@ fn build_ring() -> io::Result<IoUring> {
             .build(SQ_ENTRIES),
         Err(e) => Err(e),
     }
+}
+
+/// The running kernel's major and minor version, from `uname`.
+fn kernel_version() -> Option<(u32, u32)> {
+    // SAFETY: uname fills the struct it is given.
+    let mut name: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; `name` is a valid, writable utsname.
+    if unsafe { libc::uname(&mut name) } != 0 {
+        return None;
+    }
+    let release: Vec<u8> = name
+        .release
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    let release = String::from_utf8_lossy(&release);
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
 }
 
 /// Registers a sparse table of fixed files as large as the descriptor limit allows (each
