@@ -97,7 +97,7 @@ struct Cli {
 
     /// Answer every transfer from the main port, telling clients apart by address and port,
     /// for clients behind NAT, a container port mapping or a load-balancer address, where
-    /// replies from a new port never arrive (needs io_uring).
+    /// replies from a new port never arrive.
     #[arg(long)]
     single_port: bool,
 

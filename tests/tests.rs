@@ -34,8 +34,8 @@ mod server;
 // --single-port: real clients (curl, tftp-hpa, atftp with 16-block windows, busybox) byte-exact
 // with every reply from the main port; 64 clients on two shards (SO_REUSEPORT keeps each client
 // on its shard); a client asking again from the same port gets its new file; stray ACKs are
-// not answered and stray DATA gets ERROR 4, without disturbing a transfer; the epoll backend
-// refuses the mode with a clear error.
+// not answered and stray DATA gets ERROR 4, without disturbing a transfer; the same on the epoll
+// backend.
 mod single_port;
 
 // The command line: port in use, port 69 without CAP_NET_BIND_SERVICE (as nobody through

@@ -80,8 +80,15 @@ pub(crate) trait Io: 'static {
     ) -> impl Future<Output = (io::Result<usize>, BlockBuf)>;
     /// Shuts the socket down so a receive still armed completes and releases it.
     fn close(socket: &Self::Socket);
-    /// The socket's raw descriptor, for socket options.
-    fn raw_fd(socket: &Self::Socket) -> RawFd;
+    /// Has every send on `socket` cut into datagrams of `segment` bytes (UDP GSO); false where
+    /// the kernel refuses.
+    fn enable_gso(socket: &Self::Socket, segment: u16) -> bool;
+    /// A transfer's socket in single-port mode: the shard's main socket, shared. `None` where
+    /// the backend cannot share it.
+    fn shared_port(&self, port: Rc<super::fallback::SharedPort>) -> Option<Self::Socket> {
+        let _ = port;
+        None
+    }
     /// The file's raw descriptor, to check it has not changed.
     fn file_fd(file: &Self::File) -> RawFd;
 }
@@ -123,6 +130,8 @@ pub(crate) struct Client {
     pub repeat: tokio::sync::Notify,
     /// Whether the client has sent anything to the transfer (so it heard the first reply).
     pub answered: std::cell::Cell<bool>,
+    /// In single-port mode, the shared main socket the shard delivers the client's datagrams to.
+    pub port: Option<Rc<super::fallback::SharedPort>>,
 }
 
 /// Runs one transfer to its end.
@@ -134,8 +143,7 @@ pub(crate) async fn run<I: Io>(
 ) -> (End, Transfer) {
     let blksize = usize::from(t.options().blksize);
     let window = u64::from(t.options().windowsize.max(1));
-    let mut gso = window > 1
-        && super::socket::enable_gso(I::raw_fd(&socket), (DATA_HEADER_LEN + blksize) as u16);
+    let mut gso = window > 1 && I::enable_gso(&socket, (DATA_HEADER_LEN + blksize) as u16);
     let mut chunks = Window::default();
     let mut pieces: Vec<Piece> = Vec::new();
 
@@ -258,6 +266,8 @@ pub(crate) async fn run<I: Io>(
                             break End::Unreachable;
                         }
                     }
+                    // Single-port mode: the client asked again from this transfer's port.
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => break End::Replaced,
                     Err(e) => tracing::debug!(error = %e, "receive failed"),
                 }
                 recv.set(I::recv(&socket, buf));

@@ -59,7 +59,7 @@ pub struct Config {
     pub port_range: Option<(u16, u16)>,
     /// Answer every transfer from the main port, told apart by the client's address and port
     /// (for NAT, container port mappings and load-balancer addresses, where replies from a
-    /// fresh port never reach the client). Needs the io_uring engine.
+    /// fresh port never reach the client).
     pub single_port: bool,
     /// The link MTU that caps a granted `blksize` so each DATA datagram fits unfragmented;
     /// `None` reads the MTU of the interface each request arrived on.

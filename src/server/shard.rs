@@ -22,6 +22,7 @@ use tokio::sync::{watch, Notify};
 
 use super::cache::{ChunkCache, Lease, CHUNK};
 use super::driver::{self, Client, Context, Data, End, Io, Meta};
+use super::fallback::SharedPort;
 use super::socket::{self, MainSocket, RecvBatch};
 use super::{Backend, Shared};
 use crate::netascii;
@@ -77,20 +78,9 @@ pub(crate) fn run(
                 }
             }
         };
-        if shared.config.single_port {
-            tracing::error!(shard = index, error = %refused, "--single-port needs the io_uring engine, which is unavailable here (seccomp, kernel.io_uring_disabled or an old kernel)");
-            return;
-        }
         if index == 0 {
             tracing::warn!(error = %refused, "io_uring is unavailable (seccomp, kernel.io_uring_disabled or an old kernel); serving with epoll");
         }
-    }
-    if shared.config.single_port {
-        tracing::error!(
-            shard = index,
-            "--single-port needs the io_uring engine; it cannot run with --backend epoll"
-        );
-        return;
     }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -133,8 +123,13 @@ async fn serve<I: Io>(
     let main = match MainSocket::new(socket).and_then(|m| {
         // SAFETY: the main socket owns its descriptor, which is neither closed nor replaced
         // while the AsyncFd holds it.
-        unsafe { AsyncFd::register_with_interest(m, tokio::io::Interest::READABLE) }
-            .map_err(std::io::Error::from)
+        unsafe {
+            AsyncFd::register_with_interest(
+                m,
+                tokio::io::Interest::READABLE | tokio::io::Interest::WRITABLE,
+            )
+        }
+        .map_err(std::io::Error::from)
     }) {
         Ok(main) => Rc::new(main),
         Err(e) => {
@@ -151,13 +146,17 @@ async fn serve<I: Io>(
         cache: Rc::new(ChunkCache::new(shared.config.block_cache)),
     });
     let mut batch = RecvBatch::new();
+    let single_port = shared.config.single_port;
     loop {
         tokio::select! {
             result = socket::recv_batch(&main, &mut batch) => match result {
                 Ok(_) => {
                     for (received, bytes) in batch.iter() {
+                        if single_port && deliver(&state, received.peer, bytes) {
+                            continue;
+                        }
                         let local = received.local.or(main_ip);
-                        handle(&io, &shared, &state, main.get_ref(), received.peer, (local, received.scope), bytes, received.truncated);
+                        handle(&io, &shared, &state, &main, received.peer, (local, received.scope), bytes, received.truncated);
                     }
                 }
                 Err(e) => {
@@ -168,11 +167,24 @@ async fn serve<I: Io>(
             _ = stop.changed() => break,
         }
     }
-    // Stop taking requests, then let running transfers finish within the grace period.
-    drop(main);
+    // Stop taking requests, then let running transfers finish within the grace period. In
+    // single-port mode their datagrams still arrive on the main socket, so it is read on (new
+    // requests are ignored); otherwise it is closed, leaving the port's SO_REUSEPORT group.
+    let main = single_port.then_some(main);
     let deadline = tokio::time::Instant::now() + shared.config.grace;
     while state.running.get() > 0 {
+        let receive = async {
+            match &main {
+                Some(main) => socket::recv_batch(main, &mut batch).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
+            Ok(_) = receive => {
+                for (received, bytes) in batch.iter() {
+                    deliver(&state, received.peer, bytes);
+                }
+            }
             () = state.ended.notified() => {}
             () = tokio::time::sleep_until(deadline) => {
                 tracing::warn!(running = state.running.get(), "grace period over; abandoning running transfers");
@@ -184,13 +196,34 @@ async fn serve<I: Io>(
     tracing::debug!(hits, misses, "chunk cache");
 }
 
+/// In single-port mode, hands a datagram that is not a request to the transfer of the client's
+/// address and port; whether it was taken (ACKs and ERRORs of no transfer — late ones, from a
+/// transfer just ended — are dropped rather than answered).
+fn deliver<I: Io>(state: &State<I>, peer: SocketAddr, bytes: &[u8]) -> bool {
+    if matches!(bytes, [0, 1 | 2, ..]) {
+        return false;
+    }
+    match state
+        .active
+        .borrow()
+        .get(&peer)
+        .and_then(|c| c.port.as_ref())
+    {
+        Some(port) => {
+            port.deliver(bytes);
+            true
+        }
+        None => matches!(bytes, [0, 4 | 5, ..]),
+    }
+}
+
 /// Answers one datagram on the main port.
 #[allow(clippy::too_many_arguments)]
 fn handle<I: Io>(
     io: &Rc<I>,
     shared: &Arc<Shared>,
     state: &Rc<State<I>>,
-    main: &MainSocket,
+    main: &Rc<AsyncFd<MainSocket>>,
     peer: SocketAddr,
     (local, scope): (Option<IpAddr>, u32),
     bytes: &[u8],
@@ -221,10 +254,20 @@ fn handle<I: Io>(
                 client.repeat.notify_one();
             }
         }
-        Decision::Reject(code, message) => reject(main, peer, local, code, &message),
+        Decision::Reject(code, message) => reject(main.get_ref(), peer, local, code, &message),
         Decision::Start(prepared) => {
-            if let Err((code, message)) = spawn(io, shared, state, prepared) {
-                reject(main, peer, local, code, &message);
+            // Single-port mode: a new request from the port of a running transfer the client
+            // has answered ends that transfer (see the io_uring engine's `request`).
+            if let Some(port) = state
+                .active
+                .borrow()
+                .get(&peer)
+                .and_then(|c| c.port.as_ref())
+            {
+                port.replace();
+            }
+            if let Err((code, message)) = spawn(io, shared, state, main, prepared) {
+                reject(main.get_ref(), peer, local, code, &message);
             }
         }
     }
@@ -506,31 +549,38 @@ fn spawn<I: Io>(
     io: &Rc<I>,
     shared: &Arc<Shared>,
     state: &Rc<State<I>>,
+    main: &Rc<AsyncFd<MainSocket>>,
     prepared: Box<Prepared>,
 ) -> Result<(), (ErrorCode, String)> {
     let Prepared {
         socket,
-        local: _,
+        local,
         source,
         lease,
         transfer: t,
         meta,
         slot,
     } = *prepared;
-    let Some(socket) = socket else {
-        // Server::start refuses single-port mode on these backends.
-        return Err((
-            ErrorCode::Undefined,
-            "Cannot open a transfer socket".to_owned(),
-        ));
-    };
-    let sock = io.socket(socket).map_err(|e| {
-        tracing::warn!(peer = %meta.peer, error = %e, "cannot open a transfer socket");
+    let cannot = || {
         (
             ErrorCode::Undefined,
             "Cannot open a transfer socket".to_owned(),
         )
-    })?;
+    };
+    let (sock, port) = match socket {
+        Some(socket) => {
+            let sock = io.socket(socket).map_err(|e| {
+                tracing::warn!(peer = %meta.peer, error = %e, "cannot open a transfer socket");
+                cannot()
+            })?;
+            (sock, None)
+        }
+        None => {
+            let port = Rc::new(SharedPort::new(main.clone(), meta.peer, local));
+            let sock = io.shared_port(port.clone()).ok_or_else(cannot)?;
+            (sock, Some(port))
+        }
+    };
     let data = match source {
         Source::File(file) => {
             let id = file.id();
@@ -543,6 +593,7 @@ fn spawn<I: Io>(
         filename: meta.filename.clone(),
         repeat: Notify::new(),
         answered: Cell::new(false),
+        port,
     });
     state.active.borrow_mut().insert(meta.peer, client.clone());
     state.running.set(state.running.get() + 1);

@@ -534,6 +534,12 @@ impl Reply {
         }
     }
 
+    /// Sets the datagram size GSO cuts a window into.
+    pub(crate) fn set_segment(&mut self, segment: u16) {
+        let space = write_segment(&mut self.control.0[self.pktinfo_len..], segment);
+        self.all_len = self.pktinfo_len + space;
+    }
+
     /// Points `msg` at the client's address and the control messages; `gso` when the message
     /// holds several datagrams for the kernel to cut.
     pub(crate) fn apply(&mut self, msg: &mut libc::msghdr, gso: bool) {

@@ -131,8 +131,8 @@ impl Io for Uring {
         let _ = socket.shutdown(std::net::Shutdown::Both);
     }
 
-    fn raw_fd(socket: &UdpSocket) -> RawFd {
-        socket.as_raw_fd()
+    fn enable_gso(socket: &UdpSocket, segment: u16) -> bool {
+        super::socket::enable_gso(socket.as_raw_fd(), segment)
     }
 
     fn file_fd(file: &File) -> RawFd {
