@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use ringtftp::options::BLKSIZE_DEFAULT;
 use ringtftp::packet::Packet;
 
 use crate::client::{emit_ack, Client, Config, Failure, Transmit};
@@ -184,7 +185,12 @@ impl<'a> Worker<'a> {
         }
         // SAFETY: `fd` is a fresh descriptor that nothing else owns.
         let epoll = unsafe { OwnedFd::from_raw_fd(fd) };
-        let blksize = usize::from(config.blksize.unwrap_or(512).max(512));
+        let blksize = usize::from(
+            config
+                .blksize
+                .unwrap_or(BLKSIZE_DEFAULT)
+                .max(BLKSIZE_DEFAULT),
+        );
         let window = usize::from(config.windowsize.unwrap_or(1));
         // The kernel charges about a page-rounded skb per datagram against SO_RCVBUF; ask for
         // room for two windows when the default (about 208 KiB) would not hold one.
@@ -956,123 +962,43 @@ mod tests {
     use crate::client::Expect;
     use ringtftp::packet::Mode;
     use std::net::UdpSocket;
-    use std::os::fd::AsRawFd;
 
-    /// A minimal threaded TFTP server for the event loop's tests: one thread per transfer,
-    /// windows as asked, go-back-N on a 20 ms timeout. Serves `file` as `"file"`, answers any
-    /// other name with ERROR 1. Returns its address; it serves until the test process ends.
-    fn mini_server(file: Vec<u8>) -> SocketAddr {
-        mini_server_with(file, false)
+    /// The real server library (`ringtftp::server`) on 127.0.0.1:0, one shard, serving `file`
+    /// as `"file"` from a scratch directory; it stops, and the directory goes, on drop.
+    struct Served {
+        handle: Option<ringtftp::server::Handle>,
+        dir: std::path::PathBuf,
     }
 
-    /// [`mini_server`], sending each window as one GSO train (`UDP_SEGMENT`) when `gso`.
-    fn mini_server_with(file: Vec<u8>, gso: bool) -> SocketAddr {
-        let main = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let addr = main.local_addr().unwrap();
-        let file = std::sync::Arc::new(file);
-        std::thread::spawn(move || {
-            let mut buf = [0; 1024];
-            loop {
-                let Ok((n, peer)) = main.recv_from(&mut buf) else {
-                    return;
-                };
-                let Ok(Packet::Rrq(req)) = Packet::parse(&buf[..n]) else {
-                    continue;
-                };
-                let name = req.filename.to_owned();
-                let num = |o: &str| {
-                    req.options
-                        .get(o)
-                        .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u16>().ok())
-                };
-                let (blksize, window) = (num("blksize"), num("windowsize"));
-                let file = file.clone();
-                std::thread::spawn(move || transfer(peer, &name, blksize, window, &file, gso));
+    impl Served {
+        fn new(file: &[u8]) -> Self {
+            static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let n = NEXT.fetch_add(1, Relaxed);
+            let dir = std::env::temp_dir().join(format!("loadgen-test-{}-{n}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("file"), file).unwrap();
+            let mut config = ringtftp::server::Config::default();
+            config.shards = 1;
+            let addr = "127.0.0.1:0".parse().unwrap();
+            let handle = ringtftp::server::serve_directory(addr, &dir, config).unwrap();
+            Self {
+                handle: Some(handle),
+                dir,
             }
-        });
-        addr
-    }
-
-    fn transfer(
-        peer: SocketAddr,
-        name: &str,
-        blksize: Option<u16>,
-        window: Option<u16>,
-        file: &[u8],
-        gso: bool,
-    ) {
-        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-        sock.connect(peer).unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(20)))
-            .unwrap();
-        if name != "file" {
-            let _ = sock.send(b"\x00\x05\x00\x01File not found\x00");
-            return;
         }
-        let size = usize::from(blksize.unwrap_or(512));
-        let w = u64::from(window.unwrap_or(1));
-        let last = (file.len() / size + 1) as u64;
-        // The first unacknowledged block; 0 is the OACK.
-        let mut base = if blksize.is_some() || window.is_some() {
-            0
-        } else {
-            1
-        };
-        let mut buf = [0; 16];
-        for _ in 0..10_000 {
-            if base == 0 {
-                let mut oack = b"\x00\x06".to_vec();
-                if let Some(b) = blksize {
-                    oack.extend_from_slice(format!("blksize\x00{b}\x00").as_bytes());
-                }
-                if let Some(w) = window {
-                    oack.extend_from_slice(format!("windowsize\x00{w}\x00").as_bytes());
-                }
-                let _ = sock.send(&oack);
-            } else {
-                let mut train = Vec::new();
-                for block in base..(base + w).min(last + 1) {
-                    let start = (block as usize - 1) * size;
-                    let chunk = &file[start.min(file.len())..(start + size).min(file.len())];
-                    let mut d = vec![0, 3];
-                    d.extend_from_slice(&(block as u16).to_be_bytes());
-                    d.extend_from_slice(chunk);
-                    if gso {
-                        train.extend_from_slice(&d);
-                    } else {
-                        let _ = sock.send(&d);
-                    }
-                }
-                if gso {
-                    // Cut by the kernel at 4 + blksize, as ringtftpd sends its windows.
-                    let segment = libc::c_int::from(size as u16 + 4);
-                    // SAFETY: a live c_int option value of the length given.
-                    unsafe {
-                        libc::setsockopt(
-                            sock.as_raw_fd(),
-                            libc::SOL_UDP,
-                            103, // UDP_SEGMENT
-                            (&segment as *const libc::c_int).cast(),
-                            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                        );
-                    }
-                    let _ = sock.send(&train);
-                }
+
+        fn addr(&self) -> SocketAddr {
+            self.handle.as_ref().expect("serving").local_addr()
+        }
+    }
+
+    impl Drop for Served {
+        fn drop(&mut self) {
+            if let Some(handle) = self.handle.take() {
+                handle.stopper().stop();
+                drop(handle);
             }
-            // Take every ACK queued; a timeout re-sends the window.
-            while let Ok(n) = sock.recv(&mut buf) {
-                if let Ok(Packet::Ack { block }) = Packet::parse(&buf[..n]) {
-                    // Test files stay below 65536 blocks: no rollover to undo.
-                    let acked = u64::from(block);
-                    if acked + 1 >= base && acked <= last {
-                        base = acked + 1;
-                        if base > last {
-                            return;
-                        }
-                        break;
-                    }
-                }
-            }
+            let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
 
@@ -1116,7 +1042,8 @@ mod tests {
     #[test]
     fn event_loop_runs_the_budget_with_every_byte_checked() {
         let file: Vec<u8> = (0..3000u32).map(|i| (i * 13 % 256) as u8).collect();
-        let server = mini_server(file.clone());
+        let served = Served::new(&file);
+        let server = served.addr();
         let stats = run_plan(&plan(server, 8, 40), &config(&file), "file");
         assert_eq!((stats.ok, stats.failed()), (40, 0), "{:?}", stats.failures);
         assert_eq!(stats.bytes, 40 * 3000);
@@ -1137,7 +1064,9 @@ mod tests {
     #[test]
     fn gso_windows_are_taken_whole_and_split_with_gro() {
         let file: Vec<u8> = (0..50_000u32).map(|i| (i * 7 % 253) as u8).collect();
-        let server = mini_server_with(file.clone(), true);
+        // The server sends each window as one GSO train (`UDP_SEGMENT` = 4 + blksize).
+        let served = Served::new(&file);
+        let server = served.addr();
         let mut c = config(&file);
         c.blksize = Some(1000);
         c.windowsize = Some(8);
@@ -1155,8 +1084,8 @@ mod tests {
     #[test]
     fn event_loop_recovers_from_simulated_loss() {
         let file: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
-        let server = mini_server(file.clone());
-        let mut plan = plan(server, 4, 8);
+        let served = Served::new(&file);
+        let mut plan = plan(served.addr(), 4, 8);
         plan.loss = 0.05;
         plan.seed = 7;
         let mut c = config(&file);
@@ -1170,12 +1099,15 @@ mod tests {
 
     #[test]
     fn event_loop_counts_errors_and_timeouts() {
-        let server = mini_server(vec![1; 10]);
-        let stats = run_plan(&plan(server, 2, 3), &config(&[1; 10]), "missing");
+        let served = Served::new(&[1; 10]);
+        let stats = run_plan(&plan(served.addr(), 2, 3), &config(&[1; 10]), "missing");
         assert_eq!(stats.failures.get(&Failure::Error(1)), Some(&3));
-        assert_eq!(
-            stats.describe(&Failure::Error(1)),
-            "ERROR 1 (\"File not found\")"
+        assert!(
+            stats
+                .describe(&Failure::Error(1))
+                .starts_with("ERROR 1 (\"File not found"),
+            "{}",
+            stats.describe(&Failure::Error(1))
         );
 
         // Nobody listens: every transfer times out after its retries, in bounded time.
