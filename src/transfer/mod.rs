@@ -269,7 +269,7 @@ impl Transfer {
     /// The first [`poll_transmit`](Self::poll_transmit) yields the OACK when `opts` accepted any
     /// option, otherwise DATA 1.
     pub fn new(now: Instant, opts: Negotiated, len: u64, config: Config) -> Self {
-        let blksize = u64::from(opts.blksize.max(1));
+        let blksize = u64::from(opts.blksize().get());
         let oack = opts.has_oack();
         let mut t = Self {
             opts,
@@ -528,13 +528,13 @@ impl Transfer {
 
     /// The byte offset in the (encoded) file of absolute block `block`.
     pub fn offset(&self, block: u64) -> u64 {
-        block.saturating_sub(1) * u64::from(self.opts.blksize)
+        block.saturating_sub(1) * u64::from(self.opts.blksize().get())
     }
 
     /// The payload length of absolute block `block`: `blksize`, less for the final block.
     pub fn block_len(&self, block: u64) -> usize {
         let rest = self.len.saturating_sub(self.offset(block));
-        rest.min(u64::from(self.opts.blksize)) as usize
+        rest.min(u64::from(self.opts.blksize().get())) as usize
     }
 
     /// The wire number of absolute block `block`.
@@ -594,7 +594,7 @@ impl Transfer {
     /// final ACK if it already has everything (RFC 1350 dallying) — and a vanished one draws two
     /// blocks per try rather than a window.
     fn probe(&mut self) {
-        let count = (self.last - self.acked).min(u64::from(self.opts.windowsize.max(1)));
+        let count = (self.last - self.acked).min(u64::from(self.opts.windowsize().get()));
         let one = |first| {
             Transmit::Blocks(Blocks {
                 first,
@@ -610,7 +610,7 @@ impl Transfer {
 
     /// The window starting after the last acknowledged block.
     fn window(&self, retransmit: bool) -> Transmit {
-        let count = (self.last - self.acked).min(u64::from(self.opts.windowsize.max(1)));
+        let count = (self.last - self.acked).min(u64::from(self.opts.windowsize().get()));
         Transmit::Blocks(Blocks {
             first: self.acked + 1,
             // At most `windowsize`, a u16.
@@ -634,7 +634,7 @@ impl Transfer {
             undo.retx_at.get_or_insert(now);
         }
         let mut wait = self.base_rto();
-        if self.opts.timeout.is_none() {
+        if self.opts.timeout().is_none() {
             // RFC 6298 §5.5: back off exponentially while the client stays silent, and keep
             // the backoff until the next sample (§5.7).
             wait = wait
@@ -653,7 +653,7 @@ impl Transfer {
     }
 
     fn base_rto(&self) -> Duration {
-        match self.opts.timeout {
+        match self.opts.timeout() {
             Some(fixed) => fixed,
             None => self.rtt.rto(&self.config),
         }
