@@ -26,9 +26,13 @@
 //! text mode), [`transfer`] (the state machine and how a driver drives it), [`resolve`] (where
 //! files come from).
 
+pub mod client;
 pub mod netascii;
 pub mod options;
 pub mod packet;
 pub mod resolve;
 pub mod server;
+#[cfg(any(test, feature = "sim"))]
+#[doc(hidden)]
+pub mod sim;
 pub mod transfer;

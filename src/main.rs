@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
-use ringtftp::options::Limits;
+use ringtftp::options::{Limits, BLKSIZE_MAX, BLKSIZE_MIN, TIMEOUT_MAX, TIMEOUT_MIN};
 use ringtftp::resolve::DirectoryResolver;
 use ringtftp::server::{Config, Server};
 use ringtftp::transfer;
@@ -52,7 +52,8 @@ struct Cli {
 
     /// Largest block size granted to a client (RFC 2348 allows 8 to 65464).
     #[arg(long, value_name = "BYTES", default_value_t = Limits::default().blksize_max,
-          value_parser = clap::value_parser!(u16).range(8..=65464))]
+          value_parser = clap::value_parser!(u16)
+              .range(i64::from(BLKSIZE_MIN)..=i64::from(BLKSIZE_MAX)))]
     blksize_max: u16,
 
     /// Largest window granted to a client (RFC 7440 allows 1 to 65535). A window is also kept
@@ -162,8 +163,9 @@ fn run(cli: Cli) -> Result<()> {
     }
     let resolver = DirectoryResolver::new(&directory)
         .with_context(|| format!("cannot open directory {}", directory.display()))?;
-    if !(0.01..=255.0).contains(&cli.timeout) {
-        bail!("--timeout must lie between 0.01 and 255 seconds");
+    let (min, max) = (TIMEOUT_MIN.as_secs_f64(), TIMEOUT_MAX.as_secs_f64());
+    if !(min..=max).contains(&cli.timeout) {
+        bail!("--timeout must lie between {min} and {max} seconds");
     }
     let grace =
         Duration::try_from_secs_f64(cli.grace).context("--grace must be a number of seconds")?;

@@ -14,9 +14,10 @@
 //!
 //! When nothing is accepted, there is no OACK and the transfer starts with DATA 1 (RFC 2347).
 
+use std::num::NonZeroU16;
 use std::time::Duration;
 
-use crate::packet::{self, BufferTooSmall, ErrorCode, Options};
+use crate::packet::{self, BufferTooSmall, ErrorCode, Options, Packet};
 
 /// The server's caps on what a client may negotiate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +47,10 @@ impl Default for Limits {
 }
 
 /// The options in force for one transfer, each already within its legal range.
+///
+/// Read them through the accessors, whose types carry the ranges (a block size and a window are
+/// never 0). The fields are still public for the server's drivers, which read them directly;
+/// they become private once those use the accessors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Negotiated {
     /// Bytes per DATA block (512 unless negotiated).
@@ -118,12 +123,21 @@ pub const BLKSIZE_MAX: u16 = 65464;
 pub const TIMEOUT_MIN: Duration = Duration::from_millis(10);
 /// RFC 2349: at most 255 seconds.
 pub const TIMEOUT_MAX: Duration = Duration::from_secs(255);
+/// RFC 1350's lock-step: one block per ACK, the window when none is negotiated.
+pub const WINDOWSIZE_DEFAULT: u16 = 1;
+/// RFC 7440 §3: "between 1 and 65535 blocks, inclusive".
+pub const WINDOWSIZE_MAX: u16 = u16::MAX;
+/// [`BLKSIZE_DEFAULT`], as the accessor's type.
+const BLKSIZE_DEFAULT_NZ: NonZeroU16 = match NonZeroU16::new(BLKSIZE_DEFAULT) {
+    Some(n) => n,
+    None => panic!("512 is not 0"),
+};
 
 impl Negotiated {
     /// The options of a request without any: lock-step 512-byte blocks, adaptive timeout.
     pub const DEFAULT: Negotiated = Negotiated {
         blksize: BLKSIZE_DEFAULT,
-        windowsize: 1,
+        windowsize: WINDOWSIZE_DEFAULT,
         timeout: None,
         tsize: None,
         acked: [None; 4],
@@ -199,7 +213,7 @@ impl Negotiated {
                 Acked::Utimeout => unreachable!("folded into the timeout slot"),
             }
         }
-        let fits = limits.window_bytes_max / usize::from(n.blksize.max(1));
+        let fits = limits.window_bytes_max / usize::from(n.blksize().get());
         n.windowsize = n
             .windowsize
             .min(u16::try_from(fits.max(1)).unwrap_or(u16::MAX));
@@ -216,6 +230,28 @@ impl Negotiated {
         Ok(n)
     }
 
+    /// Bytes per DATA block: 512 unless negotiated, never 0 (RFC 2348: at least 8).
+    pub fn blksize(&self) -> NonZeroU16 {
+        NonZeroU16::new(self.blksize).unwrap_or(BLKSIZE_DEFAULT_NZ)
+    }
+
+    /// Blocks sent before waiting for an ACK: 1 (lock-step) unless negotiated, never 0
+    /// (RFC 7440 §3).
+    pub fn windowsize(&self) -> NonZeroU16 {
+        NonZeroU16::new(self.windowsize).unwrap_or(NonZeroU16::MIN)
+    }
+
+    /// The retransmission interval the client fixed, if it did (RFC 2349).
+    pub fn timeout(&self) -> Option<Duration> {
+        self.timeout
+    }
+
+    /// The transfer size: answered to a `tsize` request (server), or announced by the OACK
+    /// (client).
+    pub fn tsize(&self) -> Option<u64> {
+        self.tsize
+    }
+
     /// Whether an OACK must be sent (some option was accepted).
     pub fn has_oack(&self) -> bool {
         self.acked[0].is_some()
@@ -223,9 +259,8 @@ impl Negotiated {
 
     /// Writes the OACK acknowledging the accepted options into `buf`; returns its length.
     pub fn emit_oack(&self, buf: &mut [u8]) -> Result<usize, BufferTooSmall> {
-        let head = buf.get_mut(..2).ok_or(BufferTooSmall)?;
-        head.copy_from_slice(&[0, 6]);
-        let mut len = 2;
+        // The opcode alone: an OACK with no options yet.
+        let mut len = Packet::Oack(Options::EMPTY).emit(buf)?;
         let mut num = [0u8; 24];
         for acked in self.acked.iter().flatten() {
             let (name, value) = match acked {
@@ -247,6 +282,132 @@ impl Negotiated {
 impl Default for Negotiated {
     fn default() -> Self {
         Self::DEFAULT
+    }
+}
+
+/// The options a client asks for in its RRQ (RFC 2347), and its reading of the server's OACK.
+///
+/// A server may only acknowledge options it was sent (RFC 2347), may lower `blksize` and
+/// `windowsize` but never raise them (RFC 2348, RFC 7440 §3), must echo `timeout` as it was
+/// asked or leave it out (RFC 2349), and answers `tsize` with the size it will send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Ask {
+    /// The `blksize` to ask for (RFC 2348), `None` for RFC 1350's 512 bytes.
+    pub blksize: Option<u16>,
+    /// The `windowsize` to ask for (RFC 7440), `None` for lock-step.
+    pub windowsize: Option<u16>,
+    /// Whether to ask for the transfer size (RFC 2349, sent as `tsize` 0).
+    pub tsize: bool,
+    /// The `timeout` to ask for (RFC 2349), sent in seconds (a fraction where it has one).
+    pub timeout: Option<Duration>,
+}
+
+/// Why a client refuses an OACK: the server acknowledged something it was not asked, or a
+/// value it may not grant. The message names the option.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OackError(&'static str);
+
+impl OackError {
+    /// What is wrong, e.g. "OACK blksize outside 8..=asked".
+    pub fn message(self) -> &'static str {
+        self.0
+    }
+}
+
+impl std::fmt::Display for OackError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::error::Error for OackError {}
+
+impl Ask {
+    /// Whether nothing is asked: the server answers with DATA 1, never an OACK.
+    pub fn is_empty(&self) -> bool {
+        *self == Ask::default()
+    }
+
+    /// Appends the options to an option list being built in `buf` at `*len`, in the order
+    /// `blksize`, `tsize`, `timeout`, `windowsize`.
+    pub fn emit(&self, buf: &mut [u8], len: &mut usize) -> Result<(), BufferTooSmall> {
+        let mut num = [0u8; 24];
+        if let Some(blksize) = self.blksize {
+            packet::push_option(buf, len, "blksize", fmt_uint(blksize.into(), &mut num))?;
+        }
+        if self.tsize {
+            packet::push_option(buf, len, "tsize", "0")?;
+        }
+        if let Some(timeout) = self.timeout {
+            packet::push_option(buf, len, "timeout", fmt_seconds(Some(timeout), &mut num))?;
+        }
+        if let Some(windowsize) = self.windowsize {
+            packet::push_option(
+                buf,
+                len,
+                "windowsize",
+                fmt_uint(windowsize.into(), &mut num),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The options in force after the server's OACK, or why the OACK is refused.
+    pub fn accept(&self, oack: &Options<'_>) -> Result<Negotiated, OackError> {
+        let mut n = Negotiated::DEFAULT;
+        let mut k = 0;
+        for (name, value) in oack.iter() {
+            let kind =
+                Acked::from_name(name).ok_or(OackError("OACK with an option not asked for"))?;
+            match kind {
+                Acked::Blksize => {
+                    let asked = self
+                        .blksize
+                        .ok_or(OackError("OACK blksize not asked for"))?;
+                    let v = parse_uint(value).ok_or(OackError("OACK blksize not a number"))?;
+                    if !(u64::from(BLKSIZE_MIN)..=u64::from(asked)).contains(&v) {
+                        return Err(OackError("OACK blksize outside 8..=asked"));
+                    }
+                    n.blksize = clamp_u16(v, asked);
+                }
+                Acked::Windowsize => {
+                    let asked = self
+                        .windowsize
+                        .ok_or(OackError("OACK windowsize not asked for"))?;
+                    let v = parse_uint(value).ok_or(OackError("OACK windowsize not a number"))?;
+                    if !(1..=u64::from(asked)).contains(&v) {
+                        return Err(OackError("OACK windowsize outside 1..=asked"));
+                    }
+                    n.windowsize = clamp_u16(v, asked);
+                }
+                Acked::Tsize => {
+                    if !self.tsize {
+                        return Err(OackError("OACK tsize not asked for"));
+                    }
+                    n.tsize = Some(parse_uint(value).ok_or(OackError("OACK tsize not a number"))?);
+                }
+                Acked::Timeout => {
+                    let asked = self
+                        .timeout
+                        .ok_or(OackError("OACK timeout not asked for"))?;
+                    let mut num = [0u8; 24];
+                    if value != fmt_seconds(Some(asked), &mut num).as_bytes() {
+                        return Err(OackError("OACK timeout differs from the one asked for"));
+                    }
+                    n.timeout = Some(asked);
+                }
+                Acked::Utimeout => return Err(OackError("OACK utimeout not asked for")),
+            }
+            // A repeated name is taken at its last value and recorded once.
+            if n.acked[..k].contains(&Some(kind)) {
+                continue;
+            }
+            if let Some(slot) = n.acked.get_mut(k) {
+                *slot = Some(kind);
+                k += 1;
+            }
+        }
+        Ok(n)
     }
 }
 

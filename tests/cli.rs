@@ -91,10 +91,10 @@ fn a_privileged_port_without_the_capability_names_it() {
             .and_then(|s| s.trim().parse::<u16>().ok())
             .unwrap_or(1024);
     if unprivileged_start <= 69 {
-        eprintln!(
-            "skipping: net.ipv4.ip_unprivileged_port_start is {unprivileged_start}, so anyone \
-             may bind port 69 here"
-        );
+        crate::util::skip::unsupported(&format!(
+            "net.ipv4.ip_unprivileged_port_start is {unprivileged_start}, so anyone may bind \
+             port 69 here"
+        ));
         return;
     }
     let dir = TempDir::new("a_privileged_port_without_the_capability_names_it");
@@ -106,7 +106,10 @@ fn a_privileged_port_without_the_capability_names_it() {
             .into_iter()
             .find(|p| Path::new(p).exists())
         else {
-            eprintln!("skipping: running as root and setpriv (util-linux) is not installed");
+            crate::util::skip::missing(
+                "setpriv, to drop root's privileges",
+                "apt-get install util-linux",
+            );
             return;
         };
         let mut cmd = Command::new(setpriv);
@@ -126,10 +129,10 @@ fn a_privileged_port_without_the_capability_names_it() {
     };
     let done = run(cmd, START_TIMEOUT);
     if done.stderr.contains("setpriv:") {
-        eprintln!(
-            "skipping: setpriv cannot drop privileges here:\n{}",
+        crate::util::skip::unsupported(&format!(
+            "setpriv cannot drop privileges here:\n{}",
             done.describe()
-        );
+        ));
         return;
     }
     assert_fails_saying(&done, &["CAP_NET_BIND_SERVICE", "69"]);

@@ -402,7 +402,7 @@ fn ipv6_loopback() -> bool {
 #[test]
 fn every_client_fetches_over_ipv6_loopback() {
     if !ipv6_loopback() {
-        eprintln!("skipping: no IPv6 loopback (::1) on this host");
+        crate::util::skip::unsupported("no IPv6 loopback (::1) on this host");
         return;
     }
     let root = TempDir::new("every_client_fetches_over_ipv6_loopback");

@@ -33,7 +33,6 @@ const BIG: usize = 1024 * 1024;
 pub(crate) const BIG_NAME: &str = "big";
 const SMALL: usize = 128 * 1024;
 const SMALL_NAME: &str = "small";
-const REQUIRE: &str = "RINGTFTP_REQUIRE_CLIENTS";
 
 /// Whether this machine can run the tests: root, `ip` and `nft`. Prints why not (or panics in
 /// CI) otherwise.
@@ -50,12 +49,8 @@ pub(crate) fn supported() -> bool {
     if missing.is_empty() {
         return true;
     }
-    let required = env::var_os(REQUIRE).is_some_and(|v| !v.is_empty() && v != "0");
     let why = format!("network fault tests need {}", missing.join(", "));
-    if required {
-        panic!("{why} ({REQUIRE} is set)");
-    }
-    eprintln!("skipping: {why}");
+    util::skip::missing(&why, "run as root with apt-get install iproute2 nftables");
     false
 }
 
@@ -459,10 +454,7 @@ fn loadgen() -> Option<PathBuf> {
         "{} not built (cargo test --workspace builds it)",
         path.display()
     );
-    if env::var_os(REQUIRE).is_some_and(|v| !v.is_empty() && v != "0") {
-        panic!("{why} ({REQUIRE} is set)");
-    }
-    eprintln!("skipping loadgen: {why}");
+    util::skip::missing(&why, "cargo build -p loadgen");
     None
 }
 

@@ -2,8 +2,9 @@
 // `ringtftpd` on free loopback ports and talks to it. Each module below is one subject; add a
 // test to the module it belongs to, and a module only for a new subject.
 //
-// A test that needs a client which is not installed prints "skipping: NAME not installed" and
-// passes, unless RINGTFTP_REQUIRE_CLIENTS is set (`.ci/run` sets it and installs them all).
+// A test that needs a client which is not installed (or root, or a host feature) says so through
+// util/skip.rs and passes, unless RINGTFTP_REQUIRE_CLIENTS is set (`.ci/run` sets it and
+// installs them all); every skip is printed at once and again, as a list, when the binary exits.
 
 // Scratch directories, file contents, SHA-256, the daemon under test, the real clients and a raw
 // TFTP peer on a UDP socket (util/raw.rs: hand-made packets and a lock-step downloader).

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use clap::{Parser, ValueEnum};
+use ringtftp::options::{BLKSIZE_MAX, BLKSIZE_MIN};
 use ringtftp::packet::Mode;
 
 use crate::client::{Config, Expect};
@@ -70,7 +71,8 @@ struct Cli {
     duration: Option<Duration>,
 
     /// Ask for this block size (RFC 2348) [default: ask nothing, 512].
-    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u16).range(8..=65464))]
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u16)
+        .range(i64::from(BLKSIZE_MIN)..=i64::from(BLKSIZE_MAX)))]
     blksize: Option<u16>,
 
     /// Ask for this window (RFC 7440) [default: ask nothing, lock-step].

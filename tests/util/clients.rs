@@ -26,24 +26,23 @@ pub const BUSYBOX: &str = "busybox";
 /// give-up times on a silent server: busybox ~13 s, tftp-hpa 25 s, atftp 30 s, curl 300 s.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Set (to anything but "" or "0") by `.ci/run`: a missing client fails the test instead of
-/// skipping it.
-const REQUIRE_CLIENTS: &str = "RINGTFTP_REQUIRE_CLIENTS";
-
 /// The path of client program `name` (one of [`TFTP_HPA`], [`ATFTP`], [`CURL`], [`BUSYBOX`]),
-/// or `None` after printing "skipping: NAME not installed" — unless `RINGTFTP_REQUIRE_CLIENTS`
-/// is set, in which case a missing client panics.
+/// or `None` after recording the skip ([`super::skip::missing`]) — unless
+/// `RINGTFTP_REQUIRE_CLIENTS` is set, in which case a missing client panics.
 ///
 /// A test that needs a client starts with `let Some(_) = client(CURL) else { return };`.
 pub fn client(name: &str) -> Option<PathBuf> {
     if let Some(path) = find_program(name) {
         return Some(path);
     }
-    let required = env::var_os(REQUIRE_CLIENTS).is_some_and(|v| !v.is_empty() && v != "0");
-    if required {
-        panic!("client {name} is required in CI ({REQUIRE_CLIENTS} is set) but is not installed");
-    }
-    eprintln!("skipping: {name} not installed");
+    let package = match name {
+        TFTP_HPA => "tftp-hpa",
+        other => other,
+    };
+    super::skip::missing(
+        &format!("client {name} not installed"),
+        &format!("apt-get install {package}"),
+    );
     None
 }
 

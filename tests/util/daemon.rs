@@ -205,7 +205,7 @@ impl Daemon {
         probe
             .set_read_timeout(Some(PROBE_INTERVAL))
             .expect("set probe timeout");
-        let rrq = [&[0, 1][..], PROBE_FILE.as_bytes(), b"\0octet\0"].concat();
+        let rrq = super::raw::rrq(PROBE_FILE, ringtftp::packet::Mode::Octet, &[]);
         let start = Instant::now();
         let mut buf = [0; 1024];
         while start.elapsed() < READY_TIMEOUT {

@@ -9,6 +9,7 @@ mod clients;
 mod daemon;
 mod process;
 pub mod raw;
+pub mod skip;
 
 use std::fs;
 use std::io::Read;

@@ -1,11 +1,14 @@
 //! A raw TFTP peer on a plain UDP socket, built on the library's own codec
 //! (`ringtftp::packet`): for what no real client can be made to do (a WRQ answered by hand, a
-//! DATA sent to the main port, an RRQ sent twice) and for many transfers at once from threads.
+//! DATA sent to the main port, an RRQ sent twice), and downloads with the library's own reader
+//! (`ringtftp::client`), for many transfers at once from threads.
 
 use std::io::ErrorKind;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
+use ringtftp::client::{self, Client};
+use ringtftp::options::Ask;
 use ringtftp::packet::{self, ErrorCode, Mode, Options, Packet, Request};
 
 /// How long the lock-step client waits for a DATA before it sends its last ACK again.
@@ -215,9 +218,10 @@ pub struct Download {
     pub blocks: u64,
 }
 
-/// Downloads `name` in lock-step (one ACK per block, RFC 1350) with `options`, which must not
-/// ask for a window: a granted `windowsize` other than 1 is an error. `on_block(n)` is called
-/// after the n-th block (counted from 1, not wrapped) is accepted and acknowledged.
+/// Downloads `name` with the library's own reader (`ringtftp::client`) asking for `options`
+/// (`blksize`, `windowsize`, `tsize` and `timeout` are understood; lock-step unless a window is
+/// asked). `on_block(n)` is called after the n-th block (counted from 1, not wrapped) is
+/// accepted and acknowledged.
 ///
 /// The block number wraps from 65535 to 0 as tftp-hpa and every PXE ROM expect. A silent second
 /// sends the last ACK (or the RRQ) again; 8 in a row, an ERROR, or a packet that breaks the
@@ -229,32 +233,67 @@ pub fn download(
     options: &[(&str, &str)],
     mut on_block: impl FnMut(u64),
 ) -> Result<Download, String> {
+    let config = client::Config {
+        mode,
+        ask: ask(options),
+        timeout: RETRY_AFTER,
+        retries: MAX_RETRIES,
+    };
     let peer = Peer::new(server);
     let start = Instant::now();
-    let request = rrq(name, mode, options);
-    let mut last_sent = request.clone();
-    let mut send_to = server;
-    peer.send_to(&request, server);
+    let mut request = vec![0; 1024];
+    let n = config
+        .emit_rrq(name, &mut request)
+        .map_err(|e| format!("{name}: {e}"))?;
+    request.truncate(n);
+    let mut reader = Client::new(config, start);
     let mut tid: Option<SocketAddr> = None;
-    let mut blksize = 512usize;
     let mut oack = Vec::new();
     let mut data = Vec::new();
-    let mut blocks = 0u64;
-    let mut retries = 0;
+    let mut message = String::new();
     loop {
+        while let Some(transmit) = reader.poll_transmit() {
+            match (transmit, tid) {
+                (client::Transmit::Rrq, _) => peer.send_to(&request, server),
+                (client::Transmit::Ack(block), Some(tid)) => peer.send_to(&ack(block), tid),
+                (client::Transmit::Ack(_), None) => unreachable!("an ACK answers the TID"),
+            }
+        }
+        let blocks = reader.blocks();
+        match reader.outcome() {
+            None => {}
+            Some(client::Outcome::Complete) => {
+                let tid = tid.expect("a complete download heard the server");
+                return Ok(Download {
+                    data,
+                    tid,
+                    oack,
+                    blocks,
+                });
+            }
+            Some(client::Outcome::Error(code)) => {
+                return Err(format!(
+                    "{name}: ERROR {} {message:?} after {blocks} blocks",
+                    code.to_u16()
+                ))
+            }
+            Some(client::Outcome::TimedOut) => {
+                return Err(format!(
+                    "{name}: server silent for {MAX_RETRIES} s after {blocks} blocks"
+                ))
+            }
+            Some(other) => return Err(format!("{name}: {other:?} after {blocks} blocks")),
+        }
         if start.elapsed() > DOWNLOAD_DEADLINE {
             return Err(format!(
                 "{name}: not done after {DOWNLOAD_DEADLINE:?} ({blocks} blocks)"
             ));
         }
-        let Some((reply, from)) = peer.recv(RETRY_AFTER) else {
-            retries += 1;
-            if retries > MAX_RETRIES {
-                return Err(format!(
-                    "{name}: server silent for {MAX_RETRIES} s after {blocks} blocks"
-                ));
-            }
-            peer.send_to(&last_sent, send_to);
+        let wait = reader.poll_timeout().map_or(Duration::ZERO, |at| {
+            at.saturating_duration_since(Instant::now())
+        });
+        let Some((reply, from)) = peer.recv(wait) else {
+            reader.handle_timeout(Instant::now());
             continue;
         };
         match tid {
@@ -269,73 +308,39 @@ pub fn download(
             Some(t) if t != from => continue,
             Some(_) => {}
         }
-        retries = 0;
-        match Packet::parse(&reply) {
-            Ok(Packet::Oack(_)) if blocks == 0 => {
-                oack = parse_oack(&reply).unwrap_or_default();
-                for (option, value) in &oack {
-                    match option.as_str() {
-                        "blksize" => {
-                            blksize = value
-                                .parse()
-                                .map_err(|_| format!("{name}: bad blksize {value:?} in OACK"))?
-                        }
-                        "windowsize" if value != "1" => {
-                            return Err(format!("{name}: windowsize {value} granted unasked"))
-                        }
-                        _ => {}
-                    }
-                }
-                last_sent = ack(0);
-                send_to = from;
-                peer.send_to(&last_sent, from);
+        if blocks == 0 && oack.is_empty() {
+            oack = parse_oack(&reply).unwrap_or_default();
+        }
+        if let Some((_, text)) = parse_error(&reply) {
+            message = text;
+        }
+        if let Some(payload) = reader.handle_datagram(Instant::now(), &reply) {
+            data.extend_from_slice(payload);
+            // Acknowledged first, as a driver sends what the reader asks before anything else.
+            if let Some(client::Transmit::Ack(block)) = reader.poll_transmit() {
+                peer.send_to(&ack(block), from);
             }
-            Ok(Packet::Data { block, data: bytes }) => {
-                let expected = (blocks + 1) as u16;
-                if block == expected {
-                    if bytes.len() > blksize {
-                        return Err(format!(
-                            "{name}: block {} carries {} bytes, more than blksize {blksize}",
-                            blocks + 1,
-                            bytes.len()
-                        ));
-                    }
-                    data.extend_from_slice(bytes);
-                    blocks += 1;
-                    last_sent = ack(block);
-                    send_to = from;
-                    peer.send_to(&last_sent, from);
-                    on_block(blocks);
-                    if bytes.len() < blksize {
-                        return Ok(Download {
-                            data,
-                            tid: from,
-                            oack,
-                            blocks,
-                        });
-                    }
-                } else if block == expected.wrapping_sub(1) {
-                    // A retransmission of the block we acknowledged: acknowledge it again.
-                    peer.send_to(&last_sent, from);
-                } else {
-                    return Err(format!(
-                        "{name}: got DATA {block}, expected {expected} (after {blocks} blocks)"
-                    ));
-                }
-            }
-            Ok(Packet::Error { code, message }) => {
-                return Err(format!(
-                    "{name}: ERROR {} {:?} after {blocks} blocks",
-                    code.to_u16(),
-                    String::from_utf8_lossy(message)
-                ))
-            }
-            _ => {
-                return Err(format!(
-                    "{name}: unexpected {} after {blocks} blocks",
-                    describe(&reply)
-                ))
-            }
+            on_block(reader.blocks());
         }
     }
+}
+
+/// The options a download asks for, as the reader's [`Ask`].
+fn ask(options: &[(&str, &str)]) -> Ask {
+    fn num<T: std::str::FromStr>(option: &str, value: &str) -> T {
+        value
+            .parse()
+            .unwrap_or_else(|_| panic!("raw::download: bad {option} {value:?}"))
+    }
+    let mut ask = Ask::default();
+    for &(option, value) in options {
+        match option {
+            "blksize" => ask.blksize = Some(num(option, value)),
+            "windowsize" => ask.windowsize = Some(num(option, value)),
+            "tsize" => ask.tsize = true,
+            "timeout" => ask.timeout = Some(Duration::from_secs(num(option, value))),
+            _ => panic!("raw::download does not ask for {option}"),
+        }
+    }
+    ask
 }

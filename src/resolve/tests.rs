@@ -1,0 +1,514 @@
+//! The resolvers fed real directories: confinement, symlinks, modes, in-memory and generated sources.
+
+use super::*;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::sync::atomic::AtomicUsize;
+
+/// A directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(test: &str) -> TempDir {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let name = format!("ringtftp-resolve-{}-{test}-{n}", std::process::id());
+        let path = std::env::temp_dir().join(name);
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+
+    fn write(&self, name: &str, bytes: &[u8]) {
+        let path = self.0.join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    fn mkdir(&self, name: &str) {
+        std::fs::create_dir_all(self.0.join(name)).unwrap();
+    }
+
+    fn symlink(&self, name: &str, target: impl AsRef<Path>) {
+        symlink(target, self.0.join(name)).unwrap();
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn peer() -> SocketAddr {
+    "192.0.2.1:1234".parse().unwrap()
+}
+
+/// The same tree served through openat2 and through the walker.
+fn resolvers(dir: &TempDir) -> [DirectoryResolver; 2] {
+    let kernel = DirectoryResolver::new(&dir.0).unwrap();
+    let walker = DirectoryResolver::new(&dir.0).unwrap();
+    walker.no_openat2.store(true, Ordering::Relaxed);
+    [kernel, walker]
+}
+
+fn contents(source: &Source) -> Vec<u8> {
+    let mut buf = vec![0; source.len() as usize + 16];
+    let n = source.read_full_at(&mut buf, 0).unwrap();
+    buf.truncate(n);
+    buf
+}
+
+#[track_caller]
+fn assert_serves(resolver: &DirectoryResolver, name: &str, expected: &[u8]) {
+    let source = resolver
+        .resolve(name, peer())
+        .unwrap_or_else(|e| panic!("{name:?}: {e}"));
+    assert!(matches!(source, Source::File(_)), "{name:?}");
+    assert_eq!(source.len(), expected.len() as u64, "{name:?}");
+    assert_eq!(contents(&source), expected, "{name:?}");
+}
+
+#[track_caller]
+fn assert_refused(resolver: &DirectoryResolver, name: &str, code: ErrorCode) {
+    match resolver.resolve(name, peer()) {
+        Ok(source) => panic!("{name:?} served {source:?}"),
+        Err(e) => assert_eq!(e.code(), code, "{name:?}: {e:?}"),
+    }
+}
+
+#[test]
+fn serves_a_regular_file() {
+    let dir = TempDir::new("regular");
+    dir.write("pxelinux.0", b"hello, boot storm");
+    for resolver in resolvers(&dir) {
+        assert_serves(&resolver, "pxelinux.0", b"hello, boot storm");
+        let Ok(Source::File(file)) = resolver.resolve("pxelinux.0", peer()) else {
+            panic!("not a file");
+        };
+        assert_eq!(file.len(), 17);
+        assert_eq!(file.id(), FileId::of(file.file()).unwrap());
+        // The descriptor is left blocking, for io_uring.
+        // SAFETY: F_GETFL on a live descriptor.
+        let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+        assert_eq!(flags & libc::O_NONBLOCK, 0);
+    }
+    assert_eq!(resolvers(&dir)[0].root(), dir.0.as_path());
+}
+
+#[test]
+fn uses_openat2_where_the_kernel_has_it() {
+    let dir = TempDir::new("openat2");
+    dir.write("f", b"x");
+    let resolver = DirectoryResolver::new(&dir.0).unwrap();
+    resolver.resolve("f", peer()).unwrap();
+    let name = CString::new("f").unwrap();
+    match openat2_beneath(resolver.dir.as_fd(), &name) {
+        Ok(_) => assert!(!resolver.no_openat2.load(Ordering::Relaxed)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
+            assert!(resolver.no_openat2.load(Ordering::Relaxed))
+        }
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+fn serves_empty_files() {
+    let dir = TempDir::new("empty");
+    dir.write("empty", b"");
+    for resolver in resolvers(&dir) {
+        let source = resolver.resolve("empty", peer()).unwrap();
+        assert!(source.is_empty());
+        assert_eq!(source.read_at(&mut [0; 8], 0).unwrap(), 0);
+    }
+}
+
+#[test]
+fn leading_slashes_are_relative_to_the_root() {
+    let dir = TempDir::new("leading");
+    dir.write("pxelinux.0", b"boot");
+    dir.write("efi/grubx64.efi", b"grub");
+    for resolver in resolvers(&dir) {
+        assert_serves(&resolver, "/pxelinux.0", b"boot");
+        assert_serves(&resolver, "///pxelinux.0", b"boot");
+        assert_serves(&resolver, "/efi/grubx64.efi", b"grub");
+    }
+}
+
+#[test]
+fn serves_nested_files() {
+    let dir = TempDir::new("nested");
+    dir.write("a/b/c", b"deep");
+    for resolver in resolvers(&dir) {
+        assert_serves(&resolver, "a/b/c", b"deep");
+        assert_serves(&resolver, "a//b/./c", b"deep");
+        assert_serves(&resolver, "a/b/../b/c", b"deep");
+        assert_refused(&resolver, "a/b/c/", ErrorCode::FileNotFound);
+        assert_refused(&resolver, "a/b/c/.", ErrorCode::FileNotFound);
+        assert_refused(&resolver, "a/b/c/d", ErrorCode::FileNotFound);
+    }
+}
+
+#[test]
+fn missing_files_are_not_found() {
+    let dir = TempDir::new("missing");
+    dir.mkdir("a");
+    for resolver in resolvers(&dir) {
+        for name in ["nope", "a/nope", "nope/x", "/nope"] {
+            assert!(matches!(
+                resolver.resolve(name, peer()),
+                Err(ResolveError::NotFound)
+            ));
+            assert_refused(&resolver, name, ErrorCode::FileNotFound);
+        }
+    }
+}
+
+#[test]
+fn dotdot_cannot_leave_the_root() {
+    let outer = TempDir::new("dotdot");
+    std::fs::write(outer.0.join("secret"), b"secret").unwrap();
+    std::fs::create_dir(outer.0.join("root")).unwrap();
+    std::fs::write(outer.0.join("root/inside"), b"inside").unwrap();
+    std::fs::create_dir(outer.0.join("root/a")).unwrap();
+    let kernel = DirectoryResolver::new(outer.0.join("root")).unwrap();
+    let walker = DirectoryResolver::new(outer.0.join("root")).unwrap();
+    walker.no_openat2.store(true, Ordering::Relaxed);
+    for resolver in [kernel, walker] {
+        for name in [
+            "../secret",
+            "a/../../secret",
+            "/../secret",
+            "..\\secret",
+            "a/../a/../../root/inside",
+            "..",
+            "../root/inside",
+        ] {
+            assert_refused(&resolver, name, ErrorCode::AccessViolation);
+        }
+        assert_serves(&resolver, "a/../inside", b"inside");
+    }
+}
+
+#[test]
+fn symlinks_cannot_leave_the_root() {
+    let outer = TempDir::new("escape");
+    std::fs::write(outer.0.join("secret"), b"secret").unwrap();
+    std::fs::create_dir(outer.0.join("root")).unwrap();
+    let dir = TempDir(outer.0.join("root"));
+    dir.symlink("passwd", "/etc/passwd");
+    dir.symlink("etc", "/etc");
+    dir.symlink("up", "..");
+    dir.symlink("secret", "../secret");
+    dir.symlink("absolute-inside", dir.0.join("secret"));
+    dir.mkdir("sub");
+    dir.symlink("sub/upup", "../..");
+    for resolver in resolvers(&dir) {
+        for name in [
+            "passwd",
+            "etc/passwd",
+            "up/secret",
+            "secret",
+            "absolute-inside",
+            "sub/upup/secret",
+        ] {
+            assert_refused(&resolver, name, ErrorCode::AccessViolation);
+        }
+    }
+}
+
+#[test]
+fn symlinks_inside_the_root_work() {
+    let dir = TempDir::new("inside");
+    dir.write("images/v2/vmlinuz", b"kernel v2");
+    dir.symlink("vmlinuz", "images/v2/vmlinuz");
+    dir.symlink("current", "images/v2");
+    dir.mkdir("hosts/rack1");
+    dir.symlink("hosts/rack1/vmlinuz", "../../vmlinuz");
+    dir.symlink("chain1", "chain2");
+    dir.symlink("chain2", "./current/vmlinuz");
+    for resolver in resolvers(&dir) {
+        assert_serves(&resolver, "vmlinuz", b"kernel v2");
+        assert_serves(&resolver, "current/vmlinuz", b"kernel v2");
+        assert_serves(&resolver, "hosts/rack1/vmlinuz", b"kernel v2");
+        assert_serves(&resolver, "chain1", b"kernel v2");
+        assert_refused(&resolver, "current", ErrorCode::AccessViolation);
+    }
+}
+
+#[test]
+fn symlink_loops_are_refused() {
+    let dir = TempDir::new("loop");
+    dir.symlink("loop", "loop");
+    dir.symlink("ping", "pong");
+    dir.symlink("pong", "ping");
+    for resolver in resolvers(&dir) {
+        assert_refused(&resolver, "loop", ErrorCode::AccessViolation);
+        assert_refused(&resolver, "ping", ErrorCode::AccessViolation);
+    }
+}
+
+#[test]
+fn directories_are_not_files_and_paths_stay_secret() {
+    let dir = TempDir::new("directory");
+    dir.mkdir("pxelinux.cfg");
+    dir.write("pxelinux.cfg/default", b"menu");
+    for resolver in resolvers(&dir) {
+        for name in [
+            "pxelinux.cfg",
+            "pxelinux.cfg/",
+            "/",
+            "",
+            "\\",
+            "pxelinux.cfg/..",
+        ] {
+            let e = resolver.resolve(name, peer()).unwrap_err();
+            assert!(matches!(e, ResolveError::NotAFile), "{name:?}: {e:?}");
+            assert_eq!(e.code(), ErrorCode::AccessViolation);
+            assert_eq!(e.message(), "Not a regular file");
+            for text in [e.message().to_string(), e.to_string()] {
+                for part in dir.0.iter() {
+                    let part = part.to_string_lossy();
+                    if part != "/" {
+                        assert!(!text.contains(&*part), "{text:?} reveals {part:?}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn fifos_are_refused_without_blocking() {
+    let dir = TempDir::new("fifo");
+    let path = CString::new(dir.0.join("fifo").as_os_str().as_bytes()).unwrap();
+    // SAFETY: `path` is NUL-terminated.
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o644) }, 0);
+    for resolver in resolvers(&dir) {
+        let e = resolver.resolve("fifo", peer()).unwrap_err();
+        assert!(matches!(e, ResolveError::NotAFile), "{e:?}");
+    }
+}
+
+#[test]
+fn unreadable_files_are_access_violations() {
+    let dir = TempDir::new("unreadable");
+    dir.write("locked", b"x");
+    std::fs::set_permissions(dir.0.join("locked"), std::fs::Permissions::from_mode(0o000)).unwrap();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return; // root reads it anyway (CAP_DAC_OVERRIDE)
+    }
+    for resolver in resolvers(&dir) {
+        assert_refused(&resolver, "locked", ErrorCode::AccessViolation);
+    }
+}
+
+#[test]
+fn backslashes_are_separators() {
+    let dir = TempDir::new("backslash");
+    dir.write("boot/x64/wdsnbp.com", b"wds");
+    for resolver in resolvers(&dir) {
+        assert_serves(&resolver, "boot\\x64\\wdsnbp.com", b"wds");
+        assert_serves(&resolver, "\\boot\\x64\\wdsnbp.com", b"wds");
+        assert_serves(&resolver, "boot/x64\\wdsnbp.com", b"wds");
+    }
+}
+
+#[test]
+fn normalises_names() {
+    let name = |s| normalise(s).map(|c| c.into_bytes());
+    assert_eq!(name("a").unwrap(), b"a");
+    assert_eq!(name("//a/b").unwrap(), b"a/b");
+    assert_eq!(name("\\a\\b").unwrap(), b"a/b");
+    assert_eq!(name("a/").unwrap(), b"a/");
+    assert!(matches!(name(""), Err(ResolveError::NotAFile)));
+    assert!(matches!(name("/\\/"), Err(ResolveError::NotAFile)));
+    assert!(matches!(name("a\0b"), Err(ResolveError::NotFound)));
+}
+
+#[test]
+fn walker_answers_like_the_kernel() {
+    let outer = TempDir::new("walker");
+    std::fs::write(outer.0.join("secret"), b"secret").unwrap();
+    std::fs::create_dir(outer.0.join("root")).unwrap();
+    let dir = TempDir(outer.0.join("root"));
+    dir.write("a/b/file", b"file");
+    dir.symlink("abs", "/etc/passwd");
+    dir.symlink("up", "../secret");
+    dir.symlink("a/link", "b/file");
+    dir.symlink("loop", "loop");
+    let root = File::from(DirectoryResolver::new(&dir.0).unwrap().dir);
+    let walk = |name: &str| {
+        let name = CString::new(name).unwrap();
+        walk_beneath(root.as_fd(), &name).map_err(|e| e.raw_os_error())
+    };
+    let mut buf = [0; 8];
+    let file = walk("a/link").unwrap();
+    assert_eq!(file.read_at(&mut buf, 0).unwrap(), 4);
+    assert_eq!(&buf[..4], b"file");
+    assert!(walk("a/b/../b/file").is_ok());
+    assert_eq!(walk("../secret").unwrap_err(), Some(libc::EXDEV));
+    assert_eq!(walk("a/../../secret").unwrap_err(), Some(libc::EXDEV));
+    assert_eq!(walk("abs").unwrap_err(), Some(libc::EXDEV));
+    assert_eq!(walk("up").unwrap_err(), Some(libc::EXDEV));
+    assert_eq!(walk("loop").unwrap_err(), Some(libc::ELOOP));
+    assert_eq!(walk("nope").unwrap_err(), Some(libc::ENOENT));
+    assert_eq!(walk("a/b/file/x").unwrap_err(), Some(libc::ENOTDIR));
+    assert_eq!(walk("a/b").unwrap_err(), Some(libc::EISDIR));
+    assert_eq!(walk(".").unwrap_err(), Some(libc::EISDIR));
+    // The kernel agrees wherever it has openat2.
+    for name in [
+        "../secret",
+        "abs",
+        "up",
+        "loop",
+        "nope",
+        "a/b/file/x",
+        "a/link",
+    ] {
+        let c = CString::new(name).unwrap();
+        match openat2_beneath(root.as_fd(), &c) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => return,
+            kernel => assert_eq!(
+                kernel.map(drop).map_err(|e| e.raw_os_error()),
+                walk(name).map(drop),
+                "{name:?}"
+            ),
+        }
+    }
+}
+
+#[test]
+fn file_id_changes_when_the_file_is_replaced() {
+    let dir = TempDir::new("replace");
+    dir.write("initrd", b"old initrd");
+    let resolver = DirectoryResolver::new(&dir.0).unwrap();
+    let id = |resolver: &DirectoryResolver| match resolver.resolve("initrd", peer()) {
+        Ok(Source::File(file)) => file.id(),
+        other => panic!("{other:?}"),
+    };
+    let before = id(&resolver);
+    assert_eq!(id(&resolver), before, "same file, same id");
+    let held = resolver.resolve("initrd", peer()).unwrap();
+    dir.write("initrd.new", b"new initrd!");
+    std::fs::rename(dir.0.join("initrd.new"), dir.0.join("initrd")).unwrap();
+    let after = id(&resolver);
+    assert_ne!(after, before);
+    assert_ne!(after.ino, before.ino);
+    assert_eq!(after.size, 11);
+    // A transfer that opened the old file keeps reading the old bytes.
+    assert_eq!(contents(&held), b"old initrd");
+}
+
+#[test]
+fn new_requires_a_directory() {
+    let dir = TempDir::new("new");
+    dir.write("file", b"x");
+    let e = DirectoryResolver::new(dir.0.join("missing")).unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::NotFound);
+    let e = DirectoryResolver::new(dir.0.join("file")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOTDIR));
+}
+
+#[test]
+fn memory_sources_read_at_offsets() {
+    let source = Source::memory(b"0123456789".to_vec());
+    assert_eq!(source.len(), 10);
+    assert!(!source.is_empty());
+    let mut buf = [0; 4];
+    assert_eq!(source.read_at(&mut buf, 0).unwrap(), 4);
+    assert_eq!(&buf, b"0123");
+    assert_eq!(source.read_at(&mut buf, 8).unwrap(), 2);
+    assert_eq!(&buf[..2], b"89");
+    assert_eq!(source.read_at(&mut buf, 10).unwrap(), 0);
+    assert_eq!(source.read_at(&mut buf, 11).unwrap(), 0);
+    assert_eq!(source.read_at(&mut buf, u64::MAX).unwrap(), 0);
+    assert!(Source::memory(Vec::new()).is_empty());
+    assert_eq!(format!("{source:?}"), "Memory { len: 10 }");
+}
+
+#[test]
+fn custom_sources_and_read_full_at() {
+    /// Returns at most 3 bytes per read, like a short-reading device.
+    #[derive(Debug)]
+    struct Dribble(Vec<u8>);
+    impl ReadAt for Dribble {
+        fn len(&self) -> u64 {
+            self.0.len() as u64
+        }
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+            let n = buf.len().min(3);
+            Ok(copy_at(&self.0, &mut buf[..n], offset))
+        }
+    }
+    let source = Source::custom(Dribble(b"abcdefghij".to_vec()));
+    assert_eq!(source.len(), 10);
+    let mut buf = [0; 8];
+    assert_eq!(source.read_at(&mut buf, 0).unwrap(), 3);
+    assert_eq!(source.read_full_at(&mut buf, 0).unwrap(), 8);
+    assert_eq!(&buf, b"abcdefgh");
+    assert_eq!(source.read_full_at(&mut buf, 8).unwrap(), 2);
+    assert_eq!(&buf[..2], b"ij");
+}
+
+#[test]
+fn source_file_takes_only_regular_files() {
+    let dir = TempDir::new("source-file");
+    dir.write("f", b"abc");
+    let source = Source::file(File::open(dir.0.join("f")).unwrap()).unwrap();
+    assert_eq!(source.len(), 3);
+    assert_eq!(contents(&source), b"abc");
+    let e = Source::file(File::open(&dir.0).unwrap()).unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+}
+
+#[test]
+fn io_errors_map_to_tftp_errors() {
+    let code = |errno| ResolveError::from(io::Error::from_raw_os_error(errno)).code();
+    for errno in [libc::ENOENT, libc::ENOTDIR, libc::ENAMETOOLONG] {
+        assert_eq!(code(errno), ErrorCode::FileNotFound);
+    }
+    for errno in [
+        libc::EACCES,
+        libc::EPERM,
+        libc::ELOOP,
+        libc::EXDEV,
+        libc::EISDIR,
+    ] {
+        assert_eq!(code(errno), ErrorCode::AccessViolation);
+    }
+    assert_eq!(code(libc::EMFILE), ErrorCode::Undefined);
+    let e = ResolveError::from(io::Error::from_raw_os_error(libc::EMFILE));
+    assert_eq!(e.message(), "I/O error");
+    assert!(std::error::Error::source(&e).is_some());
+    let e = ResolveError::from(io::Error::new(io::ErrorKind::NotFound, "/srv/tftp/x"));
+    assert!(matches!(e, ResolveError::NotFound));
+    let e = ResolveError::from(io::Error::other("/srv/tftp/x is cursed"));
+    assert_eq!(e.message(), "I/O error");
+    let e = ResolveError::Other("Go away".into());
+    assert_eq!((e.code(), e.message()), (ErrorCode::Undefined, "Go away"));
+}
+
+#[test]
+fn closures_and_arcs_are_resolvers() {
+    fn serve(resolver: impl Resolver) -> Result<Source, ResolveError> {
+        resolver.resolve("boot.ipxe", peer())
+    }
+    let script = |name: &str, peer: SocketAddr| match name {
+        "boot.ipxe" => Ok(Source::memory(
+            format!("#!ipxe\n# {}\n", peer.ip()).into_bytes(),
+        )),
+        _ => Err(ResolveError::NotFound),
+    };
+    let source = serve(script).unwrap();
+    assert_eq!(contents(&source), b"#!ipxe\n# 192.0.2.1\n");
+    let shared: Arc<dyn Resolver> = Arc::new(script);
+    assert!(serve(shared.clone()).is_ok());
+    assert!(matches!(
+        shared.resolve("other", peer()),
+        Err(ResolveError::NotFound)
+    ));
+    let dir = TempDir::new("arc");
+    assert!(serve(Arc::new(DirectoryResolver::new(&dir.0).unwrap())).is_err());
+}
