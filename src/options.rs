@@ -49,18 +49,17 @@ impl Default for Limits {
 /// The options in force for one transfer, each already within its legal range.
 ///
 /// Read them through the accessors, whose types carry the ranges (a block size and a window are
-/// never 0). The fields are still public for the server's drivers, which read them directly;
-/// they become private once those use the accessors.
+/// never 0).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Negotiated {
     /// Bytes per DATA block (512 unless negotiated).
-    pub blksize: u16,
+    blksize: u16,
     /// Blocks sent before waiting for an ACK (1, lock-step, unless negotiated).
-    pub windowsize: u16,
+    windowsize: u16,
     /// The retransmission interval the client fixed, if it did; otherwise the server adapts.
-    pub timeout: Option<Duration>,
+    timeout: Option<Duration>,
     /// The transfer size answered to a `tsize` request.
-    pub tsize: Option<u64>,
+    tsize: Option<u64>,
     /// The accepted options, in the order the client sent them, for the OACK.
     acked: [Option<Acked>; 4],
 }

@@ -44,34 +44,37 @@ fuzz_target!(|input: Input<'_>| {
         return;
     };
 
-    assert!((BLKSIZE_MIN..=BLKSIZE_MAX).contains(&n.blksize), "{n:?}");
+    assert!(
+        (BLKSIZE_MIN..=BLKSIZE_MAX).contains(&n.blksize().get()),
+        "{n:?}"
+    );
     if asked("blksize") {
         assert!(
-            n.blksize <= limits.blksize_max.clamp(BLKSIZE_MIN, BLKSIZE_MAX),
+            n.blksize().get() <= limits.blksize_max.clamp(BLKSIZE_MIN, BLKSIZE_MAX),
             "{n:?} {limits:?}"
         );
     } else {
-        assert_eq!(n.blksize, 512);
+        assert_eq!(n.blksize().get(), 512);
     }
-    assert!(n.windowsize >= 1, "{n:?}");
+    assert!(n.windowsize().get() >= 1, "{n:?}");
     if asked("windowsize") {
         assert!(
-            n.windowsize <= limits.windowsize_max.max(1),
+            n.windowsize().get() <= limits.windowsize_max.max(1),
             "{n:?} {limits:?}"
         );
     } else {
-        assert_eq!(n.windowsize, 1);
+        assert_eq!(n.windowsize().get(), 1);
     }
-    match n.timeout {
+    match n.timeout() {
         Some(t) => {
             assert!((TIMEOUT_MIN..=TIMEOUT_MAX).contains(&t), "{n:?}");
             assert!(asked("timeout") || asked("utimeout"));
         }
         None => assert!(!asked("timeout") && !asked("utimeout")),
     }
-    if n.tsize.is_some() {
+    if n.tsize().is_some() {
         assert!(asked("tsize"));
-        assert_eq!(n.tsize, input.tsize);
+        assert_eq!(n.tsize(), input.tsize);
     }
 
     let mut buf = [0u8; 1024];
@@ -109,13 +112,13 @@ fuzz_target!(|input: Input<'_>| {
             windowsize_max: u16::MAX,
             window_bytes_max: usize::MAX,
         },
-        || n.tsize,
+        || n.tsize(),
     )
     .expect("an OACK renegotiates");
-    assert_eq!(back.blksize, n.blksize);
-    assert_eq!(back.windowsize, n.windowsize);
-    assert_eq!(back.tsize, n.tsize);
-    match (back.timeout, n.timeout) {
+    assert_eq!(back.blksize().get(), n.blksize().get());
+    assert_eq!(back.windowsize().get(), n.windowsize().get());
+    assert_eq!(back.tsize(), n.tsize());
+    match (back.timeout(), n.timeout()) {
         (Some(a), Some(b)) => assert!(a <= b && b - a < Duration::from_micros(1), "{a:?} {b:?}"),
         (a, b) => assert_eq!(a, b),
     }

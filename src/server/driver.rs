@@ -141,8 +141,8 @@ pub(crate) async fn run<I: Io>(
     data: Data<I::File>,
     mut t: Transfer,
 ) -> (End, Transfer) {
-    let blksize = usize::from(t.options().blksize);
-    let window = u64::from(t.options().windowsize.max(1));
+    let blksize = usize::from(t.options().blksize().get());
+    let window = u64::from(t.options().windowsize().get());
     let mut gso = window > 1 && I::enable_gso(&socket, (DATA_HEADER_LEN + blksize) as u16);
     let mut chunks = Window::default();
     let mut pieces: Vec<Piece> = Vec::new();
@@ -311,7 +311,7 @@ async fn send_blocks<I: Io>(
     run: std::ops::Range<u64>,
     gso: &mut bool,
 ) -> io::Result<()> {
-    let segment = DATA_HEADER_LEN + usize::from(t.options().blksize);
+    let segment = DATA_HEADER_LEN + usize::from(t.options().blksize().get());
     let mut first = run.start;
     while first < run.end {
         let per_send = if *gso {

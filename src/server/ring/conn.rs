@@ -99,8 +99,8 @@ impl Conn {
             Source::Memory(bytes) => Data::Memory(bytes),
             Source::Custom(custom) => Data::Custom(custom),
         };
-        let segment = DATA_HEADER_LEN + usize::from(t.options().blksize);
-        let windowed = t.options().windowsize > 1;
+        let segment = DATA_HEADER_LEN + usize::from(t.options().blksize().get());
+        let windowed = t.options().windowsize().get() > 1;
         let (gso, reply) = match &socket {
             Some(socket) => (
                 windowed && crate::server::socket::enable_gso(socket.as_raw_fd(), segment as u16),
@@ -202,7 +202,7 @@ impl Conn {
     /// Sets the iovecs to the first blocks of `run` that one send can carry; returns the rest,
     /// or `None` for a block whose chunks are not held.
     fn blocks_iovecs(&mut self, run: Blocks) -> Option<Option<Blocks>> {
-        let segment = DATA_HEADER_LEN + usize::from(self.t.options().blksize);
+        let segment = DATA_HEADER_LEN + usize::from(self.t.options().blksize().get());
         let per_send = if self.gso {
             (GSO_BYTES_MAX / segment).clamp(1, GSO_SEGMENTS_MAX)
         } else {
@@ -305,7 +305,7 @@ impl Engine {
             return;
         }
         // Read the next window ahead while this one is on the wire.
-        let window = u64::from(conn.t.options().windowsize.max(1));
+        let window = u64::from(conn.t.options().windowsize().get());
         let ahead = (conn.t.acked() + 2 * window).min(conn.t.last_block());
         self.ensure(conn, slot, ahead);
         // A failed read-ahead is tried again when (if) its blocks are needed.

@@ -119,7 +119,7 @@ fn a_timeout_fixed_by_the_client_is_used_as_is() {
         || None,
     )
     .unwrap();
-    assert_eq!(opts.timeout, Some(ms(2000)));
+    assert_eq!(opts.timeout(), Some(ms(2000)));
     let mut t = Transfer::new(c.ms(0), opts, 100_000, Config::default());
     assert_eq!(t.poll_transmit(c.ms(0)), Some(Transmit::Oack));
     assert_eq!(t.poll_timeout(), Some(c.ms(2000)));
