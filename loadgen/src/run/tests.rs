@@ -1,5 +1,6 @@
 //! The event loop against the real server library, and its timer wheel and address layout.
 
+use super::sys::decode_addr;
 use super::*;
 use crate::client::Expect;
 use ringtftp::packet::Mode;
