@@ -16,8 +16,15 @@
 //!    all others) goes to [`Client::handle_datagram`]; an expired [`Client::deadline`] goes to
 //!    [`Client::handle_timeout`].
 //! 3. After each of those, the driver sends what [`Client::poll_transmit`] returns (at most one
-//!    packet: the RRQ to the server's port, an ACK to the TID) and stops when
-//!    [`Client::outcome`] is `Some`.
+//!    packet: the RRQ to the server's port, an ACK or a probe's ERROR 8 to the TID) and stops
+//!    when [`Client::outcome`] is `Some`.
+//!
+//! # Probes
+//!
+//! A [`Config::probe`] transfer only learns the file's size, as UEFI edk2 does before every
+//! download (`../shared/notes/firmware.md`): it answers the server's first reply (the OACK, or
+//! DATA 1 from a server that ignores options) with ERROR 8 instead of an ACK and ends there,
+//! successfully. The driver then fetches the file with a new transfer from a new port.
 
 use std::time::{Duration, Instant};
 
@@ -27,7 +34,29 @@ use ringtftp::options::Ask;
 use ringtftp::packet::{Mode, Packet};
 use sha2::{Digest, Sha256};
 
-pub use ringtftp::client::{Stats as Counters, Transmit};
+pub use ringtftp::client::Stats as Counters;
+use ringtftp::packet::ErrorCode;
+
+/// A packet the driver must send next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum Transmit {
+    /// The RRQ, to the server's port.
+    Rrq,
+    /// An ACK of this wire block number, to the server's TID.
+    Ack(u16),
+    /// ERROR 8 (RFC 2347, options refused) to the server's TID: a probe has what it wanted.
+    Refuse,
+}
+
+impl From<core::Transmit> for Transmit {
+    fn from(t: core::Transmit) -> Self {
+        match t {
+            core::Transmit::Rrq => Self::Rrq,
+            core::Transmit::Ack(block) => Self::Ack(block),
+        }
+    }
+}
 
 /// What every transfer of a run asks for, and what it must receive.
 #[derive(Debug, Clone)]
@@ -48,6 +77,8 @@ pub struct Config {
     pub retries: u32,
     /// What the received bytes must be.
     pub expect: Expect,
+    /// Only learn the size: answer the first reply with ERROR 8 and end (see the module doc).
+    pub probe: bool,
 }
 
 impl Config {
@@ -133,6 +164,8 @@ pub struct Client {
     check: Check,
     /// The outcome, once the core's is known and the checks are done (or the driver aborted).
     outcome: Option<Result<(), Failure>>,
+    /// A probe's ERROR 8 is due.
+    refuse: bool,
 }
 
 /// The running check of the received bytes against [`Expect`].
@@ -165,6 +198,7 @@ impl Client {
             decoder: Decoder::new(),
             check,
             outcome: None,
+            refuse: false,
         }
     }
 
@@ -188,7 +222,17 @@ impl Client {
         if self.outcome.is_some() {
             return;
         }
-        if let Some(data) = self.core.handle_datagram(now, datagram) {
+        let data = self.core.handle_datagram(now, datagram);
+        if config.probe && (self.core.oacked() || self.core.first_block().is_some()) {
+            // The size is known (or the server will not tell it): ERROR 8 instead of the ACK
+            // the core queued, and this transfer is over.
+            let _ = self.core.poll_transmit();
+            self.core.abort(now, Outcome::Complete);
+            self.refuse = true;
+            self.outcome = Some(Ok(()));
+            return;
+        }
+        if let Some(data) = data {
             self.consume(config, data, scratch);
         }
         self.settle(config, scratch);
@@ -206,7 +250,10 @@ impl Client {
 
     /// The packet to send now, if any (at most one is ever pending).
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.core.poll_transmit()
+        if std::mem::take(&mut self.refuse) {
+            return Some(Transmit::Refuse);
+        }
+        self.core.poll_transmit().map(Transmit::from)
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) must be called if nothing arrives (once
@@ -339,6 +386,16 @@ pub fn emit_rrq(filename: &str, config: &Config) -> anyhow::Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// Writes a probe's ERROR 8 into `buf`; returns its length.
+pub fn emit_refuse(buf: &mut [u8; 32]) -> usize {
+    let packet = Packet::Error {
+        code: ErrorCode::OptionRefused,
+        message: b"size only",
+    };
+    // Four bytes of header, the message and its NUL always fit in 32.
+    packet.emit(buf).unwrap_or(0)
+}
+
 /// Writes ACK `block` into `buf`; returns its length (always 4).
 pub fn emit_ack(block: u16, buf: &mut [u8; 4]) -> usize {
     // Four bytes always hold an ACK.
@@ -381,6 +438,7 @@ mod tests {
             timeout_option: false,
             retries: 3,
             expect: Expect::Anything,
+            probe: false,
         }
     }
 
@@ -524,6 +582,34 @@ mod tests {
         assert_eq!(h.advance(Duration::from_secs(1)), None);
         assert_eq!(h.client.outcome(), Some(Err(Failure::Timeout)));
         assert_eq!(h.client.counters().retransmits, 3);
+    }
+
+    #[test]
+    fn a_probe_answers_the_oack_with_error_8_and_ends() {
+        let mut c = config();
+        c.probe = true;
+        c.tsize = true;
+        c.blksize = Some(1468);
+        c.windowsize = Some(4);
+        let mut h = Harness::new(c.clone());
+        assert_eq!(h.client.outcome(), None);
+        assert_eq!(
+            h.feed(b"\x00\x06tsize\x00123456\x00blksize\x001468\x00"),
+            Some(Transmit::Refuse)
+        );
+        assert_eq!(h.client.poll_transmit(), None, "no ACK 0 after the ERROR");
+        assert_eq!(h.client.outcome(), Some(Ok(())));
+        let mut buf = [0; 32];
+        let n = emit_refuse(&mut buf);
+        assert_eq!(&buf[..n], b"\x00\x05\x00\x08size only\x00");
+        // A server that ignores options: DATA 1 is refused the same way.
+        let mut h = Harness::new(c.clone());
+        assert_eq!(h.data(1, &[0; 512]), Some(Transmit::Refuse));
+        assert_eq!(h.client.outcome(), Some(Ok(())));
+        // An ERROR is the probe's failure.
+        let mut h = Harness::new(c);
+        assert_eq!(h.feed(b"\x00\x05\x00\x01nope\x00"), None);
+        assert_eq!(h.client.outcome(), Some(Err(Failure::Error(1))));
     }
 
     #[test]

@@ -5,8 +5,10 @@
 //! of them per thread, and [`report`] the histograms, the table, the thresholds and the JSON.
 
 mod client;
+mod profile;
 mod report;
 mod run;
+mod scenario;
 
 use std::io::IsTerminal;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
@@ -18,9 +20,11 @@ use clap::{Parser, ValueEnum};
 use ringtftp::options::{BLKSIZE_MAX, BLKSIZE_MIN};
 use ringtftp::packet::Mode;
 
-use crate::client::{Config, Expect};
+use crate::client::Expect;
+use crate::profile::{Overrides, Profile};
 use crate::report::{Live, Setup, Thresholds};
-use crate::run::Plan;
+use crate::run::{Arrivals, Plan};
+use crate::scenario::{Defaults, Sequence, Step};
 
 /// Drive a TFTP server with thousands of concurrent clients and measure it.
 ///
@@ -30,17 +34,26 @@ use crate::run::Plan;
 /// --sha256. --clients transfers run at once until --transfers have run (default: one per
 /// client) or --duration has passed.
 ///
+/// --profile makes every client ask what one firmware asks (edk2, ipxe, pxelinux, uboot, grub;
+/// edk2 first probes the size and refuses the OACK with ERROR 8, then downloads from a new
+/// port). --scenario runs a boot sequence of several files per machine from a TOML file, and
+/// --power-on powers machines on in a wave instead of keeping --clients in flight; the summary
+/// then has each machine's time to boot and when the whole hall was up.
+///
 /// It prints a summary on stdout (transfer time and time to first block percentiles,
-/// transfers/s, MB/s, failures by reason, retransmissions) and, with --json, the same figures
-/// for a machine. Exit status: 0 done, 1 could not run, 2 bad usage, 3 a threshold
-/// (--max-p99, --min-rate, --max-failures) was missed.
+/// transfers/s, MB/s, failures by reason, retransmissions, times to boot) and, with --json, the
+/// same figures for a machine. Exit status: 0 done, 1 could not run, 2 bad usage, 3 a threshold
+/// (--max-p99, --min-rate, --max-failures) was missed or the run regressed from --baseline.
 ///
 /// Examples:
 ///   loadgen 127.0.0.1:6969 pxelinux.0 --clients 500 --transfers 2000 --blksize 1468
+///   loadgen 127.0.0.1:6969 shimx64.efi --profile edk2 --power-on 2000 --over 30s
+///   loadgen 127.0.0.1:6969 --scenario examples/hall.toml --power-on-rate 100/s --duration 20s
 ///   loadgen 127.0.0.1:6969 boot.ipxe -c 10000 --sha256 9f86d0...
 ///   loadgen 127.0.0.1:6969 initrd --windowsize 16 --blksize 1468 --loss 0.02 --expect initrd
 ///   loadgen 127.0.0.1:6969 kernel -c 2000 --duration 30s --max-p99 50ms --min-rate 2000/s
 ///           --max-failures 0 --json result.json --sources 127.0.0.1-127.0.0.64
+///   loadgen 127.0.0.1:6969 kernel -c 200 --json new.json --baseline old.json --max-regression 10%
 #[derive(Debug, Parser)]
 #[command(name = "loadgen", version, verbatim_doc_comment, max_term_width = 100)]
 struct Cli {
@@ -49,8 +62,33 @@ struct Cli {
     server: String,
 
     /// The file to fetch, as the server names it.
-    #[arg(value_name = "FILE")]
-    file: String,
+    #[arg(value_name = "FILE", required_unless_present = "scenario")]
+    file: Option<String>,
+
+    /// Speak like this firmware: edk2, ipxe, pxelinux, uboot or grub (README: what each asks).
+    /// --blksize, --windowsize and --tsize override its options.
+    #[arg(long, value_name = "NAME", value_parser = Profile::parse)]
+    profile: Option<Profile>,
+
+    /// Run this boot sequence on every machine instead of fetching FILE (a TOML file; see the
+    /// README and examples/hall.toml).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["file", "profile", "expect", "sha256"])]
+    scenario: Option<PathBuf>,
+
+    /// Power on this many machines in a wave (see --over, --power-on-rate) instead of keeping
+    /// --clients in flight.
+    #[arg(long, value_name = "N", conflicts_with_all = ["clients", "transfers"],
+          value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    power_on: Option<u64>,
+
+    /// Spread the --power-on wave evenly over this long [default: all at once].
+    #[arg(long, value_name = "TIME", requires = "power_on", value_parser = parse_duration)]
+    over: Option<Duration>,
+
+    /// Power machines on at this rate (e.g. 100/s): --power-on of them, or for --duration.
+    #[arg(long, value_name = "RATE", conflicts_with_all = ["over", "clients", "transfers"],
+          value_parser = parse_rate)]
+    power_on_rate: Option<f64>,
 
     /// The server's port, when HOST has none.
     #[arg(long, value_name = "PORT", default_value_t = 69)]
@@ -83,9 +121,10 @@ struct Cli {
     #[arg(long)]
     tsize: bool,
 
-    /// Wait this long for the server before re-sending the last packet (e.g. 1s, 200ms).
-    #[arg(long, value_name = "TIME", default_value = "1s", value_parser = parse_duration)]
-    timeout: Duration,
+    /// Wait this long for the server before re-sending the last packet (e.g. 1s, 200ms)
+    /// [default: the profile's, else 1s].
+    #[arg(long, value_name = "TIME", value_parser = parse_duration)]
+    timeout: Option<Duration>,
 
     /// Also send --timeout to the server as the RFC 2349 `timeout` option.
     #[arg(long)]
@@ -164,6 +203,24 @@ struct Cli {
     #[arg(long, value_name = "N")]
     max_failures: Option<u64>,
 
+    /// Compare with this earlier --json summary (rate, p99 transfer time, p99 time to boot,
+    /// time until the hall booted) and exit 3 if any is worse by more than --max-regression.
+    #[arg(long, value_name = "OLD.json")]
+    baseline: Option<PathBuf>,
+
+    /// How much worse than --baseline a figure may be (e.g. 10%).
+    #[arg(long, value_name = "PERCENT", default_value = "10%", requires = "baseline",
+          value_parser = parse_percent)]
+    max_regression: f64,
+
+    /// Write HdrHistogram interval logs of the transfer times (one interval a second) here.
+    #[arg(long, value_name = "FILE")]
+    hlog: Option<PathBuf>,
+
+    /// Write a self-contained HTML page with plots of the run here.
+    #[arg(long, value_name = "FILE.html")]
+    report: Option<PathBuf>,
+
     /// No progress line, even on a terminal.
     #[arg(short, long)]
     quiet: bool,
@@ -196,7 +253,7 @@ fn main() {
     }
 }
 
-/// Runs the load; `Ok(false)` when a threshold was missed.
+/// Runs the load; `Ok(false)` when a threshold was missed or the run regressed.
 fn run(cli: Cli) -> Result<bool> {
     let server = resolve(&cli.server, cli.port)?;
     let sources = cli
@@ -208,40 +265,49 @@ fn run(cli: Cli) -> Result<bool> {
         bail!("source {bad} is not of the server's address family ({server})");
     }
     let clients = usize::try_from(cli.clients)?;
+    let arrivals = arrivals(&cli)?;
     let limit = run::raise_fd_limit().context("cannot raise the open-file limit")?;
     // Every client holds one socket; keep a few descriptors for stdio, epoll and the JSON file.
     let room = limit.saturating_sub(64);
     ensure!(
-        cli.clients <= room,
+        arrivals.is_some() || cli.clients <= room,
         "--clients {} needs as many open files, but the limit is {limit} \
          (raise the hard limit with `ulimit -Hn` or as root)",
         cli.clients
     );
-    let expect = match (&cli.expect, cli.sha256) {
-        (Some(path), _) => Expect::Bytes(
-            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?,
-        ),
-        (None, Some(hash)) => Expect::Sha256(hash),
-        (None, None) => Expect::Anything,
+    let steps = match (&cli.scenario, &cli.file) {
+        (Some(path), _) => scenario::load(path)?,
+        (None, Some(file)) => vec![Step {
+            file: file.clone(),
+            profile: cli.profile,
+            think: Duration::ZERO,
+            expect: match (&cli.expect, cli.sha256) {
+                (Some(path), _) => Expect::Bytes(
+                    std::fs::read(path)
+                        .with_context(|| format!("cannot read {}", path.display()))?,
+                ),
+                (None, Some(hash)) => Expect::Sha256(hash),
+                (None, None) => Expect::Anything,
+            },
+            overrides: Overrides::default(),
+        }],
+        (None, None) => bail!("give FILE or --scenario"),
     };
-    let config = Config {
+    let defaults = Defaults {
         mode: match cli.mode {
             ModeArg::Octet => Mode::Octet,
             ModeArg::Netascii => Mode::Netascii,
         },
-        blksize: cli.blksize,
-        windowsize: cli.windowsize,
-        tsize: cli.tsize,
         timeout: cli.timeout,
         timeout_option: cli.send_timeout_option,
         retries: cli.retries,
-        expect,
+        overrides: Overrides {
+            blksize: cli.blksize,
+            windowsize: cli.windowsize,
+            tsize: cli.tsize,
+        },
     };
-    ensure!(
-        !cli.timeout.is_zero() && cli.timeout <= Duration::from_secs(255),
-        "--timeout must lie within 1ms..=255s"
-    );
-    let rrq = client::emit_rrq(&cli.file, &config)?;
+    let seq = Sequence::build(&steps, &defaults)?;
     let transfers = match (cli.transfers, cli.duration) {
         (Some(n), _) => Some(n),
         (None, Some(_)) => None,
@@ -253,34 +319,48 @@ fn run(cli: Cli) -> Result<bool> {
         clients,
         transfers,
         duration: cli.duration,
+        arrivals,
         deadline: cli.deadline,
         threads: usize::try_from(cli.threads)?,
         loss: cli.loss,
         seed: cli.seed,
         spin: cli.spin,
         gro: !cli.no_gro,
+        timeline: cli.hlog.is_some() || cli.report.is_some(),
     };
     let setup = Setup {
         server: server.to_string(),
-        file: cli.file.clone(),
+        file: match &cli.scenario {
+            Some(path) => format!("scenario {}", path.display()),
+            None => seq.steps[0].file.clone(),
+        },
         clients,
-        options: describe_options(&cli),
-        mode: config.mode.as_str(),
+        options: match seq.steps.as_slice() {
+            [one] => one.options.clone(),
+            _ => "per step".to_owned(),
+        },
+        mode: defaults.mode.as_str(),
+        profile: cli.profile.map(|p| p.name().to_owned()),
+        arrivals: arrivals.map(|a| format!("{} machines, one every {:?}", a.machines, a.spacing)),
+        steps: seq.steps.clone(),
     };
 
     let live = Live::default();
     let progress = !cli.quiet && std::io::stderr().is_terminal();
     let mut last = (0, 0);
-    let mut stats = run::run(&plan, &config, &rrq, &live, |elapsed| {
+    let total = arrivals.map(|a| a.machines).or(transfers);
+    let mut stats = run::run(&plan, &seq, &live, |elapsed| {
         if progress {
-            eprint!("\r\x1b[2K{}", live.line(elapsed, transfers, &mut last));
+            eprint!("\r\x1b[2K{}", live.line(elapsed, total, &mut last));
         }
     })?;
     if progress {
         eprint!("\r\x1b[2K");
     }
-    // Peaks add up across workers only approximately; the run never exceeds --clients.
-    stats.peak_active = stats.peak_active.min(cli.clients);
+    if arrivals.is_none() {
+        // Peaks add up across workers only approximately; the run never exceeds --clients.
+        stats.peak_active = stats.peak_active.min(cli.clients);
+    }
 
     let thresholds = Thresholds {
         max_p99: cli.max_p99,
@@ -290,49 +370,78 @@ fn run(cli: Cli) -> Result<bool> {
     let verdicts = thresholds.judge(&stats);
     let table = report::table(&setup, &stats, &verdicts);
     let json_to_stdout = cli.json.as_ref().is_some_and(|p| p.as_os_str() == "-");
-    if json_to_stdout {
-        // stdout carries the JSON alone, for a pipe; the table goes to the terminal.
-        eprint!("{table}");
-    } else {
-        print!("{table}");
-    }
+    // stdout carries the JSON alone, for a pipe; the tables go to the terminal.
+    let say = |text: &str| {
+        if json_to_stdout {
+            eprint!("{text}");
+        } else {
+            print!("{text}");
+        }
+    };
+    say(&table);
+    let json = report::json(&setup, &stats, &verdicts);
     if let Some(path) = &cli.json {
-        let json = report::json(&setup, &stats, &verdicts);
         if json_to_stdout {
             print!("{json}");
         } else {
-            std::fs::write(path, json)
+            std::fs::write(path, &json)
                 .with_context(|| format!("cannot write {}", path.display()))?;
         }
     }
+    if let Some(path) = &cli.hlog {
+        report::hlog::write(path, &stats)?;
+    }
+    if let Some(path) = &cli.report {
+        std::fs::write(path, report::html::page(&setup, &stats))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    let mut ok = true;
     let missed: Vec<&str> = verdicts.iter().filter(|v| !v.ok).map(|v| v.name).collect();
     if !missed.is_empty() {
         eprintln!("loadgen: threshold missed: {}", missed.join(", "));
-        return Ok(false);
+        ok = false;
     }
-    Ok(true)
+    if let Some(path) = &cli.baseline {
+        let old = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read baseline {}", path.display()))?;
+        let comparison = report::baseline::compare(&old, &json, cli.max_regression)
+            .with_context(|| format!("baseline {}", path.display()))?;
+        say(&comparison.table());
+        let worse = comparison.regressions();
+        if !worse.is_empty() {
+            eprintln!(
+                "loadgen: regression from {} beyond {}%: {}",
+                path.display(),
+                cli.max_regression,
+                worse.join(", ")
+            );
+            ok = false;
+        }
+    }
+    Ok(ok)
 }
 
-/// The options asked for, as `name=value` words for the report.
-fn describe_options(cli: &Cli) -> String {
-    let mut words = Vec::new();
-    if let Some(b) = cli.blksize {
-        words.push(format!("blksize={b}"));
-    }
-    if let Some(w) = cli.windowsize {
-        words.push(format!("windowsize={w}"));
-    }
-    if cli.tsize {
-        words.push("tsize".to_owned());
-    }
-    if cli.send_timeout_option {
-        words.push(format!("timeout={:?}", cli.timeout));
-    }
-    if words.is_empty() {
-        "no options".to_owned()
-    } else {
-        words.join(" ")
-    }
+/// The power-on wave the command line asks for, if any.
+fn arrivals(cli: &Cli) -> Result<Option<Arrivals>> {
+    Ok(match (cli.power_on, cli.power_on_rate) {
+        (None, None) => None,
+        (Some(machines), None) => Some(Arrivals {
+            machines,
+            spacing: cli.over.unwrap_or(Duration::ZERO) / u32::try_from(machines)?,
+        }),
+        (machines, Some(rate)) => {
+            ensure!(rate > 0.0, "--power-on-rate must be above 0/s");
+            let machines = match (machines, cli.duration) {
+                (Some(n), _) => n,
+                (None, Some(d)) => (d.as_secs_f64() * rate).ceil().max(1.0) as u64,
+                (None, None) => bail!("--power-on-rate needs --power-on N or --duration"),
+            };
+            Some(Arrivals {
+                machines,
+                spacing: Duration::from_secs_f64(1.0 / rate),
+            })
+        }
+    })
 }
 
 /// HOST, HOST:PORT, [V6]:PORT or a bare IPv6 address, resolved to one address.
@@ -391,6 +500,16 @@ fn parse_rate(s: &str) -> Result<f64, String> {
         .ok()
         .filter(|r| r.is_finite() && *r >= 0.0)
         .ok_or_else(|| format!("{s:?} is not a rate such as 2000/s"))
+}
+
+/// `10%` or `10`, as a percentage.
+fn parse_percent(s: &str) -> Result<f64, String> {
+    s.trim()
+        .trim_end_matches('%')
+        .parse::<f64>()
+        .ok()
+        .filter(|p| p.is_finite() && *p >= 0.0)
+        .ok_or_else(|| format!("{s:?} is not a percentage such as 10%"))
 }
 
 fn parse_probability(s: &str) -> Result<f64, String> {
@@ -469,6 +588,9 @@ mod tests {
         assert_eq!(parse_rate("12.5"), Ok(12.5));
         assert!(parse_rate("-1").is_err());
         assert!(parse_probability("1.5").is_err());
+        assert_eq!(parse_percent("10%"), Ok(10.0));
+        assert_eq!(parse_percent("2.5"), Ok(2.5));
+        assert!(parse_percent("-3%").is_err());
         assert_eq!(parse_probability("0.02"), Ok(0.02));
     }
 

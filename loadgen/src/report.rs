@@ -1,5 +1,7 @@
 //! What a run measured: histograms and counters, the live progress line, the summary table,
-//! the performance-CI thresholds and the JSON summary.
+//! the performance-CI thresholds and the JSON summary; beside it the comparison with a
+//! baseline ([`baseline`]), the HdrHistogram interval log ([`hlog`]) and the HTML page
+//! ([`html`]).
 //!
 //! Latencies are recorded in microseconds in HDR histograms (3 significant digits, up to an
 //! hour), so percentiles are exact to 0.1 % whatever the spread of a storm.
@@ -12,6 +14,16 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 
 use crate::client::{Client, Failure};
+use crate::scenario::StepInfo;
+
+pub mod baseline;
+pub mod hlog;
+pub mod html;
+
+/// The version of the JSON summary's layout (the README has its fields). 1 was the layout
+/// before it carried a version; 2 added `schema`, `profile`, `arrivals`, `probes`, `machines`
+/// and `steps`. A change that renames or removes a field, or changes its meaning, bumps it.
+pub const SCHEMA: u32 = 2;
 
 /// Everything one worker (and, merged, the whole run) measured.
 #[derive(Debug, Clone)]
@@ -50,16 +62,37 @@ pub struct Stats {
     pub peak_active: u64,
     /// Wall time of the run, from the first RRQ to the last transfer's end.
     pub elapsed: Duration,
+    /// Size probes (edk2's first RRQ) answered with ERROR 8 as planned; a failed probe counts
+    /// in `failures`.
+    pub probes: u64,
+    /// Power-on to the end of the last step, of each machine that booted, in µs.
+    pub boot: Histogram<u64>,
+    /// Power-on to the end of each step, by step, of the machines that got that far, in µs.
+    pub steps: Vec<Histogram<u64>>,
+    /// Machines that booted: every step done.
+    pub booted: u64,
+    /// Machines that failed, by the index of the step that failed.
+    pub boot_failures: BTreeMap<usize, u64>,
+    /// From the start of the run to the end of the last boot: when the whole hall was up.
+    pub last_boot: Duration,
+    /// Every transfer's start and end since the run's start (only when asked for).
+    pub spans: Option<Vec<Span>>,
+}
+
+/// One transfer on the run's timeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    /// When its RRQ went out, since the start of the run.
+    pub start: Duration,
+    /// When it ended.
+    pub end: Duration,
+    /// Whether it succeeded.
+    pub ok: bool,
 }
 
 impl Stats {
     /// Empty statistics.
     pub fn new() -> Self {
-        // An hour in µs, 3 significant digits: every transfer a run can bound fits.
-        let histogram = || {
-            Histogram::new_with_bounds(1, 3_600_000_000, 3)
-                .expect("constant bounds are valid for hdrhistogram")
-        };
         Self {
             transfer: histogram(),
             first_block: histogram(),
@@ -78,7 +111,49 @@ impl Stats {
             send_drops: 0,
             peak_active: 0,
             elapsed: Duration::ZERO,
+            probes: 0,
+            boot: histogram(),
+            steps: Vec::new(),
+            booted: 0,
+            boot_failures: BTreeMap::new(),
+            last_boot: Duration::ZERO,
+            spans: None,
         }
+    }
+
+    /// Records a finished size probe: its failure, or one more probe done.
+    pub fn record_probe(&mut self, client: &Client) {
+        match client.outcome() {
+            Some(Ok(())) => self.probes += 1,
+            Some(Err(why)) => *self.failures.entry(why).or_default() += 1,
+            None => {}
+        }
+        self.retransmits += u64::from(client.counters().retransmits);
+    }
+
+    /// Records that a machine finished step `step` this long after its power-on.
+    pub fn record_step(&mut self, step: usize, since_power_on: Duration) {
+        if self.steps.len() <= step {
+            self.steps.resize_with(step + 1, histogram);
+        }
+        self.steps[step].saturating_record(micros(since_power_on));
+    }
+
+    /// Records a machine that booted, `took` after its power-on, `at` after the run's start.
+    pub fn record_boot(&mut self, took: Duration, at: Duration) {
+        self.booted += 1;
+        self.boot.saturating_record(micros(took));
+        self.last_boot = self.last_boot.max(at);
+    }
+
+    /// Records a machine that failed at step `step`.
+    pub fn record_boot_failure(&mut self, step: usize) {
+        *self.boot_failures.entry(step).or_default() += 1;
+    }
+
+    /// Machines that failed, all steps together.
+    pub fn machines_failed(&self) -> u64 {
+        self.boot_failures.values().sum()
     }
 
     /// Records a finished transfer.
@@ -134,6 +209,24 @@ impl Stats {
         self.send_drops += other.send_drops;
         self.peak_active += other.peak_active;
         self.elapsed = self.elapsed.max(other.elapsed);
+        self.probes += other.probes;
+        let _ = self.boot.add(&other.boot);
+        if self.steps.len() < other.steps.len() {
+            self.steps.resize_with(other.steps.len(), histogram);
+        }
+        for (mine, theirs) in self.steps.iter_mut().zip(&other.steps) {
+            let _ = mine.add(theirs);
+        }
+        self.booted += other.booted;
+        for (&step, &n) in &other.boot_failures {
+            *self.boot_failures.entry(step).or_default() += n;
+        }
+        self.last_boot = self.last_boot.max(other.last_boot);
+        if let Some(theirs) = &other.spans {
+            self.spans
+                .get_or_insert_with(Vec::new)
+                .extend_from_slice(theirs);
+        }
     }
 
     /// Keeps the message of an ERROR packet, if its code has none yet.
@@ -299,6 +392,12 @@ pub struct Setup {
     pub options: String,
     /// The transfer mode.
     pub mode: &'static str,
+    /// The firmware profile of the command line, if any.
+    pub profile: Option<String>,
+    /// The power-on wave, described, if any.
+    pub arrivals: Option<String>,
+    /// The boot sequence's steps.
+    pub steps: Vec<StepInfo>,
 }
 
 /// The percentiles reported, as (label, quantile).
@@ -373,6 +472,14 @@ pub fn table(setup: &Setup, stats: &Stats, verdicts: &[Verdict]) -> String {
             "options", stats.options_ignored
         );
     }
+    if stats.probes > 0 {
+        let _ = writeln!(
+            out,
+            "{:<14}{} size probes refused with ERROR 8 as edk2 does",
+            "probes", stats.probes
+        );
+    }
+    machines(&mut out, setup, stats);
     if !stats.failures.is_empty() {
         let _ = write!(out, "{:<14}", "failures");
         let reasons: Vec<String> = stats
@@ -396,9 +503,97 @@ pub fn table(setup: &Setup, stats: &Stats, verdicts: &[Verdict]) -> String {
     out
 }
 
+/// The per-machine part of the table: time to boot, by step, and when the hall was up. Only for
+/// boots of several steps or power-on waves, where it tells more than the transfer line.
+fn machines(out: &mut String, setup: &Setup, stats: &Stats) {
+    if setup.steps.len() < 2 && setup.arrivals.is_none() {
+        return;
+    }
+    let _ = write!(out, "{:<14}", "time to boot");
+    if stats.boot.is_empty() {
+        let _ = writeln!(out, "{:>10}", "-");
+    } else {
+        for (_, q) in QUANTILES {
+            let _ = write!(
+                out,
+                "{:>10}",
+                human_micros(stats.boot.value_at_quantile(q) as f64)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "{:>10}{:>10}",
+            human_micros(stats.boot.max() as f64),
+            human_micros(stats.boot.mean())
+        );
+    }
+    for (i, step) in setup.steps.iter().enumerate() {
+        let _ = write!(out, "  step {:<8}", i + 1);
+        match stats.steps.get(i).filter(|h| !h.is_empty()) {
+            Some(h) => {
+                let _ = write!(
+                    out,
+                    "{:>10}{:>10}{:>10}",
+                    human_micros(h.value_at_quantile(0.5) as f64),
+                    human_micros(h.value_at_quantile(0.99) as f64),
+                    human_micros(h.max() as f64)
+                );
+            }
+            None => {
+                let _ = write!(out, "{:>30}", "-");
+            }
+        }
+        let failed = stats.boot_failures.get(&i).copied().unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "  (p50 p99 max done) {} {} {}{}",
+            step.file,
+            step.profile,
+            step.options,
+            if failed > 0 {
+                format!(", {failed} machines failed here")
+            } else {
+                String::new()
+            }
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{:<14}{} booted, {} failed; the last booted {:.2} s after the start",
+        "machines",
+        stats.booted,
+        stats.machines_failed(),
+        stats.last_boot.as_secs_f64()
+    );
+}
+
+/// A histogram as a JSON object: its count, percentiles, max and mean.
+fn json_histogram(h: &Histogram<u64>) -> String {
+    let mut o = format!("{{\"count\": {}", h.len());
+    if !h.is_empty() {
+        for (label, q) in QUANTILES {
+            let _ = write!(
+                o,
+                ", \"{}\": {}",
+                label.replace('.', "_"),
+                h.value_at_quantile(q)
+            );
+        }
+        let _ = write!(
+            o,
+            ", \"max\": {}, \"mean\": {}",
+            h.max(),
+            json_num(h.mean())
+        );
+    }
+    o.push('}');
+    o
+}
+
 /// The machine-readable summary: one JSON object with every figure and the thresholds' verdicts.
 pub fn json(setup: &Setup, stats: &Stats, verdicts: &[Verdict]) -> String {
     let mut o = String::from("{\n");
+    let _ = writeln!(o, "  \"schema\": {SCHEMA},");
     let _ = writeln!(o, "  \"server\": {},", json_str(&setup.server));
     let _ = writeln!(o, "  \"file\": {},", json_str(&setup.file));
     let _ = writeln!(o, "  \"clients\": {},", setup.clients);
@@ -423,25 +618,42 @@ pub fn json(setup: &Setup, stats: &Stats, verdicts: &[Verdict]) -> String {
         ("transfer_us", &stats.transfer),
         ("first_block_us", &stats.first_block),
     ] {
-        let _ = write!(o, "  \"{name}\": {{\"count\": {}", h.len());
-        if !h.is_empty() {
-            for (label, q) in QUANTILES {
-                let _ = write!(
-                    o,
-                    ", \"{}\": {}",
-                    label.replace('.', "_"),
-                    h.value_at_quantile(q)
-                );
-            }
-            let _ = write!(
-                o,
-                ", \"max\": {}, \"mean\": {}",
-                h.max(),
-                json_num(h.mean())
-            );
-        }
-        let _ = writeln!(o, "}},");
+        let _ = writeln!(o, "  \"{name}\": {},", json_histogram(h));
     }
+    let opt_str = |v: &Option<String>| v.as_deref().map_or("null".to_owned(), json_str);
+    let _ = writeln!(o, "  \"profile\": {},", opt_str(&setup.profile));
+    let _ = writeln!(o, "  \"arrivals\": {},", opt_str(&setup.arrivals));
+    let _ = writeln!(o, "  \"probes\": {},", stats.probes);
+    let by_step: Vec<String> = stats
+        .boot_failures
+        .iter()
+        .map(|(step, n)| format!("\"{}\": {n}", step + 1))
+        .collect();
+    let _ = writeln!(
+        o,
+        "  \"machines\": {{\"booted\": {}, \"failed\": {}, \"failed_by_step\": {{{}}}, \"boot_us\": {}, \"hall_s\": {}}},",
+        stats.booted,
+        stats.machines_failed(),
+        by_step.join(", "),
+        json_histogram(&stats.boot),
+        json_num(stats.last_boot.as_secs_f64())
+    );
+    let steps: Vec<String> = setup
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(i, step)| {
+            let done = stats.steps.get(i).map_or_else(|| json_histogram(&histogram()), json_histogram);
+            format!(
+                "{{\"file\": {}, \"profile\": {}, \"options\": {}, \"failed\": {}, \"done_us\": {done}}}",
+                json_str(&step.file),
+                json_str(&step.profile),
+                json_str(&step.options),
+                stats.boot_failures.get(&i).copied().unwrap_or(0)
+            )
+        })
+        .collect();
+    let _ = writeln!(o, "  \"steps\": [{}],", steps.join(", "));
     let _ = writeln!(o, "  \"retransmits\": {},", stats.retransmits);
     let _ = writeln!(o, "  \"reacks\": {},", stats.reacks);
     let _ = writeln!(o, "  \"stray_blocks\": {},", stats.stray_blocks);
@@ -481,7 +693,15 @@ pub fn json(setup: &Setup, stats: &Stats, verdicts: &[Verdict]) -> String {
     o
 }
 
-fn micros(d: Duration) -> u64 {
+/// An empty latency histogram: µs up to an hour, 3 significant digits, so that every transfer
+/// and boot a run can bound fits, with percentiles exact to 0.1 %.
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3)
+        .expect("constant bounds are valid for hdrhistogram")
+}
+
+/// A duration in whole µs, at least 1 (the histograms' lowest value).
+pub fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
 }
 
@@ -495,7 +715,7 @@ fn per_second(amount: f64, elapsed: Duration) -> f64 {
 }
 
 /// A latency in the unit that reads best: `870us`, `12.3ms`, `1.52s`.
-fn human_micros(us: f64) -> String {
+pub fn human_micros(us: f64) -> String {
     if us < 1e3 {
         format!("{us:.0}us")
     } else if us < 1e6 {
@@ -510,7 +730,7 @@ fn round(v: f64) -> f64 {
 }
 
 /// A JSON number; JSON has no infinity or NaN, so those become `null`.
-fn json_num(v: f64) -> String {
+pub fn json_num(v: f64) -> String {
     if v.is_finite() {
         format!("{}", round(v))
     } else {
@@ -518,7 +738,7 @@ fn json_num(v: f64) -> String {
     }
 }
 
-fn json_str(s: &str) -> String {
+pub fn json_str(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
     for c in s.chars() {
@@ -578,6 +798,9 @@ mod tests {
             clients: 10,
             options: "blksize=1468".into(),
             mode: "octet",
+            profile: None,
+            arrivals: None,
+            steps: Vec::new(),
         };
         let v = Thresholds {
             max_failures: Some(0),

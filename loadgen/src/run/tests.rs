@@ -2,7 +2,8 @@
 
 use super::sys::decode_addr;
 use super::*;
-use crate::client::Expect;
+use crate::client::{Config, Expect};
+use crate::scenario::{Leg, StepInfo};
 use ringtftp::packet::Mode;
 use std::net::UdpSocket;
 
@@ -58,6 +59,8 @@ fn plan(server: SocketAddr, clients: usize, transfers: u64) -> Plan {
         seed: 1,
         spin: Duration::ZERO,
         gro: true,
+        arrivals: None,
+        timeline: false,
     }
 }
 
@@ -71,13 +74,34 @@ fn config(file: &[u8]) -> Config {
         timeout_option: false,
         retries: 20,
         expect: Expect::Bytes(file.to_vec()),
+        probe: false,
+    }
+}
+
+/// A boot of one transfer.
+fn one_step(config: &Config, name: &str) -> Sequence {
+    Sequence {
+        steps: vec![StepInfo {
+            file: name.to_owned(),
+            profile: "-".to_owned(),
+            options: String::new(),
+        }],
+        legs: vec![Leg {
+            step: 0,
+            delay: Duration::ZERO,
+            config: config.clone(),
+            rrq: crate::client::emit_rrq(name, config).unwrap(),
+        }],
     }
 }
 
 fn run_plan(plan: &Plan, config: &Config, name: &str) -> Stats {
-    let rrq = crate::client::emit_rrq(name, config).unwrap();
+    run_seq(plan, &one_step(config, name))
+}
+
+fn run_seq(plan: &Plan, seq: &Sequence) -> Stats {
     let live = Live::default();
-    let stats = run(plan, config, &rrq, &live, |_| {}).unwrap();
+    let stats = run(plan, seq, &live, |_| {}).unwrap();
     assert_eq!(live.active.load(Relaxed), 0);
     stats
 }
@@ -198,4 +222,66 @@ fn addresses_survive_the_kernel_layout() {
         let addr: SocketAddr = addr.parse().unwrap();
         assert_eq!(decode_addr(&RawAddr::new(addr).storage), Some(addr));
     }
+}
+
+#[test]
+fn a_wave_of_edk2_machines_boots_a_sequence() {
+    use crate::profile::{Overrides, Profile};
+    use crate::scenario::{Defaults, Step};
+    let file: Vec<u8> = (0..9000u32).map(|i| (i * 31 % 255) as u8).collect();
+    let served = Served::new(&file);
+    let step = |profile, think| Step {
+        file: "file".into(),
+        profile: Some(profile),
+        think,
+        expect: Expect::Bytes(file.clone()),
+        overrides: Overrides::default(),
+    };
+    let steps = [
+        step(Profile::Edk2, Duration::ZERO),
+        step(Profile::Grub, Duration::from_millis(20)),
+    ];
+    let defaults = Defaults {
+        timeout: Some(Duration::from_millis(200)),
+        ..Defaults::default()
+    };
+    let seq = Sequence::build(&steps, &defaults).unwrap();
+    let mut plan = plan(served.addr(), 1, 1);
+    plan.arrivals = Some(Arrivals {
+        machines: 12,
+        spacing: Duration::from_millis(10),
+    });
+    plan.threads = 2;
+    plan.timeline = true;
+    let started = Instant::now();
+    let stats = run_seq(&plan, &seq);
+    assert_eq!(
+        (stats.booted, stats.machines_failed()),
+        (12, 0),
+        "{:?}",
+        stats.failures
+    );
+    // Each machine: a probe refused with ERROR 8, then two checked downloads.
+    assert_eq!(stats.probes, 12);
+    assert_eq!(stats.ok, 24);
+    assert_eq!(stats.spans.as_ref().map(Vec::len), Some(36));
+    // The last machine powered on 110 ms after the start and thought for 20 ms.
+    assert!(
+        stats.last_boot >= Duration::from_millis(130),
+        "{:?}",
+        stats.last_boot
+    );
+    assert!(started.elapsed() >= Duration::from_millis(130));
+    assert!(stats.boot.min() >= 20_000, "think time is part of the boot");
+    assert_eq!(stats.steps.len(), 2);
+    assert_eq!(stats.steps[1].len(), 12);
+
+    // A missing second file fails every machine at step 2.
+    let mut steps = steps;
+    steps[1].file = "missing".into();
+    let seq = Sequence::build(&steps, &defaults).unwrap();
+    let stats = run_seq(&plan, &seq);
+    assert_eq!(stats.booted, 0);
+    assert_eq!(stats.boot_failures.get(&1), Some(&12));
+    assert_eq!(stats.failures.get(&Failure::Error(1)), Some(&12));
 }
