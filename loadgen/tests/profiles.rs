@@ -1,0 +1,401 @@
+//! Every firmware profile against the real server library, checked on the wire; a scenario run
+//! end to end with its reports; the exit code of a baseline comparison.
+//!
+//! The `loadgen` binary talks to the server through a relay that logs every datagram both ways
+//! (which client port sent what), so the tests see what a capture on the wire would show: the
+//! edk2 probe, its ERROR 8, the download from a new port and how often each client ACKs.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The file served: 20 000 bytes, so 14 blocks at edk2's 1468 and at iPXE's 1432.
+const SIZE: usize = 20_000;
+
+fn content() -> Vec<u8> {
+    (0..SIZE as u32).map(|i| (i * 7 + i / 256) as u8).collect()
+}
+
+/// The real server library on 127.0.0.1:0 serving a scratch directory; stops on drop.
+struct Served {
+    handle: Option<ringtftp::server::Handle>,
+    dir: PathBuf,
+}
+
+impl Served {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("loadgen-wire-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("boot.efi"), content()).unwrap();
+        std::fs::write(dir.join("small.cfg"), b"set timeout=0\n").unwrap();
+        let mut config = ringtftp::server::Config::default();
+        config.shards = 1;
+        let handle =
+            ringtftp::server::serve_directory("127.0.0.1:0".parse().unwrap(), &dir, config)
+                .unwrap();
+        Self {
+            handle: Some(handle),
+            dir,
+        }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.handle.as_ref().unwrap().local_addr()
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Some(h) = self.handle.take() {
+            h.stopper().stop();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// One datagram through the relay.
+#[derive(Debug, Clone)]
+struct Seen {
+    at: Instant,
+    /// The client's port.
+    client: u16,
+    /// Sent by the client (else by the server).
+    from_client: bool,
+    bytes: Vec<u8>,
+}
+
+/// A UDP relay between loadgen and the server that logs every datagram. Each client port gets
+/// its own upstream socket, which also stands in for the server's TID towards the client.
+struct Relay {
+    addr: SocketAddr,
+    log: Arc<Mutex<Vec<Seen>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Relay {
+    fn new(server: SocketAddr) -> Self {
+        let front = UdpSocket::bind("127.0.0.1:0").unwrap();
+        front.set_nonblocking(true).unwrap();
+        let addr = front.local_addr().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (l, s) = (log.clone(), stop.clone());
+        let thread = std::thread::spawn(move || relay(front, server, &l, &s));
+        Self {
+            addr,
+            log,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn relay(front: UdpSocket, server: SocketAddr, log: &Mutex<Vec<Seen>>, stop: &AtomicBool) {
+    // Per client: its upstream socket and the server's TID once known.
+    let mut ups: HashMap<SocketAddr, (UdpSocket, Option<SocketAddr>)> = HashMap::new();
+    let mut buf = [0u8; 65536];
+    while !stop.load(Ordering::Relaxed) {
+        let mut busy = false;
+        while let Ok((n, client)) = front.recv_from(&mut buf) {
+            busy = true;
+            let up = ups.entry(client).or_insert_with(|| {
+                let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+                s.set_nonblocking(true).unwrap();
+                (s, None)
+            });
+            log_it(log, client, true, &buf[..n]);
+            let _ = up.0.send_to(&buf[..n], server);
+        }
+        for (client, (up, tid)) in ups.iter_mut() {
+            while let Ok((n, from)) = up.recv_from(&mut buf) {
+                busy = true;
+                if from == *client {
+                    log_it(log, *client, true, &buf[..n]);
+                    if let Some(tid) = tid {
+                        let _ = up.send_to(&buf[..n], *tid);
+                    }
+                } else {
+                    *tid = Some(from);
+                    log_it(log, *client, false, &buf[..n]);
+                    let _ = up.send_to(&buf[..n], *client);
+                }
+            }
+        }
+        if !busy {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+}
+
+fn log_it(log: &Mutex<Vec<Seen>>, client: SocketAddr, from_client: bool, bytes: &[u8]) {
+    log.lock().unwrap().push(Seen {
+        at: Instant::now(),
+        client: client.port(),
+        from_client,
+        bytes: bytes.to_vec(),
+    });
+}
+
+fn opcode(b: &[u8]) -> u16 {
+    u16::from_be_bytes([b[0], b[1]])
+}
+
+/// An RRQ's options as `name=value` words, sorted.
+fn rrq_options(b: &[u8]) -> Vec<String> {
+    let fields: Vec<&[u8]> = b[2..].split(|&c| c == 0).collect();
+    let mut out: Vec<String> = fields[2..]
+        .chunks(2)
+        .filter(|kv| kv.len() == 2 && !kv[0].is_empty())
+        .map(|kv| {
+            format!(
+                "{}={}",
+                String::from_utf8_lossy(kv[0]),
+                String::from_utf8_lossy(kv[1])
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn loadgen(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(args)
+        .output()
+        .expect("run loadgen")
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Runs one machine of `profile` through the relay; returns what crossed it. (No `--timeout`:
+/// U-Boot sends its timer as the `timeout` option, and `--timeout` would replace it.)
+fn one_boot(profile: &str) -> Vec<Seen> {
+    let served = Served::new(profile);
+    let relay = Relay::new(served.addr());
+    let hash = sha256_hex(&content());
+    let out = loadgen(&[
+        &relay.addr.to_string(),
+        "boot.efi",
+        "--profile",
+        profile,
+        "--sha256",
+        &hash,
+        "--quiet",
+    ]);
+    assert!(out.status.success(), "{profile}: {out:?}");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("1 ok, 0 failed"), "{table}");
+    // Let the server's last datagrams (none are expected) reach the log.
+    std::thread::sleep(Duration::from_millis(50));
+    relay.seen()
+}
+
+#[test]
+fn edk2_probes_refuses_with_error_8_and_downloads_in_windows_of_4_from_a_new_port() {
+    let seen = one_boot("edk2");
+    let rrqs: Vec<&Seen> = seen
+        .iter()
+        .filter(|s| s.from_client && opcode(&s.bytes) == 1)
+        .collect();
+    assert_eq!(rrqs.len(), 2, "{seen:#?}");
+    let (probe, fetch) = (rrqs[0], rrqs[1]);
+    assert_ne!(
+        probe.client, fetch.client,
+        "the download comes from a new port"
+    );
+    assert_eq!(
+        rrq_options(&probe.bytes),
+        ["blksize=1468", "tsize=0", "windowsize=4"]
+    );
+    assert_eq!(rrq_options(&fetch.bytes), ["blksize=1468", "windowsize=4"]);
+
+    // The probe: the server's OACK with the size, answered by ERROR 8 and nothing else.
+    let on_probe: Vec<&Seen> = seen.iter().filter(|s| s.client == probe.client).collect();
+    let oack = on_probe
+        .iter()
+        .find(|s| !s.from_client)
+        .expect("an answer to the probe");
+    assert_eq!(opcode(&oack.bytes), 6, "OACK");
+    assert!(oack.bytes.windows(6).any(|w| w == b"tsize\0"));
+    let answers: Vec<&&Seen> = on_probe.iter().filter(|s| s.from_client).skip(1).collect();
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    assert_eq!(&answers[0].bytes[..4], &[0, 5, 0, 8], "ERROR 8");
+    assert!(fetch.at.duration_since(answers[0].at) < Duration::from_millis(100));
+
+    // The download: ACK 0, then an ACK per window of 4 blocks and one for the last (14).
+    let acks: Vec<u16> = seen
+        .iter()
+        .filter(|s| s.client == fetch.client && s.from_client && opcode(&s.bytes) == 4)
+        .map(|s| u16::from_be_bytes([s.bytes[2], s.bytes[3]]))
+        .collect();
+    assert_eq!(acks, [0, 4, 8, 12, 14]);
+    let blocks = seen
+        .iter()
+        .filter(|s| s.client == fetch.client && !s.from_client && opcode(&s.bytes) == 3)
+        .count();
+    assert_eq!(blocks, 14);
+}
+
+#[test]
+fn lock_step_profiles_ask_what_their_firmware_asks() {
+    for (profile, options, blocks) in [
+        ("ipxe", &["blksize=1432", "tsize=0"][..], 14),
+        ("pxelinux", &["blksize=1408", "tsize=0"][..], 15),
+        ("uboot", &["blksize=1468", "timeout=5"][..], 14),
+        ("grub", &["blksize=1024", "tsize=0"][..], 20),
+    ] {
+        let seen = one_boot(profile);
+        let rrqs: Vec<&Seen> = seen
+            .iter()
+            .filter(|s| s.from_client && opcode(&s.bytes) == 1)
+            .collect();
+        assert_eq!(rrqs.len(), 1, "{profile}");
+        assert_eq!(rrq_options(&rrqs[0].bytes), options, "{profile}");
+        // Lock-step: ACK 0 for the OACK, then every block.
+        let acks: Vec<u16> = seen
+            .iter()
+            .filter(|s| s.from_client && opcode(&s.bytes) == 4)
+            .map(|s| u16::from_be_bytes([s.bytes[2], s.bytes[3]]))
+            .collect();
+        let want: Vec<u16> = (0..=blocks).collect();
+        assert_eq!(acks, want, "{profile}");
+    }
+}
+
+#[test]
+fn options_on_the_command_line_override_the_profile() {
+    let served = Served::new("override");
+    let relay = Relay::new(served.addr());
+    let out = loadgen(&[
+        &relay.addr.to_string(),
+        "boot.efi",
+        "--profile",
+        "ipxe",
+        "--blksize",
+        "1000",
+        "--windowsize",
+        "2",
+        "--quiet",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let seen = relay.seen();
+    let rrq = seen.iter().find(|s| opcode(&s.bytes) == 1).unwrap();
+    assert_eq!(
+        rrq_options(&rrq.bytes),
+        ["blksize=1000", "tsize=0", "windowsize=2"]
+    );
+}
+
+/// A scratch directory for a test's files.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("loadgen-files-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn a_scenario_boots_a_wave_with_reports_and_a_baseline_sets_the_exit_code() {
+    let served = Served::new("scenario");
+    let dir = scratch("scenario");
+    let scenario = dir.join("hall.toml");
+    std::fs::write(
+        &scenario,
+        format!(
+            "[[step]]\nfile = \"boot.efi\"\nprofile = \"edk2\"\nsha256 = \"{}\"\n\n\
+             [[step]]\nfile = \"small.cfg\"\nprofile = \"grub\"\nthink = \"10ms\"\n",
+            sha256_hex(&content())
+        ),
+    )
+    .unwrap();
+    let (json, hlog, html) = (
+        dir.join("run.json"),
+        dir.join("run.hlog"),
+        dir.join("run.html"),
+    );
+    let server = served.addr().to_string();
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            server.as_str(),
+            "--scenario",
+            scenario.to_str().unwrap(),
+            "--power-on",
+            "8",
+            "--over",
+            "80ms",
+            "--quiet",
+        ];
+        args.extend_from_slice(extra);
+        loadgen(&args)
+    };
+    let out = run(&[
+        "--json",
+        json.to_str().unwrap(),
+        "--hlog",
+        hlog.to_str().unwrap(),
+        "--report",
+        html.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("8 booted, 0 failed"), "{table}");
+    assert!(table.contains("time to boot"), "{table}");
+    let summary = std::fs::read_to_string(&json).unwrap();
+    assert!(summary.contains("\"schema\": 2,"), "{summary}");
+    assert!(
+        summary.contains("\"booted\": 8, \"failed\": 0"),
+        "{summary}"
+    );
+    assert!(summary.contains("\"probes\": 8,"), "{summary}");
+    assert!(summary.contains("\"ok\": 16,"), "{summary}");
+    let log = std::fs::read_to_string(&hlog).unwrap();
+    assert!(
+        log.contains("#[StartTime: ") && log.contains("Tag=transfer,"),
+        "{log}"
+    );
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert_eq!(page.matches("<svg").count(), 3);
+
+    // Against itself with room to spare: no regression.
+    let out = run(&[
+        "--baseline",
+        json.to_str().unwrap(),
+        "--max-regression",
+        "100000%",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("hall booted (s)"));
+
+    // Against a baseline a million times faster: a regression, exit 3, the comparison printed.
+    let fast = summary.replace("\"transfers_per_s\": ", "\"transfers_per_s\": 1000000");
+    let fast_path = dir.join("fast.json");
+    std::fs::write(&fast_path, fast).unwrap();
+    let out = run(&["--baseline", fast_path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("REGRESSED"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("transfers/s"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
