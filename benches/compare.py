@@ -110,8 +110,9 @@ class Case:
     timeout: str = "1s"
     retries: int = 5
     deadline_s: int = 600
-    kind: str = "storm"  # storm | bulk | loss
+    kind: str = "storm"  # storm | bulk | loss | boot
     full_only: bool = False
+    over_s: float = 0.0  # boot: the power-on wave's length (`clients` machines)
 
 
 def cases_for(quick: bool, full: bool) -> list[Case]:
@@ -133,6 +134,9 @@ def cases_for(quick: bool, full: bool) -> list[Case]:
                  "big", 1, 1, kind="bulk", deadline_s=180),
             Case("loss", "loss: 10 × 1 MiB, 10 concurrent, blksize 1468, 2 % loss both ways",
                  "1m", 10, 10, loss=0.02, kind="loss", deadline_s=300),
+            Case("boot", "hall boot: 400 machines powered on over 5 s, each edk2 1 MiB "
+                 "then iPXE lock-step 8 MiB", "1m", 400, 400, kind="boot", over_s=5,
+                 deadline_s=300),
             Case("hall", "data hall at once: 2000 × 1 MiB, all 2000 concurrent, "
                  "client timeout 1 s, 5 retries", "1m", 2000, 2000, deadline_s=600,
                  full_only=True),
@@ -153,6 +157,9 @@ def cases_for(quick: bool, full: bool) -> list[Case]:
                  "big", 1, 3, kind="bulk", deadline_s=600),
             Case("loss", "loss: 200 × 1 MiB, 50 concurrent, blksize 1468, 2 % loss both ways",
                  "1m", 50, 200, loss=0.02, kind="loss", deadline_s=900),
+            Case("boot", "hall boot: 2000 machines powered on over 10 s, each edk2 1 MiB "
+                 "then iPXE lock-step 8 MiB", "1m", 2000, 2000, kind="boot", over_s=10,
+                 deadline_s=900),
             Case("hall", "data hall at once: 10 000 × 1 MiB, all 10 000 concurrent, "
                  "client timeout 1 s, 5 retries", "1m", 10000, 10000, deadline_s=1200,
                  full_only=True),
@@ -584,6 +591,19 @@ def run_case(case: Case, server: Server, files: dict, loadgen: Path, cg_root, tm
                 "--blksize", str(BLKSIZE), "--sha256", sha, "--sources", SOURCES,
                 "--timeout", case.timeout, "--retries", str(case.retries),
                 "--deadline", f"{case.deadline_s}s", "--json", str(jpath), "--quiet"]
+        if case.kind == "boot":
+            # A scenario: each machine fetches its boot program as UEFI edk2 does, then an
+            # 8 MiB file lock-step as iPXE does (`examples/hall.toml` documents the format).
+            name8, sha8, _ = files["8m"]
+            scenario = tmp / "hall.toml"
+            scenario.write_text(
+                f'[[step]]\nfile = "{fname}"\nprofile = "edk2"\nsha256 = "{sha}"\n\n'
+                f'[[step]]\nfile = "{name8}"\nprofile = "ipxe"\nsha256 = "{sha8}"\n')
+            argv = [str(loadgen), f"127.0.0.1:{server.port}", "--scenario", str(scenario),
+                    "--power-on", str(case.clients), "--over", f"{case.over_s}s",
+                    "--sources", SOURCES, "--timeout", case.timeout,
+                    "--retries", str(case.retries), "--deadline", f"{case.deadline_s}s",
+                    "--json", str(jpath), "--quiet"]
         if case.windowsize:
             argv += ["--windowsize", str(case.windowsize)]
         if case.loss:
@@ -742,6 +762,13 @@ def table(case: Case, results: list[Result]) -> str:
             notes.append(f"up to {r.procs} processes")
         if r.data and r.data.get("options_ignored"):
             notes.append("options ignored")
+        if case.kind == "boot" and r.data and r.data.get("machines"):
+            mach = r.data["machines"]
+            boot = mach.get("boot_us", {})
+            notes.append(f"time to boot p50 {fmt_dur(boot.get('p50'))}, "
+                         f"p99 {fmt_dur(boot.get('p99'))}; {mach.get('booted')} booted, "
+                         f"{mach.get('failed')} failed, hall up after "
+                         f"{fmt_num(mach.get('hall_s'), 2)} s")
         if r.data and r.data.get("error_messages"):
             msgs = "; ".join(f"{k}: {v}" for k, v in r.data["error_messages"].items())
             notes.append("ERROR says: " + msgs[:120])
@@ -936,7 +963,7 @@ def main() -> int:
     big = 16 * MIB if ARGS.quick else 64 * MIB
     files = {}
     for key, name, size in (("4k", "ipxe.4k", 4096), ("1m", "boot.1m", MIB),
-                            ("big", f"initrd.{big // MIB}m", big)):
+                            ("8m", "kernel.8m", 8 * MIB), ("big", f"initrd.{big // MIB}m", big)):
         data = os.urandom(size)
         (root / name).write_bytes(data)
         (root / name).chmod(0o644)
