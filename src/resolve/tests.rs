@@ -103,7 +103,7 @@ fn uses_openat2_where_the_kernel_has_it() {
     let resolver = DirectoryResolver::new(&dir.0).unwrap();
     resolver.resolve("f", peer()).unwrap();
     let name = CString::new("f").unwrap();
-    match openat2_beneath(resolver.dir.as_fd(), &name) {
+    match openat2_beneath(resolver.dir.as_fd(), &name, OPEN_FLAGS) {
         Ok(_) => assert!(!resolver.no_openat2.load(Ordering::Relaxed)),
         Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
             assert!(resolver.no_openat2.load(Ordering::Relaxed))
@@ -278,15 +278,97 @@ fn directories_are_not_files_and_paths_stay_secret() {
     }
 }
 
+/// A thread blocked opening the FIFO `path` for writing, which returns only once some process
+/// opens it for reading (fifo(7)): a witness that the resolver never did.
+struct Writer(std::sync::mpsc::Receiver<()>, std::thread::JoinHandle<()>);
+
+impl Writer {
+    fn wait_at(path: &Path) -> Writer {
+        let path = path.to_owned();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let _writer = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+            let _ = tx.send(());
+        });
+        Writer(rx, thread)
+    }
+
+    /// Whether a reader opened the FIFO within `ms` milliseconds.
+    fn saw_reader(&self, ms: u64) -> bool {
+        self.0
+            .recv_timeout(std::time::Duration::from_millis(ms))
+            .is_ok()
+    }
+
+    /// Opens the FIFO for reading ourselves, so the writer's open returns.
+    fn release(self, path: &Path) {
+        let _reader = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .unwrap();
+        assert!(self.saw_reader(10_000), "the writer saw our reader");
+        self.1.join().unwrap();
+    }
+}
+
 #[test]
-fn fifos_are_refused_without_blocking() {
+fn fifos_are_refused_without_being_opened() {
     let dir = TempDir::new("fifo");
-    let path = CString::new(dir.0.join("fifo").as_os_str().as_bytes()).unwrap();
-    // SAFETY: `path` is NUL-terminated.
-    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o644) }, 0);
-    for resolver in resolvers(&dir) {
+    let path = dir.0.join("fifo");
+    let c_path = CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: `c_path` is NUL-terminated.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o644) }, 0);
+    let [kernel, walker] = resolvers(&dir);
+    let no_proc = DirectoryResolver::new(&dir.0).unwrap();
+    no_proc.no_proc.store(true, Ordering::Relaxed);
+    for resolver in [kernel, walker, no_proc] {
+        let writer = Writer::wait_at(&path);
         let e = resolver.resolve("fifo", peer()).unwrap_err();
         assert!(matches!(e, ResolveError::NotAFile), "{e:?}");
+        assert_eq!(e.code(), ErrorCode::AccessViolation);
+        assert!(!writer.saw_reader(100), "the resolver opened the FIFO");
+        writer.release(&path);
+    }
+}
+
+#[test]
+fn device_nodes_are_refused() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return; // mknod of a device needs CAP_MKNOD
+    }
+    let dir = TempDir::new("device");
+    let path = CString::new(dir.0.join("null").as_os_str().as_bytes()).unwrap();
+    // SAFETY: `path` is NUL-terminated. 1:3 is /dev/null, harmless even if it were opened.
+    let made = unsafe { libc::mknod(path.as_ptr(), libc::S_IFCHR | 0o644, libc::makedev(1, 3)) };
+    if made != 0 {
+        return; // a container without CAP_MKNOD, or a nodev mount
+    }
+    for resolver in resolvers(&dir) {
+        let e = resolver.resolve("null", peer()).unwrap_err();
+        assert!(matches!(e, ResolveError::NotAFile), "{e:?}");
+    }
+}
+
+#[test]
+fn files_are_served_without_proc_too() {
+    let dir = TempDir::new("no-proc");
+    dir.write("a/kernel", b"vmlinuz");
+    dir.symlink("link", "a/kernel");
+    let [kernel, walker] = resolvers(&dir);
+    for resolver in [kernel, walker] {
+        resolver.no_proc.store(true, Ordering::Relaxed);
+        assert_serves(&resolver, "a/kernel", b"vmlinuz");
+        assert_serves(&resolver, "link", b"vmlinuz");
+        let Ok(Source::File(file)) = resolver.resolve("link", peer()) else {
+            panic!("not a file");
+        };
+        // SAFETY: F_GETFL on a live descriptor.
+        let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+        assert_eq!(flags & libc::O_NONBLOCK, 0, "left blocking for io_uring");
+        assert_refused(&resolver, "a", ErrorCode::AccessViolation);
+        assert_refused(&resolver, "../x", ErrorCode::AccessViolation);
     }
 }
 
@@ -341,7 +423,9 @@ fn walker_answers_like_the_kernel() {
     let root = File::from(DirectoryResolver::new(&dir.0).unwrap().dir);
     let walk = |name: &str| {
         let name = CString::new(name).unwrap();
-        walk_beneath(root.as_fd(), &name).map_err(|e| e.raw_os_error())
+        walk_beneath(root.as_fd(), &name, OPEN_FLAGS)
+            .map(File::from)
+            .map_err(|e| e.raw_os_error())
     };
     let mut buf = [0; 8];
     let file = walk("a/link").unwrap();
@@ -368,7 +452,7 @@ fn walker_answers_like_the_kernel() {
         "a/link",
     ] {
         let c = CString::new(name).unwrap();
-        match openat2_beneath(root.as_fd(), &c) {
+        match openat2_beneath(root.as_fd(), &c, OPEN_FLAGS) {
             Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => return,
             kernel => assert_eq!(
                 kernel.map(drop).map_err(|e| e.raw_os_error()),
@@ -399,6 +483,51 @@ fn file_id_changes_when_the_file_is_replaced() {
     assert_eq!(after.size, 11);
     // A transfer that opened the old file keeps reading the old bytes.
     assert_eq!(contents(&held), b"old initrd");
+}
+
+#[test]
+fn file_id_changes_when_the_file_is_rewritten_with_its_times_put_back() {
+    let dir = TempDir::new("rewrite");
+    dir.write("initrd", b"old initrd");
+    let resolver = DirectoryResolver::new(&dir.0).unwrap();
+    let id = || match resolver.resolve("initrd", peer()) {
+        Ok(Source::File(file)) => file.id(),
+        other => panic!("{other:?}"),
+    };
+    let before = id();
+    // What `cp -p` or `rsync --inplace -t` do: same inode, same size, mtime set back.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.0.join("initrd"))
+        .unwrap()
+        .write_all_at(b"new", 0)
+        .unwrap();
+    let path = CString::new(dir.0.join("initrd").as_os_str().as_bytes()).unwrap();
+    let times = [
+        libc::timespec {
+            tv_sec: before.mtime_sec,
+            tv_nsec: before.mtime_nsec,
+        },
+        libc::timespec {
+            tv_sec: before.mtime_sec,
+            tv_nsec: before.mtime_nsec,
+        },
+    ];
+    // SAFETY: `path` is NUL-terminated and `times` two valid timespecs.
+    let set = unsafe { libc::utimensat(libc::AT_FDCWD, path.as_ptr(), times.as_ptr(), 0) };
+    assert_eq!(set, 0);
+    let after = id();
+    assert_eq!(
+        (after.ino, after.size, after.mtime_sec, after.mtime_nsec),
+        (before.ino, before.size, before.mtime_sec, before.mtime_nsec),
+        "only the change time tells"
+    );
+    assert_ne!(after, before);
+    assert_ne!(
+        (after.ctime_sec, after.ctime_nsec),
+        (before.ctime_sec, before.ctime_nsec)
+    );
 }
 
 #[test]
