@@ -27,7 +27,7 @@ use std::ffi::{CStr, CString};
 use std::fmt;
 use std::fs::File;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -35,6 +35,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::packet::ErrorCode;
+
+mod neighbour;
+pub mod remap;
+
+pub use remap::{Remap, RemapError};
 
 /// Maps a requested filename to something that can be served: the only hook a server needs.
 ///
@@ -46,7 +51,7 @@ use crate::packet::ErrorCode;
 /// Implemented for closures, so a one-off policy needs no type of its own:
 ///
 /// ```
-/// use std::net::SocketAddr;
+/// use std::net::{IpAddr, SocketAddr};
 /// use ringtftp::resolve::{ResolveError, Resolver, Source};
 ///
 /// let ipxe = |name: &str, peer: SocketAddr| match name {
@@ -305,6 +310,9 @@ pub enum ResolveError {
     Io(io::Error),
     /// A custom resolver's refusal; the text is sent to the client as is.
     Other(String),
+    /// Refused by policy (a remap rule), with this message for the client: an access
+    /// violation.
+    Refused(String),
 }
 
 impl ResolveError {
@@ -312,7 +320,9 @@ impl ResolveError {
     pub fn code(&self) -> ErrorCode {
         match self {
             ResolveError::NotFound => ErrorCode::FileNotFound,
-            ResolveError::AccessViolation | ResolveError::NotAFile => ErrorCode::AccessViolation,
+            ResolveError::AccessViolation | ResolveError::NotAFile | ResolveError::Refused(_) => {
+                ErrorCode::AccessViolation
+            }
             ResolveError::Io(_) | ResolveError::Other(_) => ErrorCode::Undefined,
         }
     }
@@ -325,7 +335,7 @@ impl ResolveError {
             ResolveError::NotAFile => "Not a regular file",
             // io::Error's text is usually harmless, but a custom resolver's may carry a path.
             ResolveError::Io(_) => "I/O error",
-            ResolveError::Other(message) => message,
+            ResolveError::Other(message) | ResolveError::Refused(message) => message,
         }
     }
 }
@@ -399,6 +409,10 @@ pub struct DirectoryResolver {
     no_openat2: AtomicBool,
     /// Set once `/proc/self/fd` turns out to be missing: reopen by name from then on.
     no_proc: AtomicBool,
+    /// Look in a directory per client first (see [`with_client_dirs`](Self::with_client_dirs)).
+    client_dirs: bool,
+    /// Rewrite names first (see [`with_remap`](Self::with_remap)).
+    remap: Option<Remap>,
 }
 
 impl DirectoryResolver {
@@ -415,7 +429,39 @@ impl DirectoryResolver {
             dir: dir.into(),
             no_openat2: AtomicBool::new(false),
             no_proc: AtomicBool::new(false),
+            client_dirs: false,
+            remap: None,
         })
+    }
+
+    /// Serves each client its own files where it has them, as dnsmasq's
+    /// `--tftp-unique-root=ip` (and `=mac`) do: a request for `NAME` is served from the first
+    /// of these that exists beneath the root:
+    ///
+    /// 1. `01-aa-bb-cc-dd-ee-ff/NAME`, by the client's MAC address in pxelinux's spelling, when
+    ///    the kernel's neighbour table has one for it: a client on a directly attached network
+    ///    (not behind a router, not on loopback). Without an entry this step is skipped;
+    /// 2. `ADDR/NAME`, by the client's IP address: IPv4 dotted (`192.0.2.7`), IPv6 in its RFC
+    ///    5952 text with the colons (`2001:db8::7`), an IPv4-mapped IPv6 client as IPv4;
+    /// 3. `NAME`.
+    ///
+    /// Each is looked up exactly as a plain name is, confined beneath the root (so
+    /// `ADDR/../../x` is refused like `../x`, and `ADDR/kernel` may be a symlink to
+    /// `../kernel`). Only "not found" moves on to the next: a per-client entry that exists but
+    /// is refused (a directory, a FIFO, unreadable) is an error, never silently replaced by the
+    /// shared file. The directories select files; they do not hide them: any client may ask for
+    /// `192.0.2.8/NAME` by that name.
+    pub fn with_client_dirs(mut self, on: bool) -> Self {
+        self.client_dirs = on;
+        self
+    }
+
+    /// Rewrites every requested name with tftp-hpa's rules (see [`remap`]) before it is looked
+    /// up (and before the per-client directories are tried). The rewritten name is confined
+    /// beneath the root like any other.
+    pub fn with_remap(mut self, remap: Remap) -> Self {
+        self.remap = Some(remap);
+        self
     }
 
     /// The root, as given to [`new`](Self::new).
@@ -490,11 +536,61 @@ impl DirectoryResolver {
     }
 }
 
-impl Resolver for DirectoryResolver {
-    fn resolve(&self, filename: &str, _peer: SocketAddr) -> Result<Source, ResolveError> {
+impl DirectoryResolver {
+    /// [`resolve`](Resolver::resolve) for a client whose neighbour-table MAC is `mac`.
+    fn resolve_with(
+        &self,
+        filename: &str,
+        peer: SocketAddr,
+        mac: impl FnOnce(IpAddr) -> Option<[u8; 6]>,
+    ) -> Result<Source, ResolveError> {
+        let client = peer.ip().to_canonical();
+        let remapped;
+        let filename = match &self.remap {
+            Some(remap) => {
+                remapped = remap.apply(filename, client)?;
+                remapped.as_str()
+            }
+            None => filename,
+        };
         let name = normalise(filename)?;
-        let (file, id) = self.open_file(&name)?;
+        let (file, id) = if self.client_dirs {
+            self.open_client_file(&name, client, mac)?
+        } else {
+            self.open_file(&name)?
+        };
         Ok(Source::File(FileSource { id, file }))
+    }
+
+    /// Opens `name` from the client's MAC directory, else its address directory, else the root
+    /// (see [`with_client_dirs`](Self::with_client_dirs)).
+    fn open_client_file(
+        &self,
+        name: &CStr,
+        client: IpAddr,
+        mac: impl FnOnce(IpAddr) -> Option<[u8; 6]>,
+    ) -> Result<(File, FileId), ResolveError> {
+        let dirs = mac(client)
+            .map(neighbour::mac_dir)
+            .into_iter()
+            .chain([client.to_string()]);
+        for dir in dirs {
+            let mut path = dir.into_bytes();
+            path.push(b'/');
+            path.extend_from_slice(name.to_bytes());
+            let path = CString::new(path).map_err(|_| ResolveError::NotFound)?;
+            match self.open_file(&path) {
+                Err(ResolveError::NotFound) => continue,
+                result => return result,
+            }
+        }
+        self.open_file(name)
+    }
+}
+
+impl Resolver for DirectoryResolver {
+    fn resolve(&self, filename: &str, peer: SocketAddr) -> Result<Source, ResolveError> {
+        self.resolve_with(filename, peer, neighbour::mac)
     }
 }
 

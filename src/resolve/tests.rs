@@ -641,3 +641,122 @@ fn closures_and_arcs_are_resolvers() {
     let dir = TempDir::new("arc");
     assert!(serve(Arc::new(DirectoryResolver::new(&dir.0).unwrap())).is_err());
 }
+
+/// A tree with a file for one client's MAC, one for two clients' addresses, and the shared one,
+/// in a directory with a file outside the root.
+fn client_tree() -> (TempDir, TempDir) {
+    let outer = TempDir::new("clients");
+    let dir = TempDir(outer.0.join("root"));
+    dir.write("boot.cfg", b"shared");
+    dir.write("192.0.2.7/boot.cfg", b"by address .7");
+    dir.write("192.0.2.8/boot.cfg", b"by address .8");
+    dir.write("2001:db8::7/boot.cfg", b"by IPv6 address");
+    dir.write("01-52-54-00-12-34-56/boot.cfg", b"by MAC");
+    dir.write("192.0.2.7/only-here", b"own file");
+    dir.mkdir("192.0.2.9/boot.cfg");
+    dir.symlink("192.0.2.8/kernel", "../kernel");
+    dir.write("kernel", b"the kernel");
+    outer.write("outside-clients", b"secret");
+    (dir, outer)
+}
+
+fn serve(resolver: &DirectoryResolver, name: &str, peer: &str, mac: Option<[u8; 6]>) -> Vec<u8> {
+    let peer = SocketAddr::new(peer.parse().unwrap(), 1234);
+    match resolver.resolve_with(name, peer, |_| mac) {
+        Ok(source) => contents(&source),
+        Err(e) => panic!("{name:?} from {peer}: {e:?}"),
+    }
+}
+
+const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+
+#[test]
+fn client_dirs_by_mac_then_address_then_shared() {
+    let (dir, _outer) = client_tree();
+    for resolver in resolvers(&dir) {
+        let r = resolver.with_client_dirs(true);
+        assert_eq!(serve(&r, "boot.cfg", "192.0.2.7", Some(MAC)), b"by MAC");
+        assert_eq!(serve(&r, "boot.cfg", "192.0.2.7", None), b"by address .7");
+        assert_eq!(serve(&r, "/boot.cfg", "192.0.2.8", None), b"by address .8");
+        assert_eq!(
+            serve(&r, "boot.cfg", "::ffff:192.0.2.8", None),
+            b"by address .8"
+        );
+        assert_eq!(
+            serve(&r, "boot.cfg", "2001:db8::7", None),
+            b"by IPv6 address"
+        );
+        assert_eq!(serve(&r, "boot.cfg", "192.0.2.99", None), b"shared");
+        assert_eq!(serve(&r, "boot.cfg", "192.0.2.99", Some([2; 6])), b"shared");
+        // A file only in the address dir, and a shared one behind the MAC dir.
+        assert_eq!(serve(&r, "only-here", "192.0.2.7", Some(MAC)), b"own file");
+        assert_eq!(serve(&r, "kernel", "192.0.2.7", Some(MAC)), b"the kernel");
+        // A link out of a client dir that stays beneath the root.
+        assert_eq!(serve(&r, "kernel", "192.0.2.8", None), b"the kernel");
+    }
+}
+
+#[test]
+fn client_dirs_stay_confined_and_do_not_hide_errors() {
+    let (dir, _outer) = client_tree();
+    for resolver in resolvers(&dir) {
+        let r = resolver.with_client_dirs(true);
+        let peer = |ip: &str| SocketAddr::new(ip.parse().unwrap(), 1234);
+        for name in [
+            "../outside-clients",
+            "../../outside-clients",
+            "/../outside-clients",
+        ] {
+            for ip in ["192.0.2.7", "192.0.2.99"] {
+                let e = r.resolve_with(name, peer(ip), |_| Some(MAC)).unwrap_err();
+                assert_eq!(
+                    e.code(),
+                    ErrorCode::AccessViolation,
+                    "{name:?} from {ip}: {e:?}"
+                );
+                assert!(!e.message().contains("outside"), "{e}");
+            }
+        }
+        // The client's own entry is a directory: refused, not replaced by the shared file.
+        let e = r
+            .resolve_with("boot.cfg", peer("192.0.2.9"), |_| None)
+            .unwrap_err();
+        assert!(matches!(e, ResolveError::NotAFile), "{e:?}");
+        let e = r
+            .resolve_with("nothing", peer("192.0.2.7"), |_| Some(MAC))
+            .unwrap_err();
+        assert!(matches!(e, ResolveError::NotFound), "{e:?}");
+    }
+    // Off by default: every client gets the shared file, and no MAC is looked up.
+    let plain = DirectoryResolver::new(&dir.0).unwrap();
+    let looked_up = |_: IpAddr| -> Option<[u8; 6]> { panic!("MAC looked up") };
+    let source = plain
+        .resolve_with("boot.cfg", "192.0.2.7:9".parse().unwrap(), looked_up)
+        .unwrap();
+    assert_eq!(contents(&source), b"shared");
+}
+
+#[test]
+fn remapped_names_are_confined_and_meet_client_dirs() {
+    let (dir, _outer) = client_tree();
+    let rules = Remap::parse(
+        "rg \\\\ /\n\
+         r ^escape$ ../outside-clients\n\
+         r ^mine$ \\i/only-here\n\
+         a ^forbidden Not\\ here\n",
+    )
+    .unwrap();
+    for resolver in resolvers(&dir) {
+        let r = resolver.with_remap(rules.clone()).with_client_dirs(true);
+        assert_eq!(serve(&r, "\\boot.cfg", "192.0.2.8", None), b"by address .8");
+        assert_eq!(serve(&r, "mine", "192.0.2.7", None), b"own file");
+        let peer = "192.0.2.99:9".parse().unwrap();
+        let e = r.resolve_with("escape", peer, |_| None).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::AccessViolation, "{e:?}");
+        let e = r.resolve_with("forbidden", peer, |_| None).unwrap_err();
+        assert_eq!(
+            (e.code(), e.message()),
+            (ErrorCode::AccessViolation, "Not here")
+        );
+    }
+}
