@@ -278,6 +278,25 @@ impl FileId {
         Ok(FileId::from_metadata(&file.metadata()?))
     }
 
+    /// Whether `file` (open as this id) still holds the bytes it held when the id was taken:
+    /// for a transfer checking, as it reads on, that it is not serving a mix of two versions.
+    ///
+    /// Like `==`, except that a file no longer linked anywhere (renamed over by a new version,
+    /// or deleted) may have a new change time: unlinking moves `st_ctime` without touching the
+    /// bytes, and a transfer that opened the old version keeps serving that snapshot. Other
+    /// changes of the change time alone (a `chmod`, a new hard link) count as changes.
+    pub fn unchanged_in(&self, file: &File) -> io::Result<bool> {
+        let meta = file.metadata()?;
+        let now = FileId::from_metadata(&meta);
+        Ok(now == *self
+            || meta.nlink() == 0
+                && FileId {
+                    ctime_sec: self.ctime_sec,
+                    ctime_nsec: self.ctime_nsec,
+                    ..now
+                } == *self)
+    }
+
     fn from_metadata(meta: &std::fs::Metadata) -> FileId {
         FileId {
             dev: meta.dev(),

@@ -760,3 +760,38 @@ fn remapped_names_are_confined_and_meet_client_dirs() {
         );
     }
 }
+
+#[test]
+fn a_file_renamed_over_is_unchanged_but_one_rewritten_in_place_is_not() {
+    let dir = TempDir::new("unchanged");
+    dir.write("initrd", b"old initrd");
+    let resolver = DirectoryResolver::new(&dir.0).unwrap();
+    let Ok(Source::File(held)) = resolver.resolve("initrd", peer()) else {
+        panic!("not a file")
+    };
+    assert!(held.id().unchanged_in(held.file()).unwrap());
+    // A new version renamed over the name unlinks the old inode (moving its change time).
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    dir.write("initrd.new", b"new initrd");
+    std::fs::rename(dir.0.join("initrd.new"), dir.0.join("initrd")).unwrap();
+    assert_ne!(
+        FileId::of(held.file()).unwrap(),
+        held.id(),
+        "the change time moved"
+    );
+    assert!(held.id().unchanged_in(held.file()).unwrap(), "the snapshot");
+    // The new one rewritten in place with its mtime put back: changed.
+    let Ok(Source::File(file)) = resolver.resolve("initrd", peer()) else {
+        panic!("not a file")
+    };
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let writer = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.0.join("initrd"))
+        .unwrap();
+    writer.write_all_at(b"NEW", 0).unwrap();
+    let modified = std::time::UNIX_EPOCH
+        + std::time::Duration::new(file.id().mtime_sec as u64, file.id().mtime_nsec as u32);
+    writer.set_modified(modified).unwrap();
+    assert!(!file.id().unchanged_in(file.file()).unwrap());
+}
