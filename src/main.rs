@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use ringtftp::options::{Limits, BLKSIZE_MAX, BLKSIZE_MIN, TIMEOUT_MAX, TIMEOUT_MIN};
-use ringtftp::resolve::DirectoryResolver;
+use ringtftp::resolve::{DirectoryResolver, Remap};
 use ringtftp::server::{Config, Server};
 use ringtftp::transfer;
 
@@ -26,6 +26,7 @@ use ringtftp::transfer;
 ///   ringtftpd                          serve the current directory on port 6969
 ///   ringtftpd 69 -d /srv/tftp          the standard port (needs root or CAP_NET_BIND_SERVICE)
 ///   ringtftpd -b 10.0.0.1 --port-range 40000-40999
+///   ringtftpd 69 -d /srv/tftp --client-dirs --map-file /etc/tftpd.map
 #[derive(Debug, Parser)]
 #[command(
     name = "ringtftpd",
@@ -107,6 +108,18 @@ struct Cli {
     #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u32).range(68..=65536))]
     mtu: Option<u32>,
 
+    /// Serve each client its own files where it has them: NAME from DIR/01-aa-bb-cc-dd-ee-ff/NAME
+    /// (its MAC address, pxelinux's spelling, for a client on a directly attached network, from
+    /// the kernel's neighbour table), else DIR/ADDR/NAME (its IP address: 192.0.2.7, or IPv6 as
+    /// in 2001:db8::7), else DIR/NAME. Like dnsmasq's --tftp-unique-root.
+    #[arg(long)]
+    client_dirs: bool,
+
+    /// Rewrite requested names with a tftp-hpa rule file (in.tftpd -m): lines of `FLAGS REGEX
+    /// [REPLACEMENT]`, such as `rg \\ /` to turn Windows backslashes into slashes.
+    #[arg(long, value_name = "FILE")]
+    map_file: Option<PathBuf>,
+
     /// Seconds a stop waits for running transfers.
     #[arg(long, value_name = "SECS", default_value = "10")]
     grace: f64,
@@ -161,8 +174,21 @@ fn run(cli: Cli) -> Result<()> {
     if !directory.is_dir() {
         bail!("{} is not a directory", directory.display());
     }
-    let resolver = DirectoryResolver::new(&directory)
-        .with_context(|| format!("cannot open directory {}", directory.display()))?;
+    let mut resolver = DirectoryResolver::new(&directory)
+        .with_context(|| format!("cannot open directory {}", directory.display()))?
+        .with_client_dirs(cli.client_dirs);
+    if let Some(file) = &cli.map_file {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read the map file {}", file.display()))?;
+        let rules =
+            Remap::parse(&text).with_context(|| format!("bad map file {}", file.display()))?;
+        tracing::info!(
+            rules = rules.len(),
+            "remapping names with {}",
+            file.display()
+        );
+        resolver = resolver.with_remap(rules);
+    }
     let (min, max) = (TIMEOUT_MIN.as_secs_f64(), TIMEOUT_MAX.as_secs_f64());
     if !(min..=max).contains(&cli.timeout) {
         bail!("--timeout must lie between {min} and {max} seconds");

@@ -27,7 +27,7 @@ use std::ffi::{CStr, CString};
 use std::fmt;
 use std::fs::File;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -35,6 +35,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::packet::ErrorCode;
+
+mod neighbour;
+pub mod remap;
+
+pub use remap::{Remap, RemapError};
 
 /// Maps a requested filename to something that can be served: the only hook a server needs.
 ///
@@ -46,7 +51,7 @@ use crate::packet::ErrorCode;
 /// Implemented for closures, so a one-off policy needs no type of its own:
 ///
 /// ```
-/// use std::net::SocketAddr;
+/// use std::net::{IpAddr, SocketAddr};
 /// use ringtftp::resolve::{ResolveError, Resolver, Source};
 ///
 /// let ipxe = |name: &str, peer: SocketAddr| match name {
@@ -242,8 +247,11 @@ impl AsRawFd for FileSource {
 /// Which file, in which version: a cache key for sharing reads of a hot file between transfers.
 ///
 /// Two opens of the same unchanged file give equal ids. Replacing the file (a new inode renamed
-/// over the name) changes `ino`; rewriting it in place changes `mtime` and usually `size`. A
-/// driver can compare a cached id with [`FileId::of`] a fresh open to tell.
+/// over the name) changes `ino`; rewriting it in place changes `ctime`, and usually `mtime` and
+/// `size`. The change time is what makes the id trustworthy: `cp -p`, `rsync --inplace -t` or
+/// `touch -d` can put the size and modification time back after rewriting the bytes, but no
+/// writer can set `st_ctime` (any write or `utimensat` moves it to now). A driver can compare a
+/// cached id with [`FileId::of`] a fresh open to tell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct FileId {
     /// The device holding the file (`st_dev`).
@@ -256,6 +264,11 @@ pub struct FileId {
     pub mtime_nsec: i64,
     /// The length in bytes (`st_size`).
     pub size: u64,
+    /// Last status change, whole seconds since the epoch (`st_ctime`): moved by every write,
+    /// truncation, `chmod` or `utimensat`, and settable by no one.
+    pub ctime_sec: i64,
+    /// Last status change, nanoseconds within the second (`st_ctime_nsec`).
+    pub ctime_nsec: i64,
 }
 
 impl FileId {
@@ -265,6 +278,25 @@ impl FileId {
         Ok(FileId::from_metadata(&file.metadata()?))
     }
 
+    /// Whether `file` (open as this id) still holds the bytes it held when the id was taken:
+    /// for a transfer checking, as it reads on, that it is not serving a mix of two versions.
+    ///
+    /// Like `==`, except that a file no longer linked anywhere (renamed over by a new version,
+    /// or deleted) may have a new change time: unlinking moves `st_ctime` without touching the
+    /// bytes, and a transfer that opened the old version keeps serving that snapshot. Other
+    /// changes of the change time alone (a `chmod`, a new hard link) count as changes.
+    pub fn unchanged_in(&self, file: &File) -> io::Result<bool> {
+        let meta = file.metadata()?;
+        let now = FileId::from_metadata(&meta);
+        Ok(now == *self
+            || meta.nlink() == 0
+                && FileId {
+                    ctime_sec: self.ctime_sec,
+                    ctime_nsec: self.ctime_nsec,
+                    ..now
+                } == *self)
+    }
+
     fn from_metadata(meta: &std::fs::Metadata) -> FileId {
         FileId {
             dev: meta.dev(),
@@ -272,6 +304,8 @@ impl FileId {
             mtime_sec: meta.mtime(),
             mtime_nsec: meta.mtime_nsec(),
             size: meta.size(),
+            ctime_sec: meta.ctime(),
+            ctime_nsec: meta.ctime_nsec(),
         }
     }
 }
@@ -295,6 +329,9 @@ pub enum ResolveError {
     Io(io::Error),
     /// A custom resolver's refusal; the text is sent to the client as is.
     Other(String),
+    /// Refused by policy (a remap rule), with this message for the client: an access
+    /// violation.
+    Refused(String),
 }
 
 impl ResolveError {
@@ -302,7 +339,9 @@ impl ResolveError {
     pub fn code(&self) -> ErrorCode {
         match self {
             ResolveError::NotFound => ErrorCode::FileNotFound,
-            ResolveError::AccessViolation | ResolveError::NotAFile => ErrorCode::AccessViolation,
+            ResolveError::AccessViolation | ResolveError::NotAFile | ResolveError::Refused(_) => {
+                ErrorCode::AccessViolation
+            }
             ResolveError::Io(_) | ResolveError::Other(_) => ErrorCode::Undefined,
         }
     }
@@ -315,7 +354,7 @@ impl ResolveError {
             ResolveError::NotAFile => "Not a regular file",
             // io::Error's text is usually harmless, but a custom resolver's may carry a path.
             ResolveError::Io(_) => "I/O error",
-            ResolveError::Other(message) => message,
+            ResolveError::Other(message) | ResolveError::Refused(message) => message,
         }
     }
 }
@@ -374,10 +413,10 @@ impl From<io::Error> for ResolveError {
 ///   beneath the root (`a/../b`, a link to `../shared/initrd` from a subdirectory) and are an
 ///   [`AccessViolation`](ResolveError::AccessViolation) when they would leave it, as is every
 ///   absolute symlink and every `/proc` magic link. Mount points beneath the root are crossed.
-/// - **Only regular files are served.** An empty name (the root itself), a directory, device,
-///   pipe or socket is [`NotAFile`](ResolveError::NotAFile). Pipes are opened non-blocking so a
-///   FIFO in the tree cannot hang the server. Device nodes inside the root *are* opened before
-///   they are refused; keep them out of it.
+/// - **Only regular files are served, and nothing else is opened.** An empty name (the root
+///   itself), a directory, device, pipe or socket is [`NotAFile`](ResolveError::NotAFile). The
+///   type is checked on an `O_PATH` handle before anything is opened for reading, so a FIFO in
+///   the tree cannot hang the server and a device node's driver is never called.
 ///
 /// The root is opened once, by [`new`](Self::new); renaming or replacing the directory later does
 /// not move the server.
@@ -387,6 +426,12 @@ pub struct DirectoryResolver {
     dir: OwnedFd,
     /// Set once `openat2` turns out to be missing (ENOSYS): use [`walk_beneath`] from then on.
     no_openat2: AtomicBool,
+    /// Set once `/proc/self/fd` turns out to be missing: reopen by name from then on.
+    no_proc: AtomicBool,
+    /// Look in a directory per client first (see [`with_client_dirs`](Self::with_client_dirs)).
+    client_dirs: bool,
+    /// Rewrite names first (see [`with_remap`](Self::with_remap)).
+    remap: Option<Remap>,
 }
 
 impl DirectoryResolver {
@@ -402,7 +447,40 @@ impl DirectoryResolver {
             root: root.to_path_buf(),
             dir: dir.into(),
             no_openat2: AtomicBool::new(false),
+            no_proc: AtomicBool::new(false),
+            client_dirs: false,
+            remap: None,
         })
+    }
+
+    /// Serves each client its own files where it has them, as dnsmasq's
+    /// `--tftp-unique-root=ip` (and `=mac`) do: a request for `NAME` is served from the first
+    /// of these that exists beneath the root:
+    ///
+    /// 1. `01-aa-bb-cc-dd-ee-ff/NAME`, by the client's MAC address in pxelinux's spelling, when
+    ///    the kernel's neighbour table has one for it: a client on a directly attached network
+    ///    (not behind a router, not on loopback). Without an entry this step is skipped;
+    /// 2. `ADDR/NAME`, by the client's IP address: IPv4 dotted (`192.0.2.7`), IPv6 in its RFC
+    ///    5952 text with the colons (`2001:db8::7`), an IPv4-mapped IPv6 client as IPv4;
+    /// 3. `NAME`.
+    ///
+    /// Each is looked up exactly as a plain name is, confined beneath the root (so
+    /// `ADDR/../../x` is refused like `../x`, and `ADDR/kernel` may be a symlink to
+    /// `../kernel`). Only "not found" moves on to the next: a per-client entry that exists but
+    /// is refused (a directory, a FIFO, unreadable) is an error, never silently replaced by the
+    /// shared file. The directories select files; they do not hide them: any client may ask for
+    /// `192.0.2.8/NAME` by that name.
+    pub fn with_client_dirs(mut self, on: bool) -> Self {
+        self.client_dirs = on;
+        self
+    }
+
+    /// Rewrites every requested name with tftp-hpa's rules (see [`remap`]) before it is looked
+    /// up (and before the per-client directories are tried). The rewritten name is confined
+    /// beneath the root like any other.
+    pub fn with_remap(mut self, remap: Remap) -> Self {
+        self.remap = Some(remap);
+        self
     }
 
     /// The root, as given to [`new`](Self::new).
@@ -410,11 +488,11 @@ impl DirectoryResolver {
         &self.root
     }
 
-    /// Opens `name` (already [`normalise`]d) beneath the root: `openat2` if the kernel has it,
-    /// else the walker.
-    fn open(&self, name: &CStr) -> io::Result<File> {
+    /// Opens `name` (already [`normalise`]d) beneath the root with `flags` ([`PATH_FLAGS`] or
+    /// [`OPEN_FLAGS`]): `openat2` if the kernel has it, else the walker.
+    fn open_beneath(&self, name: &CStr, flags: libc::c_int) -> io::Result<OwnedFd> {
         if !self.no_openat2.load(Ordering::Relaxed) {
-            match openat2_beneath(self.dir.as_fd(), name) {
+            match openat2_beneath(self.dir.as_fd(), name, flags) {
                 // ENOSYS: before Linux 5.6 (or a seccomp profile that predates it); E2BIG: a
                 // kernel that does not know this open_how. Neither will change.
                 Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::E2BIG)) => {
@@ -427,23 +505,111 @@ impl DirectoryResolver {
                 result => return result,
             }
         }
-        walk_beneath(self.dir.as_fd(), name)
+        walk_beneath(self.dir.as_fd(), name, flags)
+    }
+
+    /// Opens `name` beneath the root for serving, refusing anything but a regular file before
+    /// it is opened for reading.
+    ///
+    /// Opening is what has side effects: a FIFO's open waits for a writer, a watchdog device
+    /// arms on open, a tape device rewinds on close. So the name is first opened with `O_PATH`
+    /// (no read access, no driver `open` call, but the inode pinned), its type read with
+    /// `fstat`, and only a regular file is opened for reading, through `/proc/self/fd/N`: the
+    /// magic link to that very inode, not a second lookup of the name, so there is no window
+    /// for a rename or a swapped symlink between the check and the open. Reading permission is
+    /// checked by that second open, as by any other.
+    ///
+    /// Without `/proc` (a chroot or a container that does not mount it), the name is looked up
+    /// again, confined the same way and non-blocking, and served only if it is the same inode
+    /// as the one checked. Someone able to swap files in the tree at that instant could then
+    /// make us open (never read or serve) a device node; one warning says so.
+    fn open_file(&self, name: &CStr) -> Result<(File, FileId), ResolveError> {
+        let path = File::from(self.open_beneath(name, PATH_FLAGS)?);
+        let meta = path.metadata()?;
+        if !meta.is_file() {
+            return Err(ResolveError::NotAFile);
+        }
+        let id = FileId::from_metadata(&meta);
+        if !self.no_proc.load(Ordering::Relaxed) {
+            match reopen(path.as_fd()) {
+                // ENOENT: the descriptor exists, so it is /proc/self/fd that does not.
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                    if !self.no_proc.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(
+                            "/proc is not mounted: files are reopened by name and checked to be \
+                             the inode whose type was checked"
+                        );
+                    }
+                }
+                result => return Ok((result?, id)),
+            }
+        }
+        let file = File::from(self.open_beneath(name, OPEN_FLAGS)?);
+        let again = file.metadata()?;
+        if (again.dev(), again.ino()) != (meta.dev(), meta.ino()) {
+            // Renamed over between the two lookups: ask again rather than guess.
+            return Err(ResolveError::Io(io::Error::from_raw_os_error(libc::EAGAIN)));
+        }
+        clear_nonblock(&file)?;
+        Ok((file, id))
+    }
+}
+
+impl DirectoryResolver {
+    /// [`resolve`](Resolver::resolve) for a client whose neighbour-table MAC is `mac`.
+    fn resolve_with(
+        &self,
+        filename: &str,
+        peer: SocketAddr,
+        mac: impl FnOnce(IpAddr) -> Option<[u8; 6]>,
+    ) -> Result<Source, ResolveError> {
+        let client = peer.ip().to_canonical();
+        let remapped;
+        let filename = match &self.remap {
+            Some(remap) => {
+                remapped = remap.apply(filename, client)?;
+                remapped.as_str()
+            }
+            None => filename,
+        };
+        let name = normalise(filename)?;
+        let (file, id) = if self.client_dirs {
+            self.open_client_file(&name, client, mac)?
+        } else {
+            self.open_file(&name)?
+        };
+        Ok(Source::File(FileSource { id, file }))
+    }
+
+    /// Opens `name` from the client's MAC directory, else its address directory, else the root
+    /// (see [`with_client_dirs`](Self::with_client_dirs)).
+    fn open_client_file(
+        &self,
+        name: &CStr,
+        client: IpAddr,
+        mac: impl FnOnce(IpAddr) -> Option<[u8; 6]>,
+    ) -> Result<(File, FileId), ResolveError> {
+        let dirs = mac(client)
+            .map(neighbour::mac_dir)
+            .into_iter()
+            .chain([client.to_string()]);
+        for dir in dirs {
+            let mut path = dir.into_bytes();
+            path.push(b'/');
+            path.extend_from_slice(name.to_bytes());
+            let path = CString::new(path).map_err(|_| ResolveError::NotFound)?;
+            match self.open_file(&path) {
+                Err(ResolveError::NotFound) => continue,
+                result => return result,
+            }
+        }
+        self.open_file(name)
     }
 }
 
 impl Resolver for DirectoryResolver {
-    fn resolve(&self, filename: &str, _peer: SocketAddr) -> Result<Source, ResolveError> {
-        let name = normalise(filename)?;
-        let file = self.open(&name)?;
-        let meta = file.metadata()?;
-        if !meta.is_file() {
-            return Err(ResolveError::NotAFile);
-        }
-        clear_nonblock(&file)?;
-        Ok(Source::File(FileSource {
-            id: FileId::from_metadata(&meta),
-            file,
-        }))
+    fn resolve(&self, filename: &str, peer: SocketAddr) -> Result<Source, ResolveError> {
+        self.resolve_with(filename, peer, neighbour::mac)
     }
 }
 
@@ -463,12 +629,13 @@ fn normalise(filename: &str) -> Result<CString, ResolveError> {
     CString::new(bytes).map_err(|_| ResolveError::NotFound)
 }
 
-/// Opens `name` read-only beneath `root` in one `openat2(2)`, the kernel enforcing confinement.
-fn openat2_beneath(root: BorrowedFd<'_>, name: &CStr) -> io::Result<File> {
+/// Opens `name` with `flags` beneath `root` in one `openat2(2)`, the kernel enforcing
+/// confinement.
+fn openat2_beneath(root: BorrowedFd<'_>, name: &CStr, flags: libc::c_int) -> io::Result<OwnedFd> {
     // SAFETY: open_how is three u64s (non_exhaustive only to allow growth); all-zero is valid
     // and is what the kernel expects of fields we do not set.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = OPEN_FLAGS as u64;
+    how.flags = flags as u64;
     how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS;
     let mut last = io::Error::from_raw_os_error(libc::EAGAIN);
     for _ in 0..OPENAT2_ATTEMPTS {
@@ -485,7 +652,7 @@ fn openat2_beneath(root: BorrowedFd<'_>, name: &CStr) -> io::Result<File> {
         };
         if fd >= 0 {
             // SAFETY: openat2 returned a new descriptor that nothing else owns.
-            return Ok(unsafe { File::from_raw_fd(fd as RawFd) });
+            return Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) });
         }
         last = io::Error::last_os_error();
         // EAGAIN: a rename or mount raced the lookup (RESOLVE_BENEATH's seqlock check).
@@ -496,18 +663,18 @@ fn openat2_beneath(root: BorrowedFd<'_>, name: &CStr) -> io::Result<File> {
     Err(last)
 }
 
-/// Opens `name` read-only beneath `root` without `openat2`, one component at a time.
+/// Opens `name` with `flags` beneath `root` without `openat2`, one component at a time.
 ///
 /// Gives the same answers (as errno values) as [`openat2_beneath`]: each component is opened with
 /// `O_PATH | O_NOFOLLOW`, so the kernel never follows a link for us; `..` pops back to a
 /// directory already opened and is `EXDEV` at the root; a symlink's target is read and walked
-/// in its place (`ELOOP` after [`MAX_SYMLINKS`]), and an absolute target is `EXDEV`. The last
-/// component is reopened for reading with `O_NOFOLLOW`, so a symlink swapped in after the walk
-/// is refused rather than followed.
+/// in its place (`ELOOP` after [`MAX_SYMLINKS`]), and an absolute target is `EXDEV`. For
+/// [`PATH_FLAGS`] the last component's `O_PATH` descriptor is the answer; other flags reopen it
+/// by name with `O_NOFOLLOW`, so a symlink swapped in after the walk is refused, not followed.
 ///
 /// Unlike `RESOLVE_BENEATH`, this does not notice a directory being moved out of the root while
 /// it is being walked. That takes write access to the tree, which a TFTP client does not have.
-fn walk_beneath(root: BorrowedFd<'_>, name: &CStr) -> io::Result<File> {
+fn walk_beneath(root: BorrowedFd<'_>, name: &CStr, flags: libc::c_int) -> io::Result<OwnedFd> {
     // Components still to walk, next last; directories walked into, innermost last.
     let mut pending: Vec<Vec<u8>> = components(name.to_bytes());
     let mut dirs: Vec<File> = Vec::new();
@@ -541,8 +708,10 @@ fn walk_beneath(root: BorrowedFd<'_>, name: &CStr) -> io::Result<File> {
         } else if kind.is_dir() {
             dirs.push(file);
         } else if pending.is_empty() {
-            let flags = OPEN_FLAGS | libc::O_NOFOLLOW;
-            return Ok(File::from(openat(parent, &component, flags)?));
+            if flags == PATH_FLAGS {
+                return Ok(file.into());
+            }
+            return openat(parent, &component, flags | libc::O_NOFOLLOW);
         } else {
             // Like the kernel: `file/more` (even `file/` or `file/.`) is not there.
             return Err(io::Error::from_raw_os_error(libc::ENOTDIR));
@@ -596,6 +765,19 @@ fn readlink(link: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// Opens the inode `path` (an `O_PATH` descriptor) for reading through its `/proc/self/fd` magic
+/// link: the same inode, whatever its name points to by now.
+fn reopen(path: BorrowedFd<'_>) -> io::Result<File> {
+    let link = CString::new(format!("/proc/self/fd/{}", path.as_raw_fd())).map_err(|_| einval())?;
+    // SAFETY: `link` is NUL-terminated and outlives the call; no O_CREAT, so no mode.
+    let fd = unsafe { libc::open(link.as_ptr(), REOPEN_FLAGS) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: open returned a new descriptor that nothing else owns.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
 /// Clears the O_NONBLOCK we opened with: io_uring honours it on regular files by failing reads
 /// of uncached pages with EAGAIN instead of doing them.
 fn clear_nonblock(file: &File) -> io::Result<()> {
@@ -625,11 +807,18 @@ fn einval() -> io::Error {
     io::Error::from_raw_os_error(libc::EINVAL)
 }
 
-/// How files are opened for serving. O_NONBLOCK: opening a FIFO must not wait for a writer (it
-/// is refused right after, and cleared on the regular files kept); O_NOCTTY: a tty in the tree
-/// must not become our controlling terminal.
+/// How a name is first opened: a handle on the inode that reads nothing and calls no driver.
+const PATH_FLAGS: libc::c_int = libc::O_PATH | libc::O_CLOEXEC;
+
+/// How a name is opened for reading when `/proc` is missing (see
+/// [`DirectoryResolver::open_file`]). O_NONBLOCK: a FIFO swapped in after the type check must
+/// not make the open wait for a writer (cleared on the regular file kept); O_NOCTTY: nor may a
+/// tty become our controlling terminal.
 const OPEN_FLAGS: libc::c_int =
     libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK;
+
+/// How a checked regular file is reopened through `/proc/self/fd`.
+const REOPEN_FLAGS: libc::c_int = libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY;
 
 /// How many times to retry `openat2` failing with EAGAIN before walking instead.
 const OPENAT2_ATTEMPTS: usize = 4;

@@ -21,7 +21,7 @@ use crate::util::{self, run, Finished, TempDir};
 
 /// The server's address inside its namespace (TEST-NET-1: documentation only, never routed).
 pub(crate) const SERVER_IP: &str = "192.0.2.1";
-const CLIENT_IP: &str = "192.0.2.2";
+pub(crate) const CLIENT_IP: &str = "192.0.2.2";
 /// The namespaces are fresh, so any port is free in them.
 pub(crate) const PORT: u16 = 6969;
 /// Bound on every `ip`/`nft` command.

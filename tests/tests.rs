@@ -65,6 +65,13 @@ mod nat;
 // 1368 and fetch byte-exact; --mtu 1200 grants 1168.
 mod mtu;
 
+// Which file a request gets: --client-dirs by address (curl from 127.0.0.2 and 127.0.0.3) and by
+// MAC (curl across a veth pair; needs root, ip and nft); --map-file with tftp-hpa (`\Boot\BCD`)
+// and curl (`pxelinux.cfg/default` to the client's hex address), abort messages, a rewrite out
+// of the root refused, a bad rule file naming its line; a file rewritten in place with its size
+// and mtime put back (the new bytes, not cached chunks); a FIFO (ERROR at once, never opened).
+mod files;
+
 // Resources running out and files changing: a descriptor limit (new requests "Server busy",
 // held transfers finish byte-exact, service resumes), the --max-buffer-mb budget (the same, and
 // a netascii encoding that does not fit), a file renamed over (the snapshot is served),

@@ -103,7 +103,7 @@ fn uses_openat2_where_the_kernel_has_it() {
     let resolver = DirectoryResolver::new(&dir.0).unwrap();
     resolver.resolve("f", peer()).unwrap();
     let name = CString::new("f").unwrap();
-    match openat2_beneath(resolver.dir.as_fd(), &name) {
+    match openat2_beneath(resolver.dir.as_fd(), &name, OPEN_FLAGS) {
         Ok(_) => assert!(!resolver.no_openat2.load(Ordering::Relaxed)),
         Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
             assert!(resolver.no_openat2.load(Ordering::Relaxed))
@@ -278,15 +278,97 @@ fn directories_are_not_files_and_paths_stay_secret() {
     }
 }
 
+/// A thread blocked opening the FIFO `path` for writing, which returns only once some process
+/// opens it for reading (fifo(7)): a witness that the resolver never did.
+struct Writer(std::sync::mpsc::Receiver<()>, std::thread::JoinHandle<()>);
+
+impl Writer {
+    fn wait_at(path: &Path) -> Writer {
+        let path = path.to_owned();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let _writer = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+            let _ = tx.send(());
+        });
+        Writer(rx, thread)
+    }
+
+    /// Whether a reader opened the FIFO within `ms` milliseconds.
+    fn saw_reader(&self, ms: u64) -> bool {
+        self.0
+            .recv_timeout(std::time::Duration::from_millis(ms))
+            .is_ok()
+    }
+
+    /// Opens the FIFO for reading ourselves, so the writer's open returns.
+    fn release(self, path: &Path) {
+        let _reader = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .unwrap();
+        assert!(self.saw_reader(10_000), "the writer saw our reader");
+        self.1.join().unwrap();
+    }
+}
+
 #[test]
-fn fifos_are_refused_without_blocking() {
+fn fifos_are_refused_without_being_opened() {
     let dir = TempDir::new("fifo");
-    let path = CString::new(dir.0.join("fifo").as_os_str().as_bytes()).unwrap();
-    // SAFETY: `path` is NUL-terminated.
-    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o644) }, 0);
-    for resolver in resolvers(&dir) {
+    let path = dir.0.join("fifo");
+    let c_path = CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: `c_path` is NUL-terminated.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o644) }, 0);
+    let [kernel, walker] = resolvers(&dir);
+    let no_proc = DirectoryResolver::new(&dir.0).unwrap();
+    no_proc.no_proc.store(true, Ordering::Relaxed);
+    for resolver in [kernel, walker, no_proc] {
+        let writer = Writer::wait_at(&path);
         let e = resolver.resolve("fifo", peer()).unwrap_err();
         assert!(matches!(e, ResolveError::NotAFile), "{e:?}");
+        assert_eq!(e.code(), ErrorCode::AccessViolation);
+        assert!(!writer.saw_reader(100), "the resolver opened the FIFO");
+        writer.release(&path);
+    }
+}
+
+#[test]
+fn device_nodes_are_refused() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return; // mknod of a device needs CAP_MKNOD
+    }
+    let dir = TempDir::new("device");
+    let path = CString::new(dir.0.join("null").as_os_str().as_bytes()).unwrap();
+    // SAFETY: `path` is NUL-terminated. 1:3 is /dev/null, harmless even if it were opened.
+    let made = unsafe { libc::mknod(path.as_ptr(), libc::S_IFCHR | 0o644, libc::makedev(1, 3)) };
+    if made != 0 {
+        return; // a container without CAP_MKNOD, or a nodev mount
+    }
+    for resolver in resolvers(&dir) {
+        let e = resolver.resolve("null", peer()).unwrap_err();
+        assert!(matches!(e, ResolveError::NotAFile), "{e:?}");
+    }
+}
+
+#[test]
+fn files_are_served_without_proc_too() {
+    let dir = TempDir::new("no-proc");
+    dir.write("a/kernel", b"vmlinuz");
+    dir.symlink("link", "a/kernel");
+    let [kernel, walker] = resolvers(&dir);
+    for resolver in [kernel, walker] {
+        resolver.no_proc.store(true, Ordering::Relaxed);
+        assert_serves(&resolver, "a/kernel", b"vmlinuz");
+        assert_serves(&resolver, "link", b"vmlinuz");
+        let Ok(Source::File(file)) = resolver.resolve("link", peer()) else {
+            panic!("not a file");
+        };
+        // SAFETY: F_GETFL on a live descriptor.
+        let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+        assert_eq!(flags & libc::O_NONBLOCK, 0, "left blocking for io_uring");
+        assert_refused(&resolver, "a", ErrorCode::AccessViolation);
+        assert_refused(&resolver, "../x", ErrorCode::AccessViolation);
     }
 }
 
@@ -341,7 +423,9 @@ fn walker_answers_like_the_kernel() {
     let root = File::from(DirectoryResolver::new(&dir.0).unwrap().dir);
     let walk = |name: &str| {
         let name = CString::new(name).unwrap();
-        walk_beneath(root.as_fd(), &name).map_err(|e| e.raw_os_error())
+        walk_beneath(root.as_fd(), &name, OPEN_FLAGS)
+            .map(File::from)
+            .map_err(|e| e.raw_os_error())
     };
     let mut buf = [0; 8];
     let file = walk("a/link").unwrap();
@@ -368,7 +452,7 @@ fn walker_answers_like_the_kernel() {
         "a/link",
     ] {
         let c = CString::new(name).unwrap();
-        match openat2_beneath(root.as_fd(), &c) {
+        match openat2_beneath(root.as_fd(), &c, OPEN_FLAGS) {
             Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => return,
             kernel => assert_eq!(
                 kernel.map(drop).map_err(|e| e.raw_os_error()),
@@ -399,6 +483,51 @@ fn file_id_changes_when_the_file_is_replaced() {
     assert_eq!(after.size, 11);
     // A transfer that opened the old file keeps reading the old bytes.
     assert_eq!(contents(&held), b"old initrd");
+}
+
+#[test]
+fn file_id_changes_when_the_file_is_rewritten_with_its_times_put_back() {
+    let dir = TempDir::new("rewrite");
+    dir.write("initrd", b"old initrd");
+    let resolver = DirectoryResolver::new(&dir.0).unwrap();
+    let id = || match resolver.resolve("initrd", peer()) {
+        Ok(Source::File(file)) => file.id(),
+        other => panic!("{other:?}"),
+    };
+    let before = id();
+    // What `cp -p` or `rsync --inplace -t` do: same inode, same size, mtime set back.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.0.join("initrd"))
+        .unwrap()
+        .write_all_at(b"new", 0)
+        .unwrap();
+    let path = CString::new(dir.0.join("initrd").as_os_str().as_bytes()).unwrap();
+    let times = [
+        libc::timespec {
+            tv_sec: before.mtime_sec,
+            tv_nsec: before.mtime_nsec,
+        },
+        libc::timespec {
+            tv_sec: before.mtime_sec,
+            tv_nsec: before.mtime_nsec,
+        },
+    ];
+    // SAFETY: `path` is NUL-terminated and `times` two valid timespecs.
+    let set = unsafe { libc::utimensat(libc::AT_FDCWD, path.as_ptr(), times.as_ptr(), 0) };
+    assert_eq!(set, 0);
+    let after = id();
+    assert_eq!(
+        (after.ino, after.size, after.mtime_sec, after.mtime_nsec),
+        (before.ino, before.size, before.mtime_sec, before.mtime_nsec),
+        "only the change time tells"
+    );
+    assert_ne!(after, before);
+    assert_ne!(
+        (after.ctime_sec, after.ctime_nsec),
+        (before.ctime_sec, before.ctime_nsec)
+    );
 }
 
 #[test]
@@ -511,4 +640,158 @@ fn closures_and_arcs_are_resolvers() {
     ));
     let dir = TempDir::new("arc");
     assert!(serve(Arc::new(DirectoryResolver::new(&dir.0).unwrap())).is_err());
+}
+
+/// A tree with a file for one client's MAC, one for two clients' addresses, and the shared one,
+/// in a directory with a file outside the root.
+fn client_tree() -> (TempDir, TempDir) {
+    let outer = TempDir::new("clients");
+    let dir = TempDir(outer.0.join("root"));
+    dir.write("boot.cfg", b"shared");
+    dir.write("192.0.2.7/boot.cfg", b"by address .7");
+    dir.write("192.0.2.8/boot.cfg", b"by address .8");
+    dir.write("2001:db8::7/boot.cfg", b"by IPv6 address");
+    dir.write("01-52-54-00-12-34-56/boot.cfg", b"by MAC");
+    dir.write("192.0.2.7/only-here", b"own file");
+    dir.mkdir("192.0.2.9/boot.cfg");
+    dir.symlink("192.0.2.8/kernel", "../kernel");
+    dir.write("kernel", b"the kernel");
+    outer.write("outside-clients", b"secret");
+    (dir, outer)
+}
+
+fn serve(resolver: &DirectoryResolver, name: &str, peer: &str, mac: Option<[u8; 6]>) -> Vec<u8> {
+    let peer = SocketAddr::new(peer.parse().unwrap(), 1234);
+    match resolver.resolve_with(name, peer, |_| mac) {
+        Ok(source) => contents(&source),
+        Err(e) => panic!("{name:?} from {peer}: {e:?}"),
+    }
+}
+
+const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+
+#[test]
+fn client_dirs_by_mac_then_address_then_shared() {
+    let (dir, _outer) = client_tree();
+    for resolver in resolvers(&dir) {
+        let r = resolver.with_client_dirs(true);
+        assert_eq!(serve(&r, "boot.cfg", "192.0.2.7", Some(MAC)), b"by MAC");
+        assert_eq!(serve(&r, "boot.cfg", "192.0.2.7", None), b"by address .7");
+        assert_eq!(serve(&r, "/boot.cfg", "192.0.2.8", None), b"by address .8");
+        assert_eq!(
+            serve(&r, "boot.cfg", "::ffff:192.0.2.8", None),
+            b"by address .8"
+        );
+        assert_eq!(
+            serve(&r, "boot.cfg", "2001:db8::7", None),
+            b"by IPv6 address"
+        );
+        assert_eq!(serve(&r, "boot.cfg", "192.0.2.99", None), b"shared");
+        assert_eq!(serve(&r, "boot.cfg", "192.0.2.99", Some([2; 6])), b"shared");
+        // A file only in the address dir, and a shared one behind the MAC dir.
+        assert_eq!(serve(&r, "only-here", "192.0.2.7", Some(MAC)), b"own file");
+        assert_eq!(serve(&r, "kernel", "192.0.2.7", Some(MAC)), b"the kernel");
+        // A link out of a client dir that stays beneath the root.
+        assert_eq!(serve(&r, "kernel", "192.0.2.8", None), b"the kernel");
+    }
+}
+
+#[test]
+fn client_dirs_stay_confined_and_do_not_hide_errors() {
+    let (dir, _outer) = client_tree();
+    for resolver in resolvers(&dir) {
+        let r = resolver.with_client_dirs(true);
+        let peer = |ip: &str| SocketAddr::new(ip.parse().unwrap(), 1234);
+        for name in [
+            "../outside-clients",
+            "../../outside-clients",
+            "/../outside-clients",
+        ] {
+            for ip in ["192.0.2.7", "192.0.2.99"] {
+                let e = r.resolve_with(name, peer(ip), |_| Some(MAC)).unwrap_err();
+                assert_eq!(
+                    e.code(),
+                    ErrorCode::AccessViolation,
+                    "{name:?} from {ip}: {e:?}"
+                );
+                assert!(!e.message().contains("outside"), "{e}");
+            }
+        }
+        // The client's own entry is a directory: refused, not replaced by the shared file.
+        let e = r
+            .resolve_with("boot.cfg", peer("192.0.2.9"), |_| None)
+            .unwrap_err();
+        assert!(matches!(e, ResolveError::NotAFile), "{e:?}");
+        let e = r
+            .resolve_with("nothing", peer("192.0.2.7"), |_| Some(MAC))
+            .unwrap_err();
+        assert!(matches!(e, ResolveError::NotFound), "{e:?}");
+    }
+    // Off by default: every client gets the shared file, and no MAC is looked up.
+    let plain = DirectoryResolver::new(&dir.0).unwrap();
+    let looked_up = |_: IpAddr| -> Option<[u8; 6]> { panic!("MAC looked up") };
+    let source = plain
+        .resolve_with("boot.cfg", "192.0.2.7:9".parse().unwrap(), looked_up)
+        .unwrap();
+    assert_eq!(contents(&source), b"shared");
+}
+
+#[test]
+fn remapped_names_are_confined_and_meet_client_dirs() {
+    let (dir, _outer) = client_tree();
+    let rules = Remap::parse(
+        "rg \\\\ /\n\
+         r ^escape$ ../outside-clients\n\
+         r ^mine$ \\i/only-here\n\
+         a ^forbidden Not\\ here\n",
+    )
+    .unwrap();
+    for resolver in resolvers(&dir) {
+        let r = resolver.with_remap(rules.clone()).with_client_dirs(true);
+        assert_eq!(serve(&r, "\\boot.cfg", "192.0.2.8", None), b"by address .8");
+        assert_eq!(serve(&r, "mine", "192.0.2.7", None), b"own file");
+        let peer = "192.0.2.99:9".parse().unwrap();
+        let e = r.resolve_with("escape", peer, |_| None).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::AccessViolation, "{e:?}");
+        let e = r.resolve_with("forbidden", peer, |_| None).unwrap_err();
+        assert_eq!(
+            (e.code(), e.message()),
+            (ErrorCode::AccessViolation, "Not here")
+        );
+    }
+}
+
+#[test]
+fn a_file_renamed_over_is_unchanged_but_one_rewritten_in_place_is_not() {
+    let dir = TempDir::new("unchanged");
+    dir.write("initrd", b"old initrd");
+    let resolver = DirectoryResolver::new(&dir.0).unwrap();
+    let Ok(Source::File(held)) = resolver.resolve("initrd", peer()) else {
+        panic!("not a file")
+    };
+    assert!(held.id().unchanged_in(held.file()).unwrap());
+    // A new version renamed over the name unlinks the old inode (moving its change time).
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    dir.write("initrd.new", b"new initrd");
+    std::fs::rename(dir.0.join("initrd.new"), dir.0.join("initrd")).unwrap();
+    assert_ne!(
+        FileId::of(held.file()).unwrap(),
+        held.id(),
+        "the change time moved"
+    );
+    assert!(held.id().unchanged_in(held.file()).unwrap(), "the snapshot");
+    // The new one rewritten in place with its mtime put back: changed.
+    let Ok(Source::File(file)) = resolver.resolve("initrd", peer()) else {
+        panic!("not a file")
+    };
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let writer = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.0.join("initrd"))
+        .unwrap();
+    writer.write_all_at(b"NEW", 0).unwrap();
+    let modified = std::time::UNIX_EPOCH
+        + std::time::Duration::new(file.id().mtime_sec as u64, file.id().mtime_nsec as u32);
+    writer.set_modified(modified).unwrap();
+    assert!(!file.id().unchanged_in(file.file()).unwrap());
 }

@@ -8,7 +8,7 @@
 //! whole window of such datagrams is one `sendmsg`: the kernel concatenates the iovecs and cuts
 //! them at `4 + blksize`.
 //!
-//! Chunks are keyed by the file's identity *and* modification (device, inode, mtime, size, as
+//! Chunks are keyed by the file's identity *and* version (device, inode, mtime, size, ctime, as
 //! [`FileId`] says at open time), so a replaced or rewritten file is a different key and never
 //! gets stale bytes. Two transfers that miss the same chunk at once read it once: the second
 //! waits for the first. The cache is bounded in bytes and forgets the oldest chunks first; a
@@ -436,6 +436,8 @@ mod tests {
             mtime_sec: 0,
             mtime_nsec: 0,
             size: 100,
+            ctime_sec: 0,
+            ctime_nsec: 0,
         }
     }
 
@@ -489,6 +491,12 @@ mod tests {
             ..id(1)
         };
         assert!(matches!(cache.lookup(changed, 0), Lookup::Miss));
+        // Rewritten in place with size and mtime put back: only the change time tells.
+        let rewritten = FileId {
+            ctime_nsec: 1,
+            ..id(1)
+        };
+        assert!(matches!(cache.lookup(rewritten, 0), Lookup::Miss));
     }
 
     #[test]

@@ -35,8 +35,8 @@ pub(crate) fn unchanged_fd(fd: RawFd, id: &FileId) -> Result<(), ReadError> {
     let view = std::mem::ManuallyDrop::new(unsafe {
         <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd)
     });
-    match FileId::of(&view) {
-        Ok(now) if now == *id => Ok(()),
+    match id.unchanged_in(&view) {
+        Ok(true) => Ok(()),
         _ => Err(CHANGED),
     }
 }
