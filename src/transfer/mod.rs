@@ -247,6 +247,9 @@ pub struct Transfer {
     /// When the client last made progress (or the transfer started).
     progress_at: Instant,
     rtt: RttEstimator,
+    /// A floor under the adaptive timeout that the driver sets from what it knows beyond this
+    /// transfer (see [`Transfer::set_rto_floor`]).
+    rto_floor: Duration,
     /// When the last run was sent, and the first block of it sent for the first time (0: a first
     /// OACK, `u64::MAX`: none). Only an ACK for such a block is a round-trip sample (Karn's rule:
     /// an ACK for a retransmitted packet is ambiguous).
@@ -289,6 +292,7 @@ impl Transfer {
             backoff: 0,
             progress_at: now,
             rtt: RttEstimator::new(config.rto_initial),
+            rto_floor: Duration::ZERO,
             flight_at: now,
             fresh_from: u64::MAX,
             sent_at: now,
@@ -567,6 +571,17 @@ impl Transfer {
         &self.stats
     }
 
+    /// Sets a floor under the adaptive retransmission timeout (never past `rto_max`; a timeout
+    /// the client fixed is kept as it is), for the next time the timer is armed.
+    ///
+    /// A driver serving many transfers to one place learns things no single transfer can: when
+    /// one transfer's timeout proves spurious ([`Stats::spurious`]), the clients of that place
+    /// are answering slower than the others' estimates say, and their timers should wait at
+    /// least that long for a while rather than each transfer discovering it with a duplicate.
+    pub fn set_rto_floor(&mut self, floor: Duration) {
+        self.rto_floor = floor;
+    }
+
     /// The current retransmission timeout, before backoff.
     pub fn rto(&self) -> Duration {
         self.base_rto()
@@ -655,7 +670,10 @@ impl Transfer {
     fn base_rto(&self) -> Duration {
         match self.opts.timeout() {
             Some(fixed) => fixed,
-            None => self.rtt.rto(&self.config),
+            None => self
+                .rtt
+                .rto(&self.config)
+                .max(self.rto_floor.min(self.config.rto_max)),
         }
     }
 

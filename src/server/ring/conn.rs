@@ -59,6 +59,8 @@ pub(super) struct Conn {
     pub answered: bool,
     /// Port-unreachable errors in a row.
     pub refused: u32,
+    /// Spurious timeouts already learned from (see `timer::Lag`).
+    pub spurious: u64,
     /// The tick of the timer entry this transfer last armed.
     pub timer_at: Option<u64>,
     /// How it ended, once it has; the slot is freed when nothing is left in flight.
@@ -132,6 +134,7 @@ impl Conn {
             dirty: false,
             answered: false,
             refused: 0,
+            spurious: 0,
             timer_at: None,
             end: None,
             pieces: Vec::new(),
@@ -238,6 +241,7 @@ impl Engine {
     /// Flushes every transfer marked since the last flush, with one clock reading: the sends
     /// leave with the submission that follows at once.
     pub(super) fn flush_dirty(&mut self, now: Instant) {
+        self.lag_floor = self.lag.floor(now);
         let mut dirty = std::mem::take(&mut self.dirty);
         for &slot in &dirty {
             let Some(mut conn) = self.conns[slot as usize].take() else {
@@ -263,6 +267,7 @@ impl Engine {
         if conn.sending || conn.end.is_some() {
             return;
         }
+        conn.t.set_rto_floor(self.lag_floor);
         if let Some(run) = conn.stalled.take() {
             if !self.send_run(conn, slot, run, now) {
                 return;

@@ -55,7 +55,7 @@ use crate::resolve::FileId;
 use bufs::{RecvRing, Slab};
 use conn::Conn;
 use reads::ReadOp;
-use timer::Wheel;
+use timer::{Lag, Wheel};
 
 /// Submission queue entries; a full queue is submitted early, so this bounds nothing.
 const SQ_ENTRIES: u32 = 4096;
@@ -208,6 +208,8 @@ pub(crate) fn run_with(
         reads_free: Vec::new(),
         loading: HashMap::new(),
         wheel: Wheel::new(Instant::now()),
+        lag: Lag::new(Instant::now()),
+        lag_floor: Duration::ZERO,
         dirty: Vec::new(),
         rearm: Vec::new(),
         expired: Vec::new(),
@@ -335,6 +337,9 @@ pub(super) struct Engine {
     /// Chunk reads in flight, by file and chunk.
     loading: HashMap<(FileId, u64), u32>,
     wheel: Wheel,
+    /// The clients' lag learned from spurious timeouts, and its floor for this turn's flush.
+    lag: Lag,
+    lag_floor: Duration,
     /// Transfers with something to send or to arm.
     dirty: Vec<u32>,
     /// Transfers whose receive ended and must be armed again.
@@ -574,6 +579,7 @@ impl Engine {
             if conn.end.is_none() {
                 conn.answered = true;
                 conn.t.handle_datagram(now, bytes);
+                self.learn(&mut conn, now);
                 self.mark(&mut conn, slot);
             }
             self.put_conn(slot, conn);
@@ -722,6 +728,7 @@ impl Engine {
                     conn.refused = 0;
                     conn.answered = true;
                     conn.t.handle_datagram(now, datagram);
+                    self.learn(&mut conn, now);
                     self.mark(&mut conn, slot);
                 }
                 self.recv.give_back(bid);
@@ -771,6 +778,15 @@ impl Engine {
 
     fn put_conn(&mut self, slot: u32, conn: Box<Conn>) {
         self.conns[slot as usize] = Some(conn);
+    }
+
+    /// Learns the clients' lag from a transfer whose last timeout just proved spurious.
+    fn learn(&mut self, conn: &mut Conn, now: Instant) {
+        let spurious = conn.t.stats().spurious;
+        if spurious > conn.spurious {
+            conn.spurious = spurious;
+            self.lag.learn(now, conn.t.rto());
+        }
     }
 
     /// Queues the transfer for the next flush.
