@@ -78,3 +78,10 @@ mod files;
 // truncated or rewritten in place (ERROR, never a mix as success), and 10 000 loadgen clients at
 // once (all byte-exact, the daemon's peak RSS bounded).
 mod resources;
+
+// Operations: --user nobody started as root (served byte-exact; every task of /proc/PID/task
+// shows uid 65534 and no capabilities; a root-only file is out of reach), a switch that cannot
+// be made (an unknown user; nobody asked to become root, through setpriv) refuses to serve;
+// socket activation through systemd-socket-activate; READY=1 before the first answer and
+// STOPPING=1 on SIGTERM over a NOTIFY_SOCKET of the test's own.
+mod ops;

@@ -330,6 +330,10 @@ pub(crate) fn decide(
     repeat_of: impl FnOnce(&SocketAddr, &str) -> bool,
     shed: impl FnOnce(),
 ) -> Decision {
+    // A server started held answers nothing until it is released (or stopped).
+    if !shared.gate.pass() {
+        return Decision::Ignore;
+    }
     if truncated {
         // RFC 2347 §2 has a request, options included, fit in 512 bytes; one that does not even
         // fit in REQUEST_MAX is refused rather than parsed cut short.
