@@ -4,12 +4,15 @@
 use std::env;
 use std::fs;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixDatagram;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::server::udp_inodes_on_port;
 use crate::util::{
     self, client, fetch_curl, free_udp_port, pattern, run, sha256, sha256_file, write_file, Daemon,
     TempDir, CURL,
@@ -189,6 +192,8 @@ fn serves_through_a_socket_passed_by_systemd_socket_activate() {
         log.contains(&format!("on 127.0.0.1:{} with 2 shards", daemon.port())),
         "log:\n{log}"
     );
+    let sockets = udp_inodes_on_port(daemon.port());
+    assert_eq!(sockets.len(), 1, "one socket on the port: {sockets:?}");
     let status = daemon.stop();
     assert!(status.success(), "exit status {status}");
 }
@@ -273,4 +278,83 @@ fn tells_systemd_ready_before_answering_and_stopping_on_sigterm() {
         stopping.is_some_and(|s| Some(s) > ready),
         "STOPPING=1 after READY=1: {notes:?}"
     );
+}
+
+/// A passed socket with `SO_REUSEPORT`, from a process of the same user: every other shard binds
+/// its own socket on the port, and the kernel spreads clients over them.
+#[test]
+fn shards_join_a_passed_socket_that_reuses_its_port() {
+    let Some(_) = client(CURL) else { return };
+    let (dir, bytes) = served("join", "initrd");
+    let daemon = Daemon::spawn(Ipv4Addr::LOCALHOST.into(), |port| {
+        let socket = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::DGRAM,
+            Some(socket2::Protocol::UDP),
+        )
+        .expect("socket");
+        socket.set_reuse_port(true).expect("SO_REUSEPORT");
+        socket
+            .bind(&SocketAddr::from((Ipv4Addr::LOCALHOST, port)).into())
+            .expect("bind");
+        // Passed as descriptor 3, as sd_listen_fds(3) expects, to a shell that sets LISTEN_PID
+        // to its own PID and becomes the daemon.
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", r#"LISTEN_PID=$$ LISTEN_FDS=1 exec "$@""#, "sh"])
+            .arg(env!("CARGO_BIN_EXE_ringtftpd"))
+            .args(["--shards", "3", "--directory"])
+            .arg(dir.path())
+            .env("NO_COLOR", "1");
+        // SAFETY: the closure runs in the child between fork and exec and makes only
+        // async-signal-safe calls (dup2, fcntl) on a descriptor the closure keeps open.
+        unsafe {
+            cmd.pre_exec(move || {
+                let fd = socket.as_raw_fd();
+                let rc = if fd == 3 {
+                    libc::fcntl(fd, libc::F_SETFD, 0)
+                } else {
+                    libc::dup2(fd, 3)
+                };
+                if rc < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd
+    });
+    fetch_exact(daemon.addr(), "initrd", &bytes);
+    let sockets = udp_inodes_on_port(daemon.port());
+    assert_eq!(sockets.len(), 3, "one socket per shard: {sockets:?}");
+    let log = daemon.log();
+    assert!(
+        !log.contains("every shard reads the one passed"),
+        "log:\n{log}"
+    );
+    assert!(daemon.stop().success());
+}
+
+/// The units in dist/systemd pass `systemd-analyze verify` without a word (it runs without
+/// systemd as PID 1), pointed at the binary under test.
+#[test]
+fn systemd_units_pass_systemd_analyze_verify() {
+    let Some(analyze) = client("systemd-analyze") else {
+        return;
+    };
+    let units = TempDir::new("units");
+    let dist = Path::new(env!("CARGO_MANIFEST_DIR")).join("dist/systemd");
+    for name in ["ringtftpd.service", "ringtftpd.socket"] {
+        let text = fs::read_to_string(dist.join(name)).expect("read unit");
+        let text = text.replace("/usr/bin/ringtftpd", env!("CARGO_BIN_EXE_ringtftpd"));
+        fs::write(units.join(name), text).expect("write unit");
+    }
+    let mut cmd = Command::new(analyze);
+    cmd.arg("verify")
+        .arg(units.join("ringtftpd.socket"))
+        .arg(units.join("ringtftpd.service"))
+        .env("SYSTEMD_LOG_COLOR", "0");
+    let done = run(cmd, Duration::from_secs(60));
+    assert!(done.success(), "{}", done.describe());
+    let said = format!("{}{}", done.stdout, done.stderr);
+    assert!(said.trim().is_empty(), "{}", done.describe());
 }

@@ -197,7 +197,7 @@ fn raw_download_is_exact(daemon: &Daemon, root: &Path) {
 
 /// The inodes of the UDP sockets bound to `port` (any address) according to /proc/net/udp and
 /// /proc/net/udp6.
-fn udp_inodes_on_port(port: u16) -> HashSet<u64> {
+pub(crate) fn udp_inodes_on_port(port: u16) -> HashSet<u64> {
     let mut inodes = HashSet::new();
     for table in ["/proc/net/udp", "/proc/net/udp6"] {
         let Ok(text) = fs::read_to_string(table) else {
