@@ -139,6 +139,11 @@ struct Cli {
     #[arg(short, long, value_name = "USER[:GROUP]")]
     user: Option<String>,
 
+    /// Serve Prometheus metrics at http://ADDR/metrics (such as 127.0.0.1:9469): requests and
+    /// refusals by reason, transfers by outcome, bytes, retransmissions, durations, per shard.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
+
     /// Log level (error, warn, info, debug, trace) or a tracing filter; RUST_LOG also works.
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     log_level: String,
@@ -246,6 +251,10 @@ fn run(cli: Cli) -> Result<()> {
     // Held: nothing is answered before the switch to --user and the readiness notification.
     let handle = server.start_held().context("cannot start the shards")?;
     // Dropping `handle` on an error below stops the shards, having answered nothing.
+    if let Some(addr) = cli.metrics {
+        let bound = daemon::metrics::serve(addr, handle.metrics())?;
+        tracing::info!(address = %bound, "metrics at http://{bound}/metrics");
+    }
     if let Some(identity) = &identity {
         identity.assume()?;
         tracing::info!(

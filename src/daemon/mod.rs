@@ -2,5 +2,6 @@
 //! after binding ([`user`]) and speaking systemd's protocols ([`systemd`]). The library never
 //! uses these; they live beside `main.rs` as modules of the binary.
 
+pub mod metrics;
 pub mod systemd;
 pub mod user;

@@ -17,6 +17,7 @@
 mod cache;
 mod driver;
 mod fallback;
+mod metrics;
 mod mtu;
 mod ring;
 mod shard;
@@ -39,6 +40,8 @@ use tokio::sync::watch;
 use crate::options::Limits;
 use crate::resolve::{DirectoryResolver, Resolver};
 use crate::transfer;
+
+pub use metrics::Metrics;
 
 /// Server configuration.
 #[derive(Debug, Clone)]
@@ -168,6 +171,8 @@ pub(crate) struct Shared {
     budget: Arc<cache::Budget>,
     /// Interface MTUs, for the `blksize` cap.
     mtus: mtu::Mtus,
+    /// What the shards count, for [`Metrics`].
+    counters: Arc<metrics::Counters>,
     /// Holds requests back until [`Handle::release`] when the server was started held.
     gate: Gate,
     /// Whether `max_transfers` and `max_per_client` have refused a request yet (said once).
@@ -219,7 +224,8 @@ impl Server {
     /// one socket passed: each request still goes to exactly one shard, but to whichever is
     /// free rather than by the client's address, so a client's repeated request can reach a
     /// shard other than its transfer's and start a second transfer, which the client ends
-    /// with an ERROR as a stray transfer ID (RFC 1350 §4).
+    /// with an ERROR as a stray transfer ID (RFC 1350 §4). In single-port mode, where a
+    /// transfer's ACKs arrive on that socket too, one shard serves instead.
     pub fn adopt(
         socket: impl Into<socket2::Socket>,
         resolver: impl Resolver,
@@ -246,7 +252,12 @@ impl Server {
         } else if shards > 1 {
             tracing::info!("the socket passed has no SO_REUSEPORT (ReusePort=yes in a .socket unit); every shard reads the one passed");
         }
-        if sockets.is_empty() {
+        if sockets.is_empty() && config.single_port && shards > 1 {
+            // A transfer's ACKs come to the main port too, and must reach its own shard.
+            tracing::warn!(
+                "single-port mode on a socket the shards cannot each join: serving with one shard"
+            );
+        } else if sockets.is_empty() {
             for _ in 1..shards {
                 sockets.push(first.try_clone()?);
             }
@@ -288,6 +299,7 @@ impl Server {
                 ports,
                 budget: cache::Budget::new(config.buffer_max),
                 mtus: mtu::Mtus::new(),
+                counters: Arc::new(metrics::Counters::new(shards)),
                 gate: Gate::default(),
                 warned_total: AtomicBool::new(false),
                 warned_per_client: AtomicBool::new(false),
@@ -349,12 +361,14 @@ impl Server {
                 Err(_) => return Err(io::Error::other("a shard failed to start")),
             }
         }
+        let backend = backend.unwrap_or(Backend::Epoll);
+        self.shared.counters.set_backend(backend);
         Ok(Handle {
             gate: GateGuard(self.shared.clone()),
             stop,
             threads,
             local: self.local,
-            backend: backend.unwrap_or(Backend::Epoll),
+            backend,
             shards: self.shared.config.shards,
         })
     }
@@ -389,6 +403,12 @@ impl Handle {
     /// How many shards serve.
     pub fn shards(&self) -> usize {
         self.shards
+    }
+
+    /// The server's counters, for a Prometheus scrape ([`Metrics::encode`]); cheap to clone
+    /// and to keep on another thread.
+    pub fn metrics(&self) -> Metrics {
+        Metrics::new(self.gate.0.clone())
     }
 
     /// Lets a server from [`Server::start_held`] answer requests, those queued first.
