@@ -358,3 +358,341 @@ fn systemd_units_pass_systemd_analyze_verify() {
     let said = format!("{}{}", done.stdout, done.stderr);
     assert!(said.trim().is_empty(), "{}", done.describe());
 }
+
+/// `--metrics`: after a transfer, a refusal, a busy refusal and a client that vanished, the
+/// counters say so, and the text parses as Prometheus exposition.
+#[test]
+fn metrics_count_what_happened_and_parse_as_prometheus_text() {
+    let Some(_) = client(CURL) else { return };
+    let (dir, bytes) = served("metrics", "pxelinux.0");
+    let daemon = Daemon::start(
+        dir.path(),
+        &[
+            "--metrics",
+            "127.0.0.1:0",
+            "--shards",
+            "2",
+            "--max-transfers",
+            "1",
+            "--timeout",
+            "0.1",
+            "--retries",
+            "3",
+        ],
+    );
+    let line = daemon
+        .wait_for_log(&["metrics at http://"], Duration::from_secs(5))
+        .expect("the metrics address is logged");
+    let url = line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("an address after http://");
+    let metrics_addr: SocketAddr = url
+        .trim_end_matches("/metrics")
+        .parse()
+        .unwrap_or_else(|e| panic!("{url}: {e}"));
+    let before = scrape(metrics_addr);
+    assert_eq!(sum(&before, "ringtftp_shards", &[]), 2.0);
+    assert_eq!(
+        sum(
+            &before,
+            "ringtftp_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        1.0
+    );
+    assert_eq!(sum(&before, "ringtftp_backend_info", &[]), 1.0);
+
+    // A transfer.
+    fetch_exact(daemon.addr(), "pxelinux.0", &bytes);
+    // A refusal: no such file.
+    let out = TempDir::new("missing");
+    assert!(fetch_curl(daemon.addr(), "missing", &out.join("missing"), None).is_err());
+    // A client that takes the only transfer and vanishes (its socket stays open and silent, so
+    // the transfer times out rather than meet a closed port) ...
+    let silent = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+    silent
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    silent
+        .send_to(
+            &[&[0, 1][..], b"pxelinux.0\0octet\0"].concat(),
+            daemon.addr(),
+        )
+        .expect("send RRQ");
+    let mut buf = [0u8; 1024];
+    let (n, _) = silent.recv_from(&mut buf).expect("DATA 1");
+    assert_eq!(&buf[..2], &[0, 3], "DATA, got {:?}", &buf[..n]);
+    // ... while a second client is refused: --max-transfers 1 is taken.
+    let other = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+    other
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    other
+        .send_to(
+            &[&[0, 1][..], b"pxelinux.0\0octet\0"].concat(),
+            daemon.addr(),
+        )
+        .expect("send RRQ");
+    let (n, _) = other.recv_from(&mut buf).expect("ERROR");
+    assert_eq!(&buf[..2], &[0, 5], "busy ERROR, got {:?}", &buf[..n]);
+    daemon
+        .wait_for_log(&["transfer timed out"], Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("no timeout; log:\n{}", daemon.log()));
+
+    let after = scrape(metrics_addr);
+    let delta = |name: &str, labels: &[(&str, &str)]| {
+        sum(&after, name, labels) - sum(&before, name, labels)
+    };
+    let ended = |outcome| delta("ringtftp_transfers_ended_total", &[("outcome", outcome)]);
+    let refused = |reason| delta("ringtftp_requests_refused_total", &[("reason", reason)]);
+    assert_eq!(
+        delta("ringtftp_transfers_started_total", &[]),
+        2.0,
+        "the transfer and the silent one"
+    );
+    assert_eq!(ended("completed"), 1.0);
+    assert_eq!(ended("timeout"), 1.0);
+    assert_eq!(delta("ringtftp_transfers_ended_total", &[]), 2.0);
+    assert_eq!(sum(&after, "ringtftp_transfers_active", &[]), 0.0);
+    assert_eq!(refused("not_found"), 1.0);
+    assert_eq!(refused("busy_max_transfers"), 1.0);
+    assert_eq!(delta("ringtftp_requests_refused_total", &[]), 2.0);
+    assert_eq!(delta("ringtftp_requests_total", &[]), 4.0);
+    // The bytes the client acknowledged: the whole file, then nothing of the silent one.
+    assert_eq!(delta("ringtftp_sent_bytes_total", &[]), SIZE as f64);
+    // The silent transfer resent DATA 1 (fewer retries while a client has never answered).
+    assert!(delta("ringtftp_data_retransmitted_total", &[]) >= 1.0);
+    assert_eq!(delta("ringtftp_transfer_duration_seconds_count", &[]), 2.0);
+    // The timed-out transfer lasted at least its retransmissions' 0.1 s timeouts.
+    assert!(delta("ringtftp_transfer_duration_seconds_sum", &[]) >= 0.1);
+    assert_eq!(
+        delta(
+            "ringtftp_transfer_duration_seconds_bucket",
+            &[("le", "+Inf")]
+        ),
+        2.0
+    );
+
+    // Both log formats carry the per-transfer record.
+    let line = daemon
+        .wait_for_log(&["transfer complete", "pxelinux.0"], Duration::from_secs(1))
+        .expect("the transfer's line");
+    for field in [
+        "asked=",
+        "blksize=1468",
+        "retransmits=",
+        "spurious=",
+        "ms=",
+        "outcome=\"complete\"",
+    ] {
+        assert!(line.contains(field), "{field} in {line}");
+    }
+    assert!(daemon.stop().success());
+}
+
+/// One scrape of http://ADDR/metrics; checks the status, the content type and that the body
+/// parses as the Prometheus text format.
+fn scrape(addr: SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to --metrics");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send GET");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read response");
+    let (head, body) = response.split_once("\r\n\r\n").expect("headers end");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    parse_exposition(body);
+    body.to_owned()
+}
+
+/// The sum of the samples of `name` whose labels include every one of `labels`.
+fn sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples(text)
+        .filter(|s| s.name == name)
+        .filter(|s| {
+            labels
+                .iter()
+                .all(|(k, v)| s.labels.iter().any(|(sk, sv)| sk == k && sv == v))
+        })
+        .map(|s| s.value)
+        .sum()
+}
+
+struct Sample {
+    name: String,
+    labels: Vec<(String, String)>,
+    value: f64,
+}
+
+fn samples(text: &str) -> impl Iterator<Item = Sample> + '_ {
+    text.lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| parse_sample(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+}
+
+/// Checks the text exposition format (version 0.0.4): `# HELP` and `# TYPE` lines, one TYPE
+/// per family before its samples, samples `name{label="value",...} value` with legal names and
+/// escapes, and histograms with cumulative buckets ending in `+Inf` equal to `_count`.
+fn parse_exposition(text: &str) {
+    use std::collections::HashMap;
+    assert!(text.ends_with('\n'), "the text ends with a newline");
+    let mut types: HashMap<String, String> = HashMap::new();
+    let mut buckets: HashMap<String, Vec<(String, f64)>> = HashMap::new();
+    let mut counts: HashMap<String, f64> = HashMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# ") {
+            let mut parts = rest.splitn(3, ' ');
+            let (kind, name) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+            assert!(legal_name(name), "bad metric name in {line:?}");
+            match kind {
+                "HELP" => {}
+                "TYPE" => {
+                    let t = parts.next().unwrap_or("");
+                    assert!(
+                        ["counter", "gauge", "histogram", "summary", "untyped"].contains(&t),
+                        "bad type in {line:?}"
+                    );
+                    assert!(
+                        types.insert(name.to_owned(), t.to_owned()).is_none(),
+                        "TYPE twice: {line:?}"
+                    );
+                }
+                _ => panic!("unknown comment {line:?}"),
+            }
+            continue;
+        }
+        assert!(!line.is_empty(), "blank line in the exposition");
+        let sample = parse_sample(line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+        let family = ["_bucket", "_count", "_sum", "_total"]
+            .iter()
+            .find_map(|suffix| {
+                let base = sample.name.strip_suffix(suffix)?;
+                types.contains_key(base).then(|| base.to_owned())
+            })
+            .unwrap_or_else(|| sample.name.clone());
+        let t = types
+            .get(&family)
+            .unwrap_or_else(|| panic!("no TYPE before {line:?}"));
+        if t == "counter" {
+            assert!(sample.value >= 0.0, "negative counter {line:?}");
+        }
+        if t == "histogram" {
+            let series: String = sample
+                .labels
+                .iter()
+                .filter(|(k, _)| k != "le")
+                .map(|(k, v)| format!("{k}={v},"))
+                .collect();
+            if sample.name.ends_with("_bucket") {
+                let le = sample
+                    .labels
+                    .iter()
+                    .find(|(k, _)| k == "le")
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_else(|| panic!("bucket without le: {line:?}"));
+                buckets.entry(series).or_default().push((le, sample.value));
+            } else if sample.name.ends_with("_count") {
+                counts.insert(series, sample.value);
+            }
+        }
+    }
+    for (series, list) in &buckets {
+        assert!(
+            list.windows(2).all(|w| w[0].1 <= w[1].1),
+            "buckets of {series} not cumulative"
+        );
+        let (le, last) = list.last().expect("a bucket");
+        assert_eq!(le, "+Inf", "{series} ends with le=\"+Inf\"");
+        assert_eq!(
+            Some(last),
+            counts.get(series),
+            "{series}: +Inf bucket == _count"
+        );
+    }
+    assert!(!types.is_empty(), "no metric families");
+}
+
+fn legal_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+}
+
+fn parse_sample(line: &str) -> Result<Sample, String> {
+    let name_end = line
+        .find(['{', ' '])
+        .ok_or("no value after the metric name")?;
+    let name = &line[..name_end];
+    if !legal_name(name) {
+        return Err(format!("bad metric name {name:?}"));
+    }
+    let mut rest = &line[name_end..];
+    let mut labels = Vec::new();
+    if let Some(inner) = rest.strip_prefix('{') {
+        rest = inner;
+        loop {
+            if let Some(after) = rest.strip_prefix('}') {
+                rest = after;
+                break;
+            }
+            let eq = rest.find("=\"").ok_or("a label without =\"")?;
+            let key = &rest[..eq];
+            if !legal_name(key) || key.contains(':') {
+                return Err(format!("bad label name {key:?}"));
+            }
+            let mut value = String::new();
+            let mut chars = rest[eq + 2..].char_indices();
+            let close = loop {
+                match chars.next().ok_or("an unterminated label value")? {
+                    (i, '"') => break i,
+                    (_, '\\') => match chars.next().ok_or("a dangling escape")?.1 {
+                        '\\' => value.push('\\'),
+                        '"' => value.push('"'),
+                        'n' => value.push('\n'),
+                        c => return Err(format!("bad escape \\{c}")),
+                    },
+                    (_, c) => value.push(c),
+                }
+            };
+            labels.push((key.to_owned(), value));
+            rest = &rest[eq + 2 + close + 1..];
+            rest = rest.strip_prefix(',').unwrap_or(rest);
+        }
+    }
+    let mut fields = rest.trim_start_matches(' ').split(' ');
+    let value = fields.next().ok_or("no value")?;
+    let value = match value {
+        "+Inf" => f64::INFINITY,
+        "-Inf" => f64::NEG_INFINITY,
+        "NaN" => f64::NAN,
+        v => v.parse().map_err(|_| format!("bad value {v:?}"))?,
+    };
+    if let Some(timestamp) = fields.next() {
+        timestamp
+            .parse::<i64>()
+            .map_err(|_| format!("bad timestamp {timestamp:?}"))?;
+    }
+    if fields.next().is_some() {
+        return Err("trailing fields".into());
+    }
+    Ok(Sample {
+        name: name.to_owned(),
+        labels,
+        value,
+    })
+}
