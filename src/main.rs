@@ -27,11 +27,17 @@ use daemon::user::Identity;
 /// transfer its own port, as RFC 1350 requires. It stops on Ctrl-C or SIGTERM, letting running
 /// transfers finish for up to --grace seconds.
 ///
+/// Started by systemd with a socket (LISTEN_FDS; see dist/systemd/ringtftpd.socket), it serves
+/// that socket and ignores PORT and --bind; with NOTIFY_SOCKET set it sends READY=1 once
+/// serving and STOPPING=1 when stopping. Started as root, --user drops to another user once
+/// the port is bound.
+///
 /// Examples:
 ///   ringtftpd                          serve the current directory on port 6969
 ///   ringtftpd 69 -d /srv/tftp          the standard port (needs root or CAP_NET_BIND_SERVICE)
 ///   ringtftpd -b 10.0.0.1 --port-range 40000-40999
 ///   ringtftpd 69 -d /srv/tftp --client-dirs --map-file /etc/tftpd.map
+///   ringtftpd 69 -d /srv/tftp --user tftp --metrics 127.0.0.1:9469
 #[derive(Debug, Parser)]
 #[command(
     name = "ringtftpd",
