@@ -325,6 +325,7 @@ impl Server {
     /// first answer, such as giving up root (the shards open files as whoever the process is).
     /// Stopping a held server answers nothing.
     pub fn start_held(self) -> io::Result<Handle> {
+        self.shared.gate.set(GateState::Held);
         let (stop, stop_rx) = watch::channel(false);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let mut threads = Vec::new();
@@ -471,21 +472,31 @@ impl Drop for GateGuard {
 }
 
 /// Whether the shards may answer requests yet ([`Server::start_held`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum GateState {
-    #[default]
     Held,
     Open,
     /// Stopped while held: requests are ignored.
     Closed,
 }
 
-/// A gate the shards pass once per request: one atomic load once open.
-#[derive(Debug, Default)]
+/// A gate the shards pass once per request: one atomic load once open. Open unless
+/// [`Server::start_held`] holds it.
+#[derive(Debug)]
 struct Gate {
     open: AtomicBool,
     state: Mutex<GateState>,
     changed: std::sync::Condvar,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Self {
+            open: AtomicBool::new(true),
+            state: Mutex::new(GateState::Open),
+            changed: std::sync::Condvar::new(),
+        }
+    }
 }
 
 impl Gate {
