@@ -198,6 +198,31 @@ fn serves_through_a_socket_passed_by_systemd_socket_activate() {
     assert!(status.success(), "exit status {status}");
 }
 
+/// Single-port mode on a socket the shards cannot each join: a transfer's ACKs come to that
+/// socket too and must reach the transfer's shard, so one shard serves.
+#[test]
+fn single_port_mode_on_a_shared_passed_socket_serves_with_one_shard() {
+    let Some(activate) = client("systemd-socket-activate") else {
+        return;
+    };
+    let Some(_) = client(CURL) else { return };
+    let (dir, bytes) = served("socket_activate_single_port", "kernel");
+    let daemon = Daemon::spawn(Ipv4Addr::LOCALHOST.into(), |port| {
+        let mut cmd = Command::new(&activate);
+        cmd.args(["--datagram", "-l", &format!("127.0.0.1:{port}")])
+            .arg(env!("CARGO_BIN_EXE_ringtftpd"))
+            .args(["--single-port", "--shards", "2", "--directory"])
+            .arg(dir.path())
+            .env("NO_COLOR", "1");
+        cmd
+    });
+    fetch_exact(daemon.addr(), "kernel", &bytes);
+    let log = daemon.log();
+    assert!(log.contains("serving with one shard"), "log:\n{log}");
+    assert!(log.contains("with 1 shard "), "log:\n{log}");
+    assert!(daemon.stop().success());
+}
+
 /// Listens on a `NOTIFY_SOCKET` of its own: `READY=1` arrives before any request is answered,
 /// and `STOPPING=1` on SIGTERM.
 #[test]

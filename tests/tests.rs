@@ -83,7 +83,8 @@ mod resources;
 // shows uid 65534 and no capabilities; a root-only file is out of reach), a switch that cannot
 // be made (an unknown user; nobody asked to become root, through setpriv) refuses to serve;
 // socket activation through systemd-socket-activate (shards share the socket passed) and with
-// a passed SO_REUSEPORT socket (each shard joins the port with its own); READY=1 before the
+// a passed SO_REUSEPORT socket (each shard joins the port with its own), single-port mode on a
+// shared passed socket (one shard); READY=1 before the
 // first answer and STOPPING=1 on SIGTERM over a NOTIFY_SOCKET of the test's own; the units of
 // dist/systemd pass systemd-analyze verify; --metrics after a transfer, a missing file, a busy
 // refusal and a client gone silent (counters, histogram, and a parser of the text format).
