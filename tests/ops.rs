@@ -54,18 +54,6 @@ fn fetch_exact(addr: SocketAddr, name: &str, bytes: &[u8]) {
     assert_eq!(sha256_file(&local), sha256(bytes), "{name} differs");
 }
 
-/// The UDP sockets bound to `port`, from several reads of /proc/net/udp{,6}: one read can skip
-/// entries while other tests open and close thousands of sockets (the kernel walks its hash
-/// table a page of text at a time), and the daemon's sockets stay put between reads.
-fn sockets_on_port(port: u16) -> std::collections::HashSet<u64> {
-    let mut seen = std::collections::HashSet::new();
-    for _ in 0..5 {
-        seen.extend(udp_inodes_on_port(port));
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    seen
-}
-
 /// One `Name:` line of a /proc status file.
 fn status_field(status: &str, name: &str) -> String {
     status
@@ -204,7 +192,7 @@ fn serves_through_a_socket_passed_by_systemd_socket_activate() {
         log.contains(&format!("on 127.0.0.1:{} with 2 shards", daemon.port())),
         "log:\n{log}"
     );
-    let sockets = sockets_on_port(daemon.port());
+    let sockets = udp_inodes_on_port(daemon.port());
     assert_eq!(sockets.len(), 1, "one socket on the port: {sockets:?}");
     let status = daemon.stop();
     assert!(status.success(), "exit status {status}");
@@ -361,7 +349,7 @@ fn shards_join_a_passed_socket_that_reuses_its_port() {
         cmd
     });
     fetch_exact(daemon.addr(), "initrd", &bytes);
-    let sockets = sockets_on_port(daemon.port());
+    let sockets = udp_inodes_on_port(daemon.port());
     assert_eq!(sockets.len(), 3, "one socket per shard: {sockets:?}");
     let log = daemon.log();
     assert!(
