@@ -7,12 +7,17 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+mod daemon;
+
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use ringtftp::options::{Limits, BLKSIZE_MAX, BLKSIZE_MIN, TIMEOUT_MAX, TIMEOUT_MIN};
 use ringtftp::resolve::{DirectoryResolver, Remap};
 use ringtftp::server::{Config, Server};
 use ringtftp::transfer;
+
+use daemon::systemd::{self, Notifier};
+use daemon::user::Identity;
 
 /// Serve a directory over TFTP (read-only), fast enough for a whole data hall booting at once.
 ///
@@ -22,11 +27,17 @@ use ringtftp::transfer;
 /// transfer its own port, as RFC 1350 requires. It stops on Ctrl-C or SIGTERM, letting running
 /// transfers finish for up to --grace seconds.
 ///
+/// Started by systemd with a socket (LISTEN_FDS; see dist/systemd/ringtftpd.socket), it serves
+/// that socket and ignores PORT and --bind; with NOTIFY_SOCKET set it sends READY=1 once
+/// serving and STOPPING=1 when stopping. Started as root, --user drops to another user once
+/// the port is bound.
+///
 /// Examples:
 ///   ringtftpd                          serve the current directory on port 6969
 ///   ringtftpd 69 -d /srv/tftp          the standard port (needs root or CAP_NET_BIND_SERVICE)
 ///   ringtftpd -b 10.0.0.1 --port-range 40000-40999
 ///   ringtftpd 69 -d /srv/tftp --client-dirs --map-file /etc/tftpd.map
+///   ringtftpd 69 -d /srv/tftp --user tftp --metrics 127.0.0.1:9469
 #[derive(Debug, Parser)]
 #[command(
     name = "ringtftpd",
@@ -128,6 +139,17 @@ struct Cli {
     #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
     backend: BackendArg,
 
+    /// Once the port is bound and the shards are running, switch to this user (and its group,
+    /// or GROUP) for good, keeping no capability; as root only. If the switch fails, ringtftpd
+    /// exits rather than serve as root. Files are then opened as this user.
+    #[arg(short, long, value_name = "USER[:GROUP]")]
+    user: Option<String>,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics (such as 127.0.0.1:9469): requests and
+    /// refusals by reason, transfers by outcome, bytes, retransmissions, durations, per shard.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
+
     /// Log level (error, warn, info, debug, trace) or a tracing filter; RUST_LOG also works.
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     log_level: String,
@@ -163,6 +185,10 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    // Both change the environment: before any thread starts.
+    let passed = systemd::take_listen_fds().context("socket activation (LISTEN_FDS)")?;
+    let notifier = Notifier::from_env()?;
+    let identity = cli.user.as_deref().map(Identity::lookup).transpose()?;
     let port = parse_port(&cli.port)?;
     let directory = match &cli.directory {
         Some(dir) => dir.clone(),
@@ -219,8 +245,34 @@ fn run(cli: Cli) -> Result<()> {
     raise_fd_limit(&mut config, cli.max_transfers.is_some());
 
     let signals = block_stop_signals();
-    let server = bind(cli.bind, port, resolver, config)?;
-    let handle = server.start().context("cannot start the shards")?;
+    let server = match passed.len() {
+        0 => bind(cli.bind, port, resolver, config)?,
+        1 => {
+            let socket = socket2::Socket::from(passed.into_iter().next().expect("one socket"));
+            Server::adopt(socket, resolver, config)
+                .context("cannot serve on the socket systemd passed (LISTEN_FDS)")?
+        }
+        n => bail!("systemd passed {n} sockets (LISTEN_FDS); ringtftpd serves one: give the .socket unit one ListenDatagram="),
+    };
+    // Held: nothing is answered before the switch to --user and the readiness notification.
+    let handle = server.start_held().context("cannot start the shards")?;
+    // Dropping `handle` on an error below stops the shards, having answered nothing.
+    if let Some(addr) = cli.metrics {
+        let bound = daemon::metrics::serve(addr, handle.metrics())?;
+        tracing::info!(address = %bound, "metrics at http://{bound}/metrics");
+    }
+    if let Some(identity) = &identity {
+        identity.assume()?;
+        tracing::info!(
+            user = %identity.spec,
+            uid = identity.uid,
+            gid = identity.gid,
+            "running as {} (uid {}, gid {}) with no capabilities",
+            identity.spec,
+            identity.uid,
+            identity.gid
+        );
+    }
     tracing::info!(
         directory = %directory.display(),
         address = %handle.local_addr(),
@@ -234,11 +286,27 @@ fn run(cli: Cli) -> Result<()> {
         handle.backend(),
     );
 
+    if let Some(notifier) = &notifier {
+        let status = format!(
+            "READY=1\nSTATUS=serving on {} with {} shards ({})",
+            handle.local_addr(),
+            handle.shards(),
+            handle.backend()
+        );
+        if let Err(e) = notifier.notify(&status) {
+            tracing::warn!(error = %e, "cannot tell systemd the service is ready");
+        }
+    }
+    handle.release();
+
     let signal = wait_for_signal(&signals);
     tracing::info!(
         signal,
         "stopping: no new requests; waiting for running transfers"
     );
+    if let Some(notifier) = &notifier {
+        let _ = notifier.notify("STOPPING=1\nSTATUS=stopping: waiting for running transfers");
+    }
     handle.stop();
     tracing::info!("stopped");
     Ok(())

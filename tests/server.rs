@@ -196,9 +196,19 @@ fn raw_download_is_exact(daemon: &Daemon, root: &Path) {
 }
 
 /// The inodes of the UDP sockets bound to `port` (any address) according to /proc/net/udp and
-/// /proc/net/udp6.
-fn udp_inodes_on_port(port: u16) -> HashSet<u64> {
+/// /proc/net/udp6, read five times 20 ms apart: the kernel lists them a page of text at a time,
+/// and a read can skip a hash slot — every socket of one port — while other tests open and close
+/// thousands of sockets. The sockets asked about stay put between reads.
+pub(crate) fn udp_inodes_on_port(port: u16) -> HashSet<u64> {
     let mut inodes = HashSet::new();
+    for _ in 0..5 {
+        read_udp_inodes(port, &mut inodes);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    inodes
+}
+
+fn read_udp_inodes(port: u16, inodes: &mut HashSet<u64>) {
     for table in ["/proc/net/udp", "/proc/net/udp6"] {
         let Ok(text) = fs::read_to_string(table) else {
             continue;
@@ -220,7 +230,6 @@ fn udp_inodes_on_port(port: u16) -> HashSet<u64> {
             }
         }
     }
-    inodes
 }
 
 /// The socket inodes the process `pid` holds open (its /proc/PID/fd links `socket:[INODE]`).

@@ -78,3 +78,14 @@ mod files;
 // truncated or rewritten in place (ERROR, never a mix as success), and 10 000 loadgen clients at
 // once (all byte-exact, the daemon's peak RSS bounded).
 mod resources;
+
+// Operations: --user nobody started as root (served byte-exact; every task of /proc/PID/task
+// shows uid 65534 and no capabilities; a root-only file is out of reach), a switch that cannot
+// be made (an unknown user; nobody asked to become root, through setpriv) refuses to serve;
+// socket activation through systemd-socket-activate (shards share the socket passed), with a
+// passed SO_REUSEPORT socket (each shard joins the port with its own) and in single-port mode
+// (one shard); READY=1 before the first answer and STOPPING=1 on SIGTERM over a NOTIFY_SOCKET of
+// the test's own; the units of dist/systemd pass systemd-analyze verify; --metrics after a
+// transfer, a missing file, a busy refusal and a client gone silent (counters, histogram, and a
+// parser of the text format).
+mod ops;

@@ -99,6 +99,8 @@ pub(crate) struct Meta {
     pub peer: SocketAddr,
     pub filename: Box<str>,
     pub mode: Mode,
+    /// The options the request asked for, for the log line.
+    pub asked: Box<str>,
 }
 
 /// How a transfer task ended, as the shard logs it.

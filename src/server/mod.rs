@@ -17,6 +17,7 @@
 mod cache;
 mod driver;
 mod fallback;
+mod metrics;
 mod mtu;
 mod ring;
 mod shard;
@@ -29,7 +30,7 @@ use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -39,6 +40,8 @@ use tokio::sync::watch;
 use crate::options::Limits;
 use crate::resolve::{DirectoryResolver, Resolver};
 use crate::transfer;
+
+pub use metrics::Metrics;
 
 /// Server configuration.
 #[derive(Debug, Clone)]
@@ -108,6 +111,15 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The shards to run: `shards`, or one per CPU.
+    fn shard_count(&self) -> usize {
+        if self.shards == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            self.shards
+        }
+    }
+
     fn ports(&self) -> socket::Ports {
         match self.port_range {
             Some((lo, hi)) => socket::Ports::Range(lo.min(hi), lo.max(hi)),
@@ -159,6 +171,10 @@ pub(crate) struct Shared {
     budget: Arc<cache::Budget>,
     /// Interface MTUs, for the `blksize` cap.
     mtus: mtu::Mtus,
+    /// What the shards count, for [`Metrics`].
+    counters: Arc<metrics::Counters>,
+    /// Holds requests back until [`Handle::release`] when the server was started held.
+    gate: Gate,
     /// Whether `max_transfers` and `max_per_client` have refused a request yet (said once).
     warned_total: AtomicBool,
     warned_per_client: AtomicBool,
@@ -185,11 +201,7 @@ impl Server {
     ///
     /// `[::]` serves IPv4 and IPv6 alike. Port 0 picks a free port, shared by all shards.
     pub fn bind(addr: SocketAddr, resolver: impl Resolver, config: Config) -> io::Result<Server> {
-        let shards = if config.shards == 0 {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        } else {
-            config.shards
-        };
+        let shards = config.shard_count();
         let first = socket::bind_main(addr, config.recv_buffer)?;
         let local = first
             .local_addr()?
@@ -199,6 +211,68 @@ impl Server {
         for _ in 1..shards {
             sockets.push(socket::bind_main(local, config.recv_buffer)?);
         }
+        Ok(Server::with_sockets(sockets, local, resolver, config))
+    }
+
+    /// Serves on a UDP socket bound by someone else, such as the one systemd passes to a
+    /// socket-activated service.
+    ///
+    /// Where the socket has `SO_REUSEPORT` and this process may bind the same port (the same
+    /// user that created the socket, and `CAP_NET_BIND_SERVICE` below 1024), the other shards
+    /// each bind their own socket on its address, as [`Server::bind`] does. Elsewhere (systemd
+    /// creates the socket as root and the service runs as another user) every shard reads the
+    /// one socket passed: each request still goes to exactly one shard, but to whichever is
+    /// free rather than by the client's address, so a client's repeated request can reach a
+    /// shard other than its transfer's and start a second transfer, which the client ends
+    /// with an ERROR as a stray transfer ID (RFC 1350 §4). In single-port mode, where a
+    /// transfer's ACKs arrive on that socket too, one shard serves instead.
+    pub fn adopt(
+        socket: impl Into<socket2::Socket>,
+        resolver: impl Resolver,
+        config: Config,
+    ) -> io::Result<Server> {
+        let shards = config.shard_count();
+        let first = socket::adopt_main(socket.into(), config.recv_buffer)?;
+        let local = first
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| io::Error::other("not an IP socket"))?;
+        let mut sockets = Vec::with_capacity(shards);
+        if shards > 1 && socket::reuses_port(&first) {
+            for _ in 1..shards {
+                match socket::bind_main(local, config.recv_buffer) {
+                    Ok(own) => sockets.push(own),
+                    Err(e) => {
+                        tracing::info!(error = %e, "cannot bind more sockets on the port passed (created by another user, or below 1024 without CAP_NET_BIND_SERVICE); every shard reads the one passed");
+                        sockets.clear();
+                        break;
+                    }
+                }
+            }
+        } else if shards > 1 {
+            tracing::info!("the socket passed has no SO_REUSEPORT (ReusePort=yes in a .socket unit); every shard reads the one passed");
+        }
+        if sockets.is_empty() && config.single_port && shards > 1 {
+            // A transfer's ACKs come to the main port too, and must reach its own shard.
+            tracing::warn!(
+                "single-port mode on a socket the shards cannot each join: serving with one shard"
+            );
+        } else if sockets.is_empty() {
+            for _ in 1..shards {
+                sockets.push(first.try_clone()?);
+            }
+        }
+        sockets.insert(0, first);
+        Ok(Server::with_sockets(sockets, local, resolver, config))
+    }
+
+    fn with_sockets(
+        sockets: Vec<socket2::Socket>,
+        local: SocketAddr,
+        resolver: impl Resolver,
+        config: Config,
+    ) -> Server {
+        let shards = sockets.len();
         let ports = config.ports();
         let mut config = config;
         config.shards = shards;
@@ -214,7 +288,7 @@ impl Server {
             );
             config.block_cache = cache_max;
         }
-        Ok(Server {
+        Server {
             sockets,
             local,
             shared: Arc::new(Shared {
@@ -225,11 +299,13 @@ impl Server {
                 ports,
                 budget: cache::Budget::new(config.buffer_max),
                 mtus: mtu::Mtus::new(),
+                counters: Arc::new(metrics::Counters::new(shards)),
+                gate: Gate::default(),
                 warned_total: AtomicBool::new(false),
                 warned_per_client: AtomicBool::new(false),
                 config,
             }),
-        })
+        }
     }
 
     /// The bound address (with the port chosen when 0 was asked).
@@ -239,6 +315,17 @@ impl Server {
 
     /// Starts the shards; returns once each has chosen its backend.
     pub fn start(self) -> io::Result<Handle> {
+        let handle = self.start_held()?;
+        handle.release();
+        Ok(handle)
+    }
+
+    /// Starts the shards as [`Server::start`] does, but holds every request back (queued on
+    /// the port) until [`Handle::release`]: for what must happen between start-up and the
+    /// first answer, such as giving up root (the shards open files as whoever the process is).
+    /// Stopping a held server answers nothing.
+    pub fn start_held(self) -> io::Result<Handle> {
+        self.shared.gate.set(GateState::Held);
         let (stop, stop_rx) = watch::channel(false);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let mut threads = Vec::new();
@@ -275,11 +362,14 @@ impl Server {
                 Err(_) => return Err(io::Error::other("a shard failed to start")),
             }
         }
+        let backend = backend.unwrap_or(Backend::Epoll);
+        self.shared.counters.set_backend(backend);
         Ok(Handle {
+            gate: GateGuard(self.shared.clone()),
             stop,
             threads,
             local: self.local,
-            backend: backend.unwrap_or(Backend::Epoll),
+            backend,
             shards: self.shared.config.shards,
         })
     }
@@ -292,6 +382,7 @@ impl Server {
 /// should serve, and end with [`Handle::stop`] or [`Handle::wait`].
 #[derive(Debug)]
 pub struct Handle {
+    gate: GateGuard,
     stop: watch::Sender<bool>,
     threads: Vec<JoinHandle<()>>,
     local: SocketAddr,
@@ -315,14 +406,26 @@ impl Handle {
         self.shards
     }
 
+    /// The server's counters, for a Prometheus scrape ([`Metrics::encode`]); cheap to clone
+    /// and to keep on another thread.
+    pub fn metrics(&self) -> Metrics {
+        Metrics::new(self.gate.0.clone())
+    }
+
+    /// Lets a server from [`Server::start_held`] answer requests, those queued first.
+    pub fn release(&self) {
+        self.gate.0.gate.set(GateState::Open);
+    }
+
     /// A handle that can stop the server from elsewhere (a signal handler's thread).
     pub fn stopper(&self) -> Stopper {
-        Stopper(self.stop.clone())
+        Stopper(self.stop.clone(), self.gate.0.clone())
     }
 
     /// Stops taking requests, lets running transfers finish within the grace period, and
     /// returns when every shard has ended.
     pub fn stop(self) {
+        self.gate.0.gate.close_if_held();
         let _ = self.stop.send(true);
         self.wait();
     }
@@ -336,13 +439,97 @@ impl Handle {
 }
 
 /// Stops a server from another thread; see [`Handle::stopper`].
-#[derive(Debug, Clone)]
-pub struct Stopper(watch::Sender<bool>);
+#[derive(Clone)]
+pub struct Stopper(watch::Sender<bool>, Arc<Shared>);
+
+impl fmt::Debug for Stopper {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Stopper").finish()
+    }
+}
 
 impl Stopper {
     /// Asks the server to stop; [`Handle::wait`] returns once it has.
     pub fn stop(&self) {
+        self.1.gate.close_if_held();
         let _ = self.0.send(true);
+    }
+}
+
+/// Closes a gate still held when its [`Handle`] goes, so no shard waits on it for ever.
+struct GateGuard(Arc<Shared>);
+
+impl fmt::Debug for GateGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("GateGuard").finish()
+    }
+}
+
+impl Drop for GateGuard {
+    fn drop(&mut self) {
+        self.0.gate.close_if_held();
+    }
+}
+
+/// Whether the shards may answer requests yet ([`Server::start_held`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GateState {
+    Held,
+    Open,
+    /// Stopped while held: requests are ignored.
+    Closed,
+}
+
+/// A gate the shards pass once per request: one atomic load once open. Open unless
+/// [`Server::start_held`] holds it.
+#[derive(Debug)]
+struct Gate {
+    open: AtomicBool,
+    state: Mutex<GateState>,
+    changed: std::sync::Condvar,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Self {
+            open: AtomicBool::new(true),
+            state: Mutex::new(GateState::Open),
+            changed: std::sync::Condvar::new(),
+        }
+    }
+}
+
+impl Gate {
+    /// Waits while the gate is held; whether the request may be answered.
+    fn pass(&self) -> bool {
+        if self.open.load(Ordering::Acquire) {
+            return true;
+        }
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            match *state {
+                GateState::Held => {
+                    state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+                }
+                GateState::Open => return true,
+                GateState::Closed => return false,
+            }
+        }
+    }
+
+    fn set(&self, to: GateState) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        *state = to;
+        self.open.store(to == GateState::Open, Ordering::Release);
+        self.changed.notify_all();
+    }
+
+    fn close_if_held(&self) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if *state == GateState::Held {
+            *state = GateState::Closed;
+            self.changed.notify_all();
+        }
     }
 }
 

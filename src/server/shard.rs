@@ -23,11 +23,12 @@ use tokio::sync::{watch, Notify};
 use super::cache::{ChunkCache, Lease, CHUNK};
 use super::driver::{self, Client, Context, Data, End, Io, Meta};
 use super::fallback::SharedPort;
+use super::metrics::Refusal;
 use super::socket::{self, MainSocket, RecvBatch};
 use super::{Backend, Shared};
 use crate::netascii;
 use crate::options::Negotiated;
-use crate::packet::{self, ErrorCode, Mode, Request};
+use crate::packet::{self, ErrorCode, Mode, Options, Request};
 use crate::resolve::{FileId, ResolveError, Source};
 use crate::transfer::{self, Inbound, Outcome, Transfer};
 
@@ -41,6 +42,7 @@ pub(crate) fn run(
     stop: watch::Receiver<bool>,
     ready: std::sync::mpsc::Sender<Backend>,
 ) {
+    super::metrics::enter_shard(index, shared.counters.clone());
     let mut socket = socket;
     if !shared.config.force_epoll {
         // RINGTFTP_BACKEND=tokio-uring selects the earlier tokio-uring data path, kept for
@@ -320,8 +322,58 @@ pub(crate) struct Prepared {
 
 /// Decides what to do with one datagram on the main port (RFC 1350 §4): `repeat_of` says
 /// whether it repeats the request of a transfer still waiting for its client's first answer,
-/// `shed` frees idle cached chunks before a request would be refused for memory.
+/// `shed` frees idle cached chunks before a request would be refused for memory. Every backend
+/// comes through here, so requests are counted here for the metrics.
 pub(crate) fn decide(
+    shared: &Arc<Shared>,
+    peer: SocketAddr,
+    (local, scope): (Option<IpAddr>, u32),
+    bytes: &[u8],
+    truncated: bool,
+    repeat_of: impl FnOnce(&SocketAddr, &str) -> bool,
+    shed: impl FnOnce(),
+) -> Decision {
+    // A server started held answers nothing until it is released (or stopped).
+    if !shared.gate.pass() {
+        return Decision::Ignore;
+    }
+    let decision = admit(
+        shared,
+        peer,
+        (local, scope),
+        bytes,
+        truncated,
+        repeat_of,
+        shed,
+    );
+    // Requests only: a DATA or ACK on the main port (tftp-hpa ACKs the ERROR that ends a
+    // refused request) is neither a request nor a refusal.
+    if matches!(bytes, [0, 1 | 2, ..]) {
+        let counters = &shared.counters;
+        counters.request();
+        match &decision {
+            Decision::Ignore => {}
+            Decision::Repeat => counters.repeated(),
+            Decision::Reject(code, message) => {
+                counters.refused(Refusal::of(*code, message, BUSY_REASONS));
+            }
+            Decision::Start(_) => counters.started(),
+        }
+    }
+    decision
+}
+
+/// The "busy" messages, by the cap that sent them.
+const BUSY_REASONS: &[(&str, Refusal)] = &[
+    (BUSY_TOTAL, Refusal::BusyMaxTransfers),
+    (BUSY_CLIENT, Refusal::BusyMaxPerClient),
+    (BUSY_MEMORY, Refusal::BusyMemory),
+    (BUSY_FDS, Refusal::BusyDescriptors),
+    (BUSY_PORTS, Refusal::BusyPorts),
+];
+
+/// [`decide`] before counting.
+fn admit(
     shared: &Arc<Shared>,
     peer: SocketAddr,
     (local, scope): (Option<IpAddr>, u32),
@@ -391,6 +443,7 @@ fn out_of_fds(e: &std::io::Error) -> bool {
 
 const BUSY_TOTAL: &str = "Server busy: too many transfers, try again later";
 const BUSY_CLIENT: &str = "Server busy: too many transfers for this client";
+const BUSY_PORTS: &str = "Server busy: no transfer port available";
 
 /// Says once, at warning level, that a cap has started refusing requests and how to raise it;
 /// later refusals go to the debug log, so a storm past the cap is not also a storm of log lines.
@@ -508,6 +561,7 @@ fn prepare(
         peer,
         filename: request.filename.into(),
         mode: request.mode,
+        asked: asked(&request.options),
     };
     let transfer = Transfer::new(Instant::now(), negotiated, len, shared.config.transfer);
     tracing::debug!(%peer, file = request.filename, mode = request.mode.as_str(), ?negotiated, "transfer starting");
@@ -536,7 +590,7 @@ fn transfer_socket(
         let message = if out_of_fds(&e) {
             BUSY_FDS
         } else if e.kind() == std::io::ErrorKind::AddrInUse {
-            "Server busy: no transfer port available"
+            BUSY_PORTS
         } else {
             "Cannot open a transfer socket"
         };
@@ -562,6 +616,7 @@ fn spawn<I: Io>(
         slot,
     } = *prepared;
     let cannot = || {
+        shared.counters.not_started();
         (
             ErrorCode::Undefined,
             "Cannot open a transfer socket".to_owned(),
@@ -679,15 +734,51 @@ fn encode_netascii(
     Ok((Source::memory(encoded), lease))
 }
 
-/// The one line per finished transfer.
+/// The options a request asked for, as `name=value` pairs joined by commas (`-` for none) and
+/// escaped (they are the peer's bytes), for the log line.
+fn asked(options: &Options<'_>) -> Box<str> {
+    let mut text = String::new();
+    for (name, value) in options.iter() {
+        if !text.is_empty() {
+            text.push(',');
+        }
+        let name = String::from_utf8_lossy(name).to_ascii_lowercase();
+        text.extend(name.escape_default());
+        text.push('=');
+        text.extend(String::from_utf8_lossy(value).escape_default());
+    }
+    if text.is_empty() {
+        text.push('-');
+    }
+    text.into_boxed_str()
+}
+
+/// The one line per finished transfer (fbtftp's and pin/tftp's session record: the options
+/// asked and granted, what was sent and resent, how long it took and how it ended), and its
+/// count in the metrics. Every backend calls it.
 pub(crate) fn log_end(meta: &Meta, t: &Transfer, end: End) {
     let stats = t.stats();
     let opts = t.options();
-    let secs = stats.duration(Instant::now()).as_secs_f64();
+    let duration = stats.duration(Instant::now());
+    super::metrics::with_counters(|c| c.ended(end, stats, duration));
+    let secs = duration.as_secs_f64();
     let rate_kib = if secs > 0.0 {
         stats.bytes as f64 / 1024.0 / secs
     } else {
         0.0
+    };
+    let (outcome, code) = match end {
+        End::Outcome(Outcome::Complete) => ("complete", None),
+        End::Outcome(Outcome::Cancelled(code)) => ("client_error", Some(code.to_u16())),
+        End::Outcome(Outcome::TimedOut) => ("timeout", None),
+        End::Outcome(Outcome::Failed(code)) => ("failed", Some(code.to_u16())),
+        End::Unreachable => ("unreachable", None),
+        End::Replaced => ("replaced", None),
+    };
+    // The retransmission timeout the client fixed, or "adaptive".
+    let timeout = match opts.timeout() {
+        Some(fixed) => Cow::Owned(format!("{}ms", fixed.as_millis())),
+        None => Cow::Borrowed("adaptive"),
     };
     macro_rules! line {
         ($level:ident, $msg:expr) => {
@@ -695,14 +786,20 @@ pub(crate) fn log_end(meta: &Meta, t: &Transfer, end: End) {
                 peer = %meta.peer,
                 file = %meta.filename,
                 mode = %meta.mode.as_str(),
+                asked = %meta.asked,
                 blksize = opts.blksize().get(),
                 windowsize = opts.windowsize().get(),
+                timeout = %timeout,
+                tsize = opts.tsize(),
                 bytes = stats.bytes,
                 blocks = stats.blocks,
+                sent = stats.sent,
                 retransmits = stats.retransmits,
                 spurious = stats.spurious,
                 ms = (secs * 1000.0) as u64,
                 kib_per_s = rate_kib as u64,
+                outcome,
+                code,
                 $msg
             )
         };
@@ -710,15 +807,11 @@ pub(crate) fn log_end(meta: &Meta, t: &Transfer, end: End) {
     match end {
         End::Outcome(Outcome::Complete) => line!(info, "transfer complete"),
         // UEFI firmware ends its tsize probe this way before asking again: not a problem.
-        End::Outcome(Outcome::Cancelled(code)) => {
-            tracing::info!(peer = %meta.peer, file = %meta.filename, code = code.to_u16(), bytes = stats.bytes, "transfer ended by the client")
-        }
+        End::Outcome(Outcome::Cancelled(_)) => line!(info, "transfer ended by the client"),
         End::Outcome(Outcome::TimedOut) => {
             line!(warn, "transfer timed out: the client went silent")
         }
-        End::Outcome(Outcome::Failed(code)) => {
-            tracing::warn!(peer = %meta.peer, file = %meta.filename, code = code.to_u16(), bytes = stats.bytes, "transfer failed")
-        }
+        End::Outcome(Outcome::Failed(_)) => line!(warn, "transfer failed"),
         End::Unreachable => line!(warn, "transfer ended: the client's port is closed"),
         End::Replaced => line!(
             info,

@@ -34,28 +34,62 @@ pub(crate) fn bind_main(addr: SocketAddr, rcvbuf: usize) -> io::Result<Socket> {
     if addr.is_ipv6() {
         // `[::]` serves IPv4 too (as mapped addresses), like `python -m nobodd.tftpd`.
         socket.set_only_v6(false)?;
-        set_opt(&socket, libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO, 1)?;
-        // For IPv4 requests (mapped), IP_PKTINFO's ipi_spec_dst is the local address even for a
-        // broadcast request, which IPV6_PKTINFO's mapped destination is not.
-        let _ = set_opt(&socket, libc::IPPROTO_IP, libc::IP_PKTINFO, 1);
-    } else {
-        set_opt(&socket, libc::IPPROTO_IP, libc::IP_PKTINFO, 1)?;
     }
     socket.set_reuse_port(true)?;
+    prepare_main(&socket, addr.is_ipv6(), rcvbuf)?;
+    socket.bind(&addr.into())?;
+    Ok(socket)
+}
+
+/// Takes a UDP socket bound by someone else (systemd's socket activation) as a main socket:
+/// the same options as [`bind_main`]'s, but its address, its dual-stack setting and its
+/// `SO_REUSEPORT` are the owner's.
+pub(crate) fn adopt_main(socket: Socket, rcvbuf: usize) -> io::Result<Socket> {
+    if socket.r#type()? != Type::DGRAM {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the socket passed is not a datagram socket (ListenDatagram=)",
+        ));
+    }
+    let local = socket.local_addr()?.as_socket().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the socket passed is not an IP socket",
+        )
+    })?;
+    prepare_main(&socket, local.is_ipv6(), rcvbuf)?;
+    Ok(socket)
+}
+
+/// Whether `socket` has `SO_REUSEPORT`, so that more sockets can join its port.
+pub(crate) fn reuses_port(socket: &Socket) -> bool {
+    socket.reuse_port().unwrap_or(false)
+}
+
+/// The options every main socket needs: the address each request was sent to, non-blocking
+/// reads, and a receive buffer for a storm.
+fn prepare_main(socket: &Socket, v6: bool, rcvbuf: usize) -> io::Result<()> {
+    if v6 {
+        set_opt(socket, libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO, 1)?;
+        // For IPv4 requests (mapped), IP_PKTINFO's ipi_spec_dst is the local address even for a
+        // broadcast request, which IPV6_PKTINFO's mapped destination is not.
+        let _ = set_opt(socket, libc::IPPROTO_IP, libc::IP_PKTINFO, 1);
+    } else {
+        set_opt(socket, libc::IPPROTO_IP, libc::IP_PKTINFO, 1)?;
+    }
     socket.set_nonblocking(true)?;
     // A boot storm arrives as one burst; a small buffer drops requests that clients then only
     // repeat after their (long) timeout. The kernel caps this at net.core.rmem_max unless
     // SO_RCVBUFFORCE is allowed (root), so try that first.
-    if socket.set_recv_buffer_size(rcvbuf).is_err() || recv_buffer(&socket) < rcvbuf {
+    if socket.set_recv_buffer_size(rcvbuf).is_err() || recv_buffer(socket) < rcvbuf {
         let _ = set_opt(
-            &socket,
+            socket,
             libc::SOL_SOCKET,
             libc::SO_RCVBUFFORCE,
             rcvbuf as libc::c_int,
         );
     }
-    socket.bind(&addr.into())?;
-    Ok(socket)
+    Ok(())
 }
 
 fn recv_buffer(socket: &Socket) -> usize {

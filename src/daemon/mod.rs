@@ -1,0 +1,7 @@
+//! What the `ringtftpd` daemon needs from the operating system beyond serving: dropping root
+//! after binding ([`user`]) and speaking systemd's protocols ([`systemd`]). The library never
+//! uses these; they live beside `main.rs` as modules of the binary.
+
+pub mod metrics;
+pub mod systemd;
+pub mod user;
