@@ -290,6 +290,44 @@ impl std::fmt::Display for BufferTooSmall {
 
 impl std::error::Error for BufferTooSmall {}
 
+/// What a datagram says it is, from its first two bytes alone (RFC 1350 §5, RFC 2347 for the
+/// OACK): enough to route it before, or without, parsing the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opcode {
+    /// Read request.
+    Rrq,
+    /// Write request.
+    Wrq,
+    /// File data.
+    Data,
+    /// Acknowledgment.
+    Ack,
+    /// Error.
+    Error,
+    /// Option acknowledgment.
+    Oack,
+}
+
+impl Opcode {
+    /// The opcode `datagram` starts with, if it is one.
+    pub fn of(datagram: &[u8]) -> Option<Opcode> {
+        let op = u16::from_be_bytes([*datagram.first()?, *datagram.get(1)?]);
+        Some(match op {
+            opcode::RRQ => Opcode::Rrq,
+            opcode::WRQ => Opcode::Wrq,
+            opcode::DATA => Opcode::Data,
+            opcode::ACK => Opcode::Ack,
+            opcode::ERROR => Opcode::Error,
+            opcode::OACK => Opcode::Oack,
+            _ => return None,
+        })
+    }
+}
+
+/// The opcode of a DATA packet, for callers that build its header themselves (a table of every
+/// DATA header, say).
+pub const DATA_OPCODE: u16 = opcode::DATA;
+
 /// Opcodes (RFC 1350 §5, RFC 2347).
 mod opcode {
     pub const RRQ: u16 = 0x01;

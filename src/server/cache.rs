@@ -169,7 +169,8 @@ static HEADERS: [[u8; 4]; 65536] = {
     let mut headers = [[0u8; 4]; 65536];
     let mut i = 0;
     while i < 65536 {
-        headers[i] = [0, 3, (i >> 8) as u8, i as u8];
+        let [hi, lo] = crate::packet::DATA_OPCODE.to_be_bytes();
+        headers[i] = [hi, lo, (i >> 8) as u8, i as u8];
         i += 1;
     }
     headers

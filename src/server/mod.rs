@@ -19,6 +19,7 @@ mod driver;
 mod fallback;
 mod metrics;
 mod mtu;
+mod request;
 mod ring;
 mod shard;
 mod socket;

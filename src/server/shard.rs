@@ -24,13 +24,14 @@ use super::cache::{ChunkCache, Lease, CHUNK};
 use super::driver::{self, Client, Context, Data, End, Io, Meta};
 use super::fallback::SharedPort;
 use super::metrics::Refusal;
+use super::request::{self, Admission, ErrorReply};
 use super::socket::{self, MainSocket, RecvBatch};
 use super::{Backend, Shared};
 use crate::netascii;
 use crate::options::Negotiated;
 use crate::packet::{self, ErrorCode, Mode, Options, Request};
 use crate::resolve::{FileId, ResolveError, Source};
-use crate::transfer::{self, Inbound, Outcome, Transfer};
+use crate::transfer::{Outcome, Transfer};
 
 /// Runs shard `index` on the calling thread until the server stops; reports the backend it
 /// chose through `ready` before serving: the io_uring engine ([`super::ring`]) where the kernel
@@ -202,7 +203,7 @@ async fn serve<I: Io>(
 /// address and port; whether it was taken (ACKs and ERRORs of no transfer — late ones, from a
 /// transfer just ended — are dropped rather than answered).
 fn deliver<I: Io>(state: &State<I>, peer: SocketAddr, bytes: &[u8]) -> bool {
-    if matches!(bytes, [0, 1 | 2, ..]) {
+    if request::is_request(bytes) {
         return false;
     }
     match state
@@ -215,7 +216,7 @@ fn deliver<I: Io>(state: &State<I>, peer: SocketAddr, bytes: &[u8]) -> bool {
             port.deliver(bytes);
             true
         }
-        None => matches!(bytes, [0, 4 | 5, ..]),
+        None => request::is_ack_or_error(bytes),
     }
 }
 
@@ -256,7 +257,7 @@ fn handle<I: Io>(
                 client.repeat.notify_one();
             }
         }
-        Decision::Reject(code, message) => reject(main.get_ref(), peer, local, code, &message),
+        Decision::Reject(reply) => reject(main.get_ref(), peer, local, &reply),
         Decision::Start(prepared) => {
             // Single-port mode: a new request from the port of a running transfer the client
             // has answered ends that transfer (see the io_uring engine's `request`).
@@ -268,8 +269,8 @@ fn handle<I: Io>(
             {
                 port.replace();
             }
-            if let Err((code, message)) = spawn(io, shared, state, main, prepared) {
-                reject(main.get_ref(), peer, local, code, &message);
+            if let Err(reply) = spawn(io, shared, state, main, prepared) {
+                reject(main.get_ref(), peer, local, &reply);
             }
         }
     }
@@ -280,11 +281,10 @@ pub(crate) fn reject(
     main: &MainSocket,
     peer: SocketAddr,
     local: Option<IpAddr>,
-    code: ErrorCode,
-    message: &str,
+    reply: &ErrorReply,
 ) {
     let mut buf = [0u8; 600];
-    if let Ok(n) = packet::emit_error(code, message, &mut buf) {
+    if let Ok(n) = packet::emit_error(reply.code, &reply.message, &mut buf) {
         if let Err(e) = main.send_to(&buf[..n], peer, local) {
             tracing::debug!(%peer, error = %e, "cannot send an ERROR");
         }
@@ -298,7 +298,7 @@ pub(crate) enum Decision {
     /// The client repeated the request of its running transfer: its first reply was lost.
     Repeat,
     /// Refuse with an ERROR from the main port.
-    Reject(ErrorCode, Cow<'static, str>),
+    Reject(ErrorReply),
     /// A new transfer, resolved, negotiated and with its socket, ready to run.
     Start(Box<Prepared>),
 }
@@ -348,14 +348,14 @@ pub(crate) fn decide(
     );
     // Requests only: a DATA or ACK on the main port (tftp-hpa ACKs the ERROR that ends a
     // refused request) is neither a request nor a refusal.
-    if matches!(bytes, [0, 1 | 2, ..]) {
+    if request::is_request(bytes) {
         let counters = &shared.counters;
         counters.request();
         match &decision {
             Decision::Ignore => {}
             Decision::Repeat => counters.repeated(),
-            Decision::Reject(code, message) => {
-                counters.refused(Refusal::of(*code, message, BUSY_REASONS));
+            Decision::Reject(reply) => {
+                counters.refused(Refusal::of(reply.code, &reply.message, BUSY_REASONS));
             }
             Decision::Start(_) => counters.started(),
         }
@@ -382,53 +382,41 @@ fn admit(
     repeat_of: impl FnOnce(&SocketAddr, &str) -> bool,
     shed: impl FnOnce(),
 ) -> Decision {
-    if truncated {
-        // RFC 2347 §2 has a request, options included, fit in 512 bytes; one that does not even
-        // fit in REQUEST_MAX is refused rather than parsed cut short.
-        return Decision::Reject(
-            ErrorCode::IllegalOperation,
-            Cow::Borrowed("Invalid request, request too large"),
-        );
-    }
-    let request = match transfer::inbound(bytes) {
-        Inbound::Read(request) => request,
-        Inbound::Reject { code, message } => {
-            if matches!(bytes, [0, 1 | 2, ..]) {
-                tracing::info!(%peer, code = code.to_u16(), message, "request refused");
+    let request = match request::admit(bytes, truncated, |filename| repeat_of(&peer, filename)) {
+        Admission::New(request) => request,
+        Admission::Repeat => {
+            tracing::debug!(%peer, "repeated request");
+            return Decision::Repeat;
+        }
+        Admission::Reject(reply) => {
+            if request::is_request(bytes) {
+                tracing::info!(%peer, code = reply.code.to_u16(), message = %reply.message, "request refused");
             } else {
                 // Not a request at all (tftp-hpa ACKs the ERROR that ends a failed request):
                 // worth a line only when debugging.
-                tracing::debug!(%peer, code = code.to_u16(), message, "datagram refused");
+                tracing::debug!(%peer, code = reply.code.to_u16(), message = %reply.message, "datagram refused");
             }
-            return Decision::Reject(code, Cow::Borrowed(message));
+            return Decision::Reject(reply);
         }
-        Inbound::Ignore => return Decision::Ignore,
+        Admission::Ignore => return Decision::Ignore,
     };
-    // RFC 1350 §4: a client that has not heard from its transfer times out and repeats its
-    // RRQ: the first reply was lost, and the running transfer sends it again. A client that
-    // has answered its transfer has moved on, and an RRQ from the same port is a new request
-    // (clients reuse ports quickly); the old transfer ends on its own.
-    if repeat_of(&peer, request.filename) {
-        tracing::debug!(%peer, file = request.filename, "repeated request");
-        return Decision::Repeat;
-    }
     if shared.budget.exceeded_by(CHUNK) {
         // Idle cached chunks give way before a request is refused.
         shed();
         if shared.budget.exceeded_by(CHUNK) {
             tracing::warn!(%peer, file = request.filename, held = shared.budget.used(), "file data in memory is at --max-buffer-mb; request refused");
-            return Decision::Reject(ErrorCode::Undefined, Cow::Borrowed(BUSY_MEMORY));
+            return Decision::Reject(ErrorReply::new(ErrorCode::Undefined, BUSY_MEMORY));
         }
     }
     let slot = match Slot::take(shared, peer.ip()) {
         Ok(slot) => slot,
-        Err(busy) => return Decision::Reject(ErrorCode::Undefined, Cow::Borrowed(busy)),
+        Err(busy) => return Decision::Reject(ErrorReply::new(ErrorCode::Undefined, busy)),
     };
     match prepare(shared, peer, (local, scope), &request, slot) {
         Ok(prepared) => Decision::Start(Box::new(prepared)),
-        Err((code, message)) => {
-            tracing::info!(%peer, file = request.filename, code = code.to_u16(), %message, "request refused");
-            Decision::Reject(code, Cow::Owned(message))
+        Err(reply) => {
+            tracing::info!(%peer, file = request.filename, code = reply.code.to_u16(), message = %reply.message, "request refused");
+            Decision::Reject(reply)
         }
     }
 }
@@ -521,16 +509,16 @@ fn prepare(
     (local, scope): (Option<IpAddr>, u32),
     request: &Request<'_>,
     slot: Slot,
-) -> Result<Prepared, (ErrorCode, String)> {
+) -> Result<Prepared, ErrorReply> {
     let source = shared
         .resolver
         .resolve(request.filename, peer)
         .map_err(|e| match e {
             ResolveError::Io(ref io) if out_of_fds(io) => {
                 tracing::warn!(%peer, "out of file descriptors (raise ulimit -n)");
-                (ErrorCode::Undefined, BUSY_FDS.to_owned())
+                ErrorReply::new(ErrorCode::Undefined, BUSY_FDS)
             }
-            e => (e.code(), e.message().to_owned()),
+            e => e.into(),
         })?;
     let (source, lease) = match request.mode {
         Mode::Octet => (source, None),
@@ -550,8 +538,8 @@ fn prepare(
             .blksize_max
             .min(super::mtu::blksize_for(mtu, peer.ip()));
     }
-    let negotiated = Negotiated::negotiate(&request.options, &limits, tsize)
-        .map_err(|e| (e.code(), e.message().to_owned()))?;
+    let negotiated =
+        Negotiated::negotiate(&request.options, &limits, tsize).map_err(ErrorReply::from)?;
     let socket = if shared.config.single_port {
         None
     } else {
@@ -582,7 +570,7 @@ fn transfer_socket(
     shared: &Shared,
     peer: SocketAddr,
     (local, scope): (Option<IpAddr>, u32),
-) -> Result<std::net::UdpSocket, (ErrorCode, String)> {
+) -> Result<std::net::UdpSocket, ErrorReply> {
     let local = local.unwrap_or(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED));
     let hint = shared.port_hint.fetch_add(1, Ordering::Relaxed);
     socket::bind_transfer(local, scope, peer, shared.ports, hint).map_err(|e| {
@@ -594,7 +582,7 @@ fn transfer_socket(
         } else {
             "Cannot open a transfer socket"
         };
-        (ErrorCode::Undefined, message.to_owned())
+        ErrorReply::new(ErrorCode::Undefined, message)
     })
 }
 
@@ -605,7 +593,7 @@ fn spawn<I: Io>(
     state: &Rc<State<I>>,
     main: &Rc<AsyncFd<MainSocket>>,
     prepared: Box<Prepared>,
-) -> Result<(), (ErrorCode, String)> {
+) -> Result<(), ErrorReply> {
     let Prepared {
         socket,
         local,
@@ -617,10 +605,7 @@ fn spawn<I: Io>(
     } = *prepared;
     let cannot = || {
         shared.counters.not_started();
-        (
-            ErrorCode::Undefined,
-            "Cannot open a transfer socket".to_owned(),
-        )
+        ErrorReply::new(ErrorCode::Undefined, "Cannot open a transfer socket")
     };
     let (sock, port) = match socket {
         Some(socket) => {
@@ -702,32 +687,29 @@ fn shared_file<I: Io>(
 
 /// Reads a whole source and encodes it as netascii, so `tsize` is exact and blocks are cut
 /// from the encoded stream; the encoding counts against the memory budget while it lives.
-fn encode_netascii(
-    source: &Source,
-    shared: &Shared,
-) -> Result<(Source, Lease), (ErrorCode, String)> {
+fn encode_netascii(source: &Source, shared: &Shared) -> Result<(Source, Lease), ErrorReply> {
     if source.len() > shared.config.netascii_max {
-        return Err((
+        return Err(ErrorReply::new(
             ErrorCode::DiskFull,
-            "File too large for netascii mode".to_owned(),
+            "File too large for netascii mode",
         ));
     }
     // The raw bytes and their encoding (at most twice as long) are both in memory for a while.
     let len = source.len() as usize;
     if len.saturating_mul(3) > shared.config.buffer_max {
         // It would never fit: saying "busy" would have the client retry for ever.
-        return Err((
+        return Err(ErrorReply::new(
             ErrorCode::DiskFull,
-            "File too large for netascii mode".to_owned(),
+            "File too large for netascii mode",
         ));
     }
     if shared.budget.exceeded_by(len.saturating_mul(3)) {
-        return Err((ErrorCode::Undefined, BUSY_MEMORY.to_owned()));
+        return Err(ErrorReply::new(ErrorCode::Undefined, BUSY_MEMORY));
     }
     let mut raw = vec![0; len];
     let n = source
         .read_full_at(&mut raw, 0)
-        .map_err(|_| (ErrorCode::Undefined, "Read error".to_owned()))?;
+        .map_err(|_| ErrorReply::from(super::window::READ_FAILED))?;
     raw.truncate(n);
     let encoded = netascii::encode_to_vec(&raw);
     let lease = shared.budget.lease(encoded.len());

@@ -48,6 +48,7 @@ use socket2::Socket;
 use tokio::sync::watch;
 
 use super::cache::{ChunkCache, CHUNK};
+use super::request;
 use super::shard::{self, Decision, Prepared};
 use super::socket::{MainSocket, RecvBatch};
 use super::{Backend, Shared};
@@ -569,11 +570,11 @@ impl Engine {
     /// client's address and port; whether it was taken (ACKs and ERRORs of no transfer — late
     /// ones, from a transfer just ended — are dropped rather than answered).
     fn deliver(&mut self, peer: SocketAddr, bytes: &[u8], now: Instant) -> bool {
-        if matches!(bytes, [0, 1 | 2, ..]) {
+        if request::is_request(bytes) {
             return false;
         }
         let Some(&(slot, gen)) = self.active.get(&peer) else {
-            return matches!(bytes, [0, 4 | 5, ..]);
+            return request::is_ack_or_error(bytes);
         };
         if let Some(mut conn) = self.take_conn(slot, gen) {
             if conn.end.is_none() {
@@ -626,9 +627,9 @@ impl Engine {
                     }
                 }
             }
-            Decision::Reject(code, message) => {
+            Decision::Reject(reply) => {
                 if let Some(main) = &self.main {
-                    shard::reject(main, peer, local, code, &message);
+                    shard::reject(main, peer, local, &reply);
                 }
             }
             Decision::Start(prepared) => {

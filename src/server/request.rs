@@ -1,0 +1,193 @@
+//! The main port's first step (RFC 1350 §4, §7): what a datagram that arrived there asks for,
+//! from its bytes and from whether its sender has a transfer still waiting for its first answer
+//! — no sockets, files or limits. What this cannot decide (the server's limits, the file, the
+//! options) follows in [`super::shard::decide`], which only carries out what is decided here.
+//!
+//! Also the one type for "an ERROR to send" ([`ErrorReply`]), whatever refused the request.
+
+use std::borrow::Cow;
+
+use crate::options::OptionError;
+use crate::packet::{ErrorCode, Opcode, Request};
+use crate::resolve::ResolveError;
+use crate::transfer::{self, Inbound};
+
+use super::window::ReadError;
+
+/// An ERROR to send: its code and message (RFC 1350 §5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ErrorReply {
+    pub code: ErrorCode,
+    pub message: Cow<'static, str>,
+}
+
+impl ErrorReply {
+    pub(crate) fn new(code: ErrorCode, message: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<OptionError> for ErrorReply {
+    fn from(e: OptionError) -> Self {
+        Self::new(e.code(), e.message())
+    }
+}
+
+impl From<ResolveError> for ErrorReply {
+    fn from(e: ResolveError) -> Self {
+        Self::new(e.code(), e.message().to_owned())
+    }
+}
+
+impl From<ReadError> for ErrorReply {
+    fn from(e: ReadError) -> Self {
+        Self::new(e.code, e.message)
+    }
+}
+
+/// What a datagram on the main port asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Admission<'a> {
+    /// Nothing: an ERROR (RFC 1350 §7: never answered), or a datagram too short to be any
+    /// packet.
+    Ignore,
+    /// The client repeated the request of its transfer: that transfer's first reply was lost.
+    Repeat,
+    /// Refuse with this ERROR.
+    Reject(ErrorReply),
+    /// A new read request.
+    New(Request<'a>),
+}
+
+/// Decides what `datagram` asks for. `truncated`: it did not fit the receive buffer.
+/// `waiting(filename)`: whether its sender's address and port have a transfer of `filename`
+/// that has not heard from the client yet.
+pub(crate) fn admit<'a>(
+    datagram: &'a [u8],
+    truncated: bool,
+    waiting: impl FnOnce(&str) -> bool,
+) -> Admission<'a> {
+    if truncated {
+        // RFC 2347 §2 has a request, options included, fit in 512 bytes; one that does not even
+        // fit the receive buffer is refused rather than parsed cut short.
+        return Admission::Reject(ErrorReply::new(
+            ErrorCode::IllegalOperation,
+            "Invalid request, request too large",
+        ));
+    }
+    let request = match transfer::inbound(datagram) {
+        Inbound::Read(request) => request,
+        Inbound::Reject { code, message } => {
+            return Admission::Reject(ErrorReply::new(code, message))
+        }
+        Inbound::Ignore => return Admission::Ignore,
+    };
+    // RFC 1350 §4: a client that has not heard from its transfer times out and repeats its
+    // RRQ: the first reply was lost, and the running transfer sends it again. A client that
+    // has answered its transfer has moved on, and an RRQ from the same port is a new request
+    // (clients reuse ports quickly).
+    if waiting(request.filename) {
+        return Admission::Repeat;
+    }
+    Admission::New(request)
+}
+
+/// Whether a datagram is a request (RRQ or WRQ), by its opcode alone.
+pub(crate) fn is_request(datagram: &[u8]) -> bool {
+    matches!(Opcode::of(datagram), Some(Opcode::Rrq | Opcode::Wrq))
+}
+
+/// Whether a datagram is an ACK or an ERROR, by its opcode alone: in single-port mode, one
+/// from an address with no transfer is a late one from a transfer just ended, and dropped.
+pub(crate) fn is_ack_or_error(datagram: &[u8]) -> bool {
+    matches!(Opcode::of(datagram), Some(Opcode::Ack | Opcode::Error))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RRQ: &[u8] = b"\x00\x01pxelinux.0\x00octet\x00blksize\x001468\x00";
+
+    fn refused(datagram: &[u8]) -> ErrorReply {
+        match admit(datagram, false, |_| false) {
+            Admission::Reject(reply) => reply,
+            other => panic!("{datagram:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_read_request_is_new_unless_its_transfer_still_waits() {
+        match admit(RRQ, false, |_| false) {
+            Admission::New(request) => assert_eq!(request.filename, "pxelinux.0"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            admit(RRQ, false, |name| name == "pxelinux.0"),
+            Admission::Repeat
+        );
+        // The same port asking for another file has moved on.
+        assert!(matches!(
+            admit(RRQ, false, |name| name == "ldlinux.c32"),
+            Admission::New(_)
+        ));
+    }
+
+    #[test]
+    fn writes_and_transfer_packets_are_refused() {
+        assert_eq!(
+            refused(b"\x00\x02f\x00octet\x00").code,
+            ErrorCode::AccessViolation
+        );
+        for datagram in [
+            &b"\x00\x03\x00\x01data"[..],
+            b"\x00\x04\x00\x01",
+            b"\x00\x06blksize\x00512\x00",
+        ] {
+            assert_eq!(refused(datagram).code, ErrorCode::IllegalOperation);
+        }
+        // An unknown opcode, and a request cut short.
+        assert_eq!(refused(b"\x00\x09abcd").code, ErrorCode::IllegalOperation);
+        assert_eq!(
+            admit(RRQ, true, |_| true),
+            Admission::Reject(ErrorReply::new(
+                ErrorCode::IllegalOperation,
+                "Invalid request, request too large"
+            ))
+        );
+    }
+
+    #[test]
+    fn errors_and_crumbs_get_no_answer() {
+        assert_eq!(
+            admit(b"\x00\x05\x00\x00oops\x00", false, |_| false),
+            Admission::Ignore
+        );
+        assert_eq!(admit(b"\x00\x01f", false, |_| false), Admission::Ignore);
+        assert_eq!(admit(b"", false, |_| false), Admission::Ignore);
+    }
+
+    #[test]
+    fn opcodes_route_datagrams() {
+        assert!(is_request(RRQ));
+        assert!(is_request(b"\x00\x02"));
+        assert!(!is_request(b"\x00\x04\x00\x01"));
+        assert!(is_ack_or_error(b"\x00\x04\x00\x01"));
+        assert!(is_ack_or_error(b"\x00\x05\x00\x01x\x00"));
+        assert!(!is_ack_or_error(b"\x00\x03\x00\x01"));
+        assert!(!is_request(b"\x01"));
+    }
+
+    #[test]
+    fn every_refusal_becomes_one_error_type() {
+        let option: ErrorReply = OptionError::Blksize.into();
+        assert_eq!(option.code, ErrorCode::OptionRefused);
+        let missing: ErrorReply = ResolveError::NotFound.into();
+        assert_eq!(missing.code, ErrorCode::FileNotFound);
+        let changed: ErrorReply = super::super::window::CHANGED.into();
+        assert_eq!(changed.code, ErrorCode::Undefined);
+    }
+}
