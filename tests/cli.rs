@@ -46,9 +46,7 @@ fn assert_fails_saying(done: &Finished, needles: &[&str]) {
     }
 }
 
-#[test]
-fn a_port_in_use_is_a_clear_error() {
-    let dir = TempDir::new("a_port_in_use_is_a_clear_error");
+tftptest!(a_port_in_use_is_a_clear_error, |dir| {
     // std binds without SO_REUSEPORT, so the daemon's SO_REUSEPORT bind fails (EADDRINUSE).
     let holder = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
     let port = holder.local_addr().expect("local_addr").port().to_string();
@@ -57,29 +55,25 @@ fn a_port_in_use_is_a_clear_error() {
         START_TIMEOUT,
     );
     assert_fails_saying(&done, &["in use", &port]);
-}
+});
 
-#[test]
-fn a_missing_directory_is_a_clear_error() {
-    let dir = TempDir::new("a_missing_directory_is_a_clear_error");
+tftptest!(a_missing_directory_is_a_clear_error, |dir| {
     let missing = dir.join("no-such-dir");
     let done = run(
         ringtftpd(&["0", "--bind", "127.0.0.1"], &missing),
         START_TIMEOUT,
     );
     assert_fails_saying(&done, &["does not exist", &missing.to_string_lossy()]);
-}
+});
 
-#[test]
-fn a_file_given_as_the_directory_is_a_clear_error() {
-    let dir = TempDir::new("a_file_given_as_the_directory_is_a_clear_error");
+tftptest!(a_file_given_as_the_directory_is_a_clear_error, |dir| {
     let file = write_file(dir.path(), "plain-file", b"not a directory\n");
     let done = run(
         ringtftpd(&["0", "--bind", "127.0.0.1"], &file),
         START_TIMEOUT,
     );
     assert_fails_saying(&done, &["not a directory", &file.to_string_lossy()]);
-}
+});
 
 /// Port 69 as an unprivileged user (nobody, through `setpriv` when the tests run as root) must
 /// say which capability is missing.

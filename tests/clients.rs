@@ -137,9 +137,7 @@ fn fetch_all(
     (failures, tried)
 }
 
-#[test]
-fn every_client_fetches_every_size() {
-    let root = TempDir::new("every_client_fetches_every_size");
+tftptest!(every_client_fetches_every_size, |root| {
     let out = TempDir::new("every_client_fetches_every_size-out");
     let files = serve_sizes(root.path());
     let daemon = Daemon::start(root.path(), &[]);
@@ -150,7 +148,7 @@ fn every_client_fetches_every_size() {
         failures.len(),
         failures.join("\n")
     );
-}
+});
 
 #[test]
 fn atftp_windows_fetch_one_mib() {
@@ -365,10 +363,8 @@ fn curl_receives_netascii_wire_bytes() {
     }
 }
 
-/// RFC 2349: the tsize of a netascii transfer is the length on the wire, not on disk.
-#[test]
-fn netascii_tsize_is_the_encoded_length() {
-    let root = TempDir::new("netascii_tsize_is_the_encoded_length");
+// RFC 2349: the tsize of a netascii transfer is the length on the wire, not on disk.
+tftptest!(netascii_tsize_is_the_encoded_length, |root| {
     let text = netascii_text();
     let encoded = netascii_encode(&text);
     assert_ne!(encoded.len(), text.len());
@@ -392,7 +388,7 @@ fn netascii_tsize_is_the_encoded_length() {
             expected.len()
         );
     }
-}
+});
 
 /// Whether this host has an IPv6 loopback (a container may not).
 fn ipv6_loopback() -> bool {

@@ -22,9 +22,7 @@ const FILE_NOT_FOUND: u16 = 1;
 const ACCESS_VIOLATION: u16 = 2;
 const ILLEGAL_OPERATION: u16 = 4;
 
-#[test]
-fn missing_file_is_error_1_for_every_client() {
-    let root = TempDir::new("missing_file_is_error_1_for_every_client");
+tftptest!(missing_file_is_error_1_for_every_client, |root| {
     let out = TempDir::new("missing_file_is_error_1_for_every_client-out");
     let daemon = Daemon::start(root.path(), &[]);
     let addr = daemon.addr();
@@ -71,7 +69,7 @@ fn missing_file_is_error_1_for_every_client() {
         );
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-}
+});
 
 /// The root `outer/root` with a secret beside it and escapes of every kind inside it.
 struct Escapes {
@@ -198,9 +196,7 @@ fn listing(dir: &Path) -> BTreeMap<String, (u64, Option<SystemTime>)> {
     out
 }
 
-#[test]
-fn write_requests_are_refused_and_nothing_is_written() {
-    let root = TempDir::new("write_requests_are_refused_and_nothing_is_written");
+tftptest!(write_requests_are_refused_and_nothing_is_written, |root| {
     let out = TempDir::new("write_requests_are_refused_and_nothing_is_written-out");
     write_file(root.path(), "existing", b"do not overwrite\n");
     let upload = write_file(out.path(), "upload.bin", &pattern(3000, 9));
@@ -282,35 +278,34 @@ fn write_requests_are_refused_and_nothing_is_written() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(listing(root.path()), before, "the served directory changed");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-}
+});
 
-#[test]
-fn data_ack_and_oack_on_the_main_port_are_illegal_operations() {
-    let root = TempDir::new("data_ack_and_oack_on_the_main_port_are_illegal_operations");
-    let daemon = Daemon::start(root.path(), &[]);
-    let peer = Peer::new(daemon.addr());
-    for (what, datagram) in [
-        ("DATA 1", raw::data(1, b"hello")),
-        ("empty DATA 7", raw::data(7, b"")),
-        ("ACK 0", raw::ack(0)),
-        ("ACK 1", raw::ack(1)),
-        ("OACK", raw::oack(&[("blksize", "1428")])),
-    ] {
-        let (code, message, from) = peer.expect_error(&datagram, daemon.addr());
-        assert_eq!(
-            code, ILLEGAL_OPERATION,
-            "{what} on the main port: ERROR {code} {message:?}"
-        );
-        assert_eq!(from, daemon.addr(), "{what}: answered from another port");
+tftptest!(
+    data_ack_and_oack_on_the_main_port_are_illegal_operations,
+    |root| {
+        let daemon = Daemon::start(root.path(), &[]);
+        let peer = Peer::new(daemon.addr());
+        for (what, datagram) in [
+            ("DATA 1", raw::data(1, b"hello")),
+            ("empty DATA 7", raw::data(7, b"")),
+            ("ACK 0", raw::ack(0)),
+            ("ACK 1", raw::ack(1)),
+            ("OACK", raw::oack(&[("blksize", "1428")])),
+        ] {
+            let (code, message, from) = peer.expect_error(&datagram, daemon.addr());
+            assert_eq!(
+                code, ILLEGAL_OPERATION,
+                "{what} on the main port: ERROR {code} {message:?}"
+            );
+            assert_eq!(from, daemon.addr(), "{what}: answered from another port");
+        }
+        // An empty OACK is 2 bytes, shorter than any packet: not worth a 25 times larger ERROR.
+        peer.send_to(&raw::oack(&[]), daemon.addr());
+        assert!(peer.collect(Duration::from_millis(300)).is_empty());
     }
-    // An empty OACK is 2 bytes, shorter than any packet: not worth a 25 times larger ERROR.
-    peer.send_to(&raw::oack(&[]), daemon.addr());
-    assert!(peer.collect(Duration::from_millis(300)).is_empty());
-}
+);
 
-#[test]
-fn error_on_the_main_port_gets_no_reply() {
-    let root = TempDir::new("error_on_the_main_port_gets_no_reply");
+tftptest!(error_on_the_main_port_gets_no_reply, |root| {
     let daemon = Daemon::start(root.path(), &[]);
     let peer = Peer::new(daemon.addr());
     for datagram in [
@@ -330,14 +325,12 @@ fn error_on_the_main_port_gets_no_reply() {
     // Still serving: the same peer gets its answer.
     let (code, _, _) = peer.expect_error(&raw::rrq("nope", WireMode::Octet, &[]), daemon.addr());
     assert_eq!(code, FILE_NOT_FOUND);
-}
+});
 
-/// RFC 1350 §4 (and the Sorcerer's Apprentice): a client that repeats its RRQ before the first
-/// answer arrives must not get two transfers. Nothing is acknowledged here, so each transfer
-/// would send its first packet (and perhaps retransmit it) from its own port.
-#[test]
-fn a_repeated_rrq_does_not_start_a_second_transfer() {
-    let root = TempDir::new("a_repeated_rrq_does_not_start_a_second_transfer");
+// RFC 1350 §4 (and the Sorcerer's Apprentice): a client that repeats its RRQ before the first
+// answer arrives must not get two transfers. Nothing is acknowledged here, so each transfer
+// would send its first packet (and perhaps retransmit it) from its own port.
+tftptest!(a_repeated_rrq_does_not_start_a_second_transfer, |root| {
     write_file(root.path(), "file", &pattern(100_000, 5));
     let daemon = Daemon::start(root.path(), &[]);
     for options in [&[][..], &[("blksize", "1428"), ("tsize", "0")][..]] {
@@ -373,4 +366,4 @@ fn a_repeated_rrq_does_not_start_a_second_transfer() {
         // End the transfer politely.
         peer.send_to(&raw::error(ErrorCode::Undefined, "test done"), tid);
     }
-}
+});

@@ -397,7 +397,18 @@ fn real_clients_at(percent: u32) {
     for (i, fetch) in fetches(&path, &out_dir.join("big")).into_iter().enumerate() {
         let out = out_dir.join("big");
         let _ = fs::remove_file(&out);
-        let done = run(fetch.cmd, FETCH_TIMEOUT);
+        let mut done = run(fetch.cmd, FETCH_TIMEOUT);
+        if fetch.name.starts_with("atftp") && done.stderr.contains("unexpected OACK") {
+            // atftp aborts on a second OACK, and a server must send one when the client's ACK
+            // of the first is lost (without it the server cannot know the options took): at
+            // 5 % loss, one atftp transfer in twenty. That is atftp's limit, not the server's
+            // (its log shows the OACK sent again after the timeout), so the fetch is tried
+            // once more.
+            println!("atftp aborted on a repeated OACK (its ACK 0 was lost); trying again");
+            let _ = fs::remove_file(&out);
+            let again = fetches(&path, &out).swap_remove(i);
+            done = run(again.cmd, FETCH_TIMEOUT);
+        }
         assert!(
             done.status.is_some(),
             "{} hung at {percent} % loss:\n{}",

@@ -148,9 +148,7 @@ fn startup_line(daemon: &Daemon) -> String {
         .unwrap_or_else(|| panic!("no start-up line in the log:\n{}", daemon.log()))
 }
 
-#[test]
-fn epoll_backend_by_flag_serves_byte_exact() {
-    let root = TempDir::new("epoll_backend_by_flag_serves_byte_exact");
+tftptest!(epoll_backend_by_flag_serves_byte_exact, |root| {
     let daemon = Daemon::start(root.path(), &["--backend", "epoll", "--shards", "2"]);
     let line = startup_line(&daemon);
     assert!(
@@ -161,11 +159,9 @@ fn epoll_backend_by_flag_serves_byte_exact() {
     assert_eq!(main_sockets(&daemon), 2, "main sockets with --shards 2");
     fetch_with_two_clients(&daemon, root.path(), "epoll by flag");
     raw_download_is_exact(&daemon, root.path());
-}
+});
 
-#[test]
-fn epoll_backend_by_environment_serves_byte_exact() {
-    let root = TempDir::new("epoll_backend_by_environment_serves_byte_exact");
+tftptest!(epoll_backend_by_environment_serves_byte_exact, |root| {
     let daemon = Daemon::start_with_env(
         IpAddr::V4(Ipv4Addr::LOCALHOST),
         root.path(),
@@ -178,7 +174,7 @@ fn epoll_backend_by_environment_serves_byte_exact() {
         "start-up line should name epoll: {line}"
     );
     fetch_with_two_clients(&daemon, root.path(), "epoll by environment");
-}
+});
 
 /// A lock-step download with large blocks, through the raw client, compared byte for byte.
 fn raw_download_is_exact(daemon: &Daemon, root: &Path) {
@@ -257,43 +253,44 @@ fn main_sockets(daemon: &Daemon) -> usize {
         .count()
 }
 
-#[test]
-fn io_uring_is_the_default_with_one_main_socket_per_shard() {
-    let root = TempDir::new("io_uring_is_the_default_with_one_main_socket_per_shard");
-    let daemon = Daemon::start(root.path(), &["--shards", "3"]);
-    let line = startup_line(&daemon);
-    assert!(
-        line.contains("with 3 shards (io_uring"),
-        "start-up line should say 3 shards on io_uring: {line}"
-    );
-    assert_eq!(
-        main_sockets(&daemon),
-        3,
-        "main sockets of pid {} on port {} (SO_REUSEPORT, one per shard)",
-        daemon.pid(),
-        daemon.port()
-    );
-    // Cross-check with ss where iproute2 is installed.
-    if let Some(ss) = ["/usr/bin/ss", "/bin/ss", "/usr/sbin/ss", "/sbin/ss"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-    {
-        let mut cmd = std::process::Command::new(ss);
-        cmd.args(["-Hulpn", &format!("sport = :{}", daemon.port())]);
-        let done = crate::util::run(cmd, Duration::from_secs(10));
-        let pid = format!("pid={},", daemon.pid());
-        let count = done.stdout.lines().filter(|l| l.contains(&pid)).count();
-        assert_eq!(
-            count,
-            3,
-            "ss -Hulpn sport = :{}:\n{}",
-            daemon.port(),
-            done.stdout
+tftptest!(
+    io_uring_is_the_default_with_one_main_socket_per_shard,
+    |root| {
+        let daemon = Daemon::start(root.path(), &["--shards", "3"]);
+        let line = startup_line(&daemon);
+        assert!(
+            line.contains("with 3 shards (io_uring"),
+            "start-up line should say 3 shards on io_uring: {line}"
         );
+        assert_eq!(
+            main_sockets(&daemon),
+            3,
+            "main sockets of pid {} on port {} (SO_REUSEPORT, one per shard)",
+            daemon.pid(),
+            daemon.port()
+        );
+        // Cross-check with ss where iproute2 is installed.
+        if let Some(ss) = ["/usr/bin/ss", "/bin/ss", "/usr/sbin/ss", "/sbin/ss"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+        {
+            let mut cmd = std::process::Command::new(ss);
+            cmd.args(["-Hulpn", &format!("sport = :{}", daemon.port())]);
+            let done = crate::util::run(cmd, Duration::from_secs(10));
+            let pid = format!("pid={},", daemon.pid());
+            let count = done.stdout.lines().filter(|l| l.contains(&pid)).count();
+            assert_eq!(
+                count,
+                3,
+                "ss -Hulpn sport = :{}:\n{}",
+                daemon.port(),
+                done.stdout
+            );
+        }
+        fetch_with_two_clients(&daemon, root.path(), "io_uring with 3 shards");
+        raw_download_is_exact(&daemon, root.path());
     }
-    fetch_with_two_clients(&daemon, root.path(), "io_uring with 3 shards");
-    raw_download_is_exact(&daemon, root.path());
-}
+);
 
 /// SIGTERM stops new requests at once but lets a running transfer finish, then exits 0.
 #[test]

@@ -6,6 +6,19 @@
 // util/skip.rs and passes, unless RINGTFTP_REQUIRE_CLIENTS is set (`.ci/run` sets it and
 // installs them all); every skip is printed at once and again, as a list, when the binary exits.
 
+/// A test with a scratch directory of its own, named after it, as ripgrep's `rgtest!` gives
+/// each test its own directory: `tftptest!(name, |dir| { ... });` is `#[test] fn name()` that
+/// starts with `let dir = TempDir::new("name");`.
+macro_rules! tftptest {
+    ($name:ident, |$dir:ident| $body:block) => {
+        #[test]
+        fn $name() {
+            let $dir = $crate::util::TempDir::new(stringify!($name));
+            $body
+        }
+    };
+}
+
 // Scratch directories, file contents, SHA-256, the daemon under test, the real clients and a raw
 // TFTP peer on a UDP socket (util/raw.rs: hand-made packets and a lock-step downloader).
 mod util;
