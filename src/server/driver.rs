@@ -121,6 +121,8 @@ pub(crate) struct Context<I: Io> {
     /// The server's budget of file data in memory, which every chunk read counts against.
     pub budget: Arc<Budget>,
     pub client: Rc<Client>,
+    /// The shard's clients' lag, learned from spurious timeouts (see [`super::lag::Lag`]).
+    pub lag: Rc<std::cell::RefCell<super::lag::Lag>>,
 }
 
 /// What the shard's main loop and a transfer task share about the client.
@@ -164,6 +166,7 @@ pub(crate) async fn run<I: Io>(
     let end = 'transfer: loop {
         // The clock is read for each packet: sends and reads await in between, and the
         // transfer's time must never run backwards.
+        t.set_rto_floor(cx.lag.borrow().floor(Instant::now()));
         while let Some(transmit) = t.poll_transmit(Instant::now()) {
             let result = match transmit {
                 Transmit::Oack => {
@@ -257,7 +260,12 @@ pub(crate) async fn run<I: Io>(
                             answered = true;
                             cx.client.answered.set(true);
                         }
-                        t.handle_datagram(Instant::now(), &buf[..n.min(buf.len())]);
+                        let now = Instant::now();
+                        let spurious = t.stats().spurious;
+                        t.handle_datagram(now, &buf[..n.min(buf.len())]);
+                        if t.stats().spurious > spurious {
+                            cx.lag.borrow_mut().learn(now, t.rto());
+                        }
                     }
                     // Linux reports a port-unreachable before the datagrams already queued, and
                     // the client's final ACK may be among them: read on, and only believe the

@@ -17,6 +17,7 @@
 mod cache;
 mod driver;
 mod fallback;
+mod lag;
 mod metrics;
 mod mtu;
 mod request;

@@ -115,6 +115,8 @@ struct State<I: Io> {
     ended: Notify,
     /// Hot file blocks shared by this shard's transfers.
     cache: Rc<ChunkCache>,
+    /// The clients' lag, learned from spurious timeouts.
+    lag: Rc<RefCell<super::lag::Lag>>,
 }
 
 async fn serve<I: Io>(
@@ -147,6 +149,9 @@ async fn serve<I: Io>(
         running: Cell::new(0),
         ended: Notify::new(),
         cache: Rc::new(ChunkCache::new(shared.config.block_cache)),
+        lag: Rc::new(RefCell::new(
+            super::lag::Lag::new(std::time::Instant::now()),
+        )),
     });
     let mut batch = RecvBatch::new();
     let single_port = shared.config.single_port;
@@ -644,6 +649,7 @@ fn spawn<I: Io>(
             cache: state.cache.clone(),
             budget: budget.clone(),
             client: client.clone(),
+            lag: state.lag.clone(),
         };
         let (end, t) = driver::run(cx, sock, data, t).await;
         // A netascii encoding is freed with the transfer.

@@ -48,6 +48,7 @@ use socket2::Socket;
 use tokio::sync::watch;
 
 use super::cache::{ChunkCache, CHUNK};
+use super::lag::Lag;
 use super::request;
 use super::shard::{self, Decision, Prepared};
 use super::socket::{MainSocket, RecvBatch};
@@ -56,7 +57,7 @@ use crate::resolve::FileId;
 use bufs::{RecvRing, Slab};
 use conn::Conn;
 use reads::ReadOp;
-use timer::{Lag, Wheel};
+use timer::Wheel;
 
 /// Submission queue entries; a full queue is submitted early, so this bounds nothing.
 const SQ_ENTRIES: u32 = 4096;
