@@ -268,6 +268,13 @@ impl Engine {
             return;
         }
         conn.t.set_rto_floor(self.lag_floor);
+        if let Some(e) = conn.failed.take() {
+            // A chunk read failed, the read-ahead's included: the file shrank under the
+            // transfer or cannot be read, and trying again would only fail again (at once, on
+            // every turn). The transfer ends with the ERROR.
+            conn.stalled = None;
+            conn.t.abort(now, e.code, e.message);
+        }
         if let Some(run) = conn.stalled.take() {
             if !self.send_run(conn, slot, run, now) {
                 return;
@@ -313,8 +320,6 @@ impl Engine {
         let window = u64::from(conn.t.options().windowsize().get());
         let ahead = (conn.t.acked() + 2 * window).min(conn.t.last_block());
         self.ensure(conn, slot, ahead);
-        // A failed read-ahead is tried again when (if) its blocks are needed.
-        conn.failed = None;
         if let Some(deadline) = conn.t.poll_timeout() {
             // The wheel's entry is moved only earlier; a later deadline is found when the
             // earlier entry fires (see `Engine::expire`).

@@ -74,6 +74,11 @@ const RECV_SIZE: usize = 1024;
 const BGID: u16 = 0;
 /// The longest a shard sleeps, so a stop is seen promptly.
 const IDLE_WAIT: Duration = Duration::from_millis(100);
+/// Rounds of producing leftover completions before the timers are given up for a turn.
+const FINISH_ROUNDS: usize = 16;
+/// Turns in a row a shard may put off its timers (a receive ran short of buffers, completions
+/// kept coming): past this, they fire anyway, so a flood cannot stall every transfer.
+const STARVED_TURNS_MAX: u32 = 8;
 /// `recvmmsg` batches taken from the main socket per wake-up before the ring gets a turn.
 const MAIN_BATCHES: usize = 16;
 
@@ -225,12 +230,14 @@ pub(crate) fn run_with(
         running: 0,
         counts: Counts::default(),
         starved: false,
+        starved_turns: 0,
         spilled: 0,
         shared,
         stop,
     };
     engine.arm_main();
     engine.serve();
+    engine.abandon_in_flight();
     let (hits, misses) = engine.cache.counts();
     tracing::debug!(
         shard = index,
@@ -254,16 +261,21 @@ fn build_ring() -> io::Result<IoUring> {
             "the io_uring engine needs Linux 6.0 or later (multishot receives)",
         ));
     }
+    // TASKRUN_FLAG: the kernel says in the ring when completions are still to be produced (a
+    // wait produces a bounded number per call since Linux 6.13), so none is left behind
+    // before the timers fire.
     let deferred = IoUring::builder()
         .setup_cqsize(CQ_ENTRIES)
         .setup_single_issuer()
         .setup_defer_taskrun()
+        .setup_taskrun_flag()
         .build(SQ_ENTRIES);
     match deferred {
         Ok(ring) => Ok(ring),
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => IoUring::builder()
             .setup_cqsize(CQ_ENTRIES)
             .setup_coop_taskrun()
+            .setup_taskrun_flag()
             .build(SQ_ENTRIES),
         Err(e) => Err(e),
     }
@@ -361,8 +373,10 @@ pub(super) struct Engine {
     batch: Option<Box<RecvBatch>>,
     running: usize,
     counts: Counts,
-    /// A receive ran out of buffers in this turn's completions.
+    /// A receive ran out of buffers in this turn's completions (or completions kept coming).
     starved: bool,
+    /// Turns in a row the timers were put off for it.
+    starved_turns: u32,
     /// Chunk reads into heap buffers because the slab was empty.
     spilled: u64,
     shared: Arc<Shared>,
@@ -394,16 +408,35 @@ impl Engine {
             self.wait(before_wait);
             let after_wait = Instant::now();
             self.handle_completions(after_wait);
+            self.finish_completions(after_wait);
             // Timers only once every completion the wait produced has been handled, and only
             // for deadlines that passed before it began (see the module documentation). A
             // receive that ran out of buffers may leave datagrams unseen: no timers this turn.
-            if !self.starved {
+            if self.starved && self.starved_turns < STARVED_TURNS_MAX {
+                self.starved_turns += 1;
+            } else {
+                self.starved_turns = 0;
                 self.expire(before_wait, after_wait);
             }
             if stopping.is_none() && !matches!(self.stop.has_changed(), Ok(false)) {
                 self.close_main();
                 stopping = Some(Instant::now() + self.shared.config.grace);
             }
+        }
+    }
+
+    /// Leaks the memory of operations still in flight when the engine stops (transfers given up
+    /// at the end of the grace period): closing the ring does not wait for them, and a read on a
+    /// slow disk or a send the kernel retries could still use that memory after the engine is
+    /// gone. Registered buffers need nothing: the kernel holds their pages.
+    fn abandon_in_flight(&mut self) {
+        for conn in self.conns.iter_mut().filter_map(Option::take) {
+            if conn.sending {
+                std::mem::forget(conn);
+            }
+        }
+        for op in self.reads.iter_mut().filter_map(Option::take) {
+            op.abandon();
         }
     }
 
@@ -476,6 +509,31 @@ impl Engine {
         self.rearm.clear();
     }
 
+    /// Produces and handles the completions the last wait left for later: task work the kernel
+    /// did not run in that call, or completions that overflowed the queue. Until then an ACK
+    /// the kernel holds may be unseen, and the timers must not fire.
+    fn finish_completions(&mut self, now: Instant) {
+        for _ in 0..FINISH_ROUNDS {
+            let pending = {
+                let sq = self.ring.submission();
+                sq.taskrun() || sq.cq_overflow()
+            };
+            if !pending {
+                return;
+            }
+            // With the flag set, this enter asks for events and runs the task work.
+            if let Err(e) = self.ring.submit() {
+                if !matches!(e.raw_os_error(), Some(libc::EINTR | libc::EBUSY)) {
+                    tracing::warn!(error = %e, "io_uring_enter failed");
+                    return;
+                }
+            }
+            self.handle_completions(now);
+        }
+        // Still more after that many rounds: the shard is flooded; timers wait a turn.
+        self.starved = true;
+    }
+
     /// Fires the timers due: those set for before `due` (when the last wait began).
     fn expire(&mut self, due: Instant, now: Instant) {
         let mut expired = std::mem::take(&mut self.expired);
@@ -536,7 +594,10 @@ impl Engine {
         // Still true after MAIN_BATCHES full batches: the rest wait for the ring's next turn.
         self.main_more = true;
         for _ in 0..MAIN_BATCHES {
-            let Some(main) = &self.main else { break };
+            let Some(main) = &self.main else {
+                self.main_more = false;
+                break;
+            };
             match main.try_recv_batch(&mut batch) {
                 Ok(_) => {}
                 Err(e) => {
@@ -655,6 +716,8 @@ impl Engine {
     /// single-port mode it stays, for the running transfers, and requests are ignored).
     fn close_main(&mut self) {
         self.accepting = false;
+        // Requests still waiting are not taken any more: nothing to come back for.
+        self.main_more = false;
         if self.single_port {
             return;
         }

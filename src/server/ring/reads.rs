@@ -26,6 +26,15 @@ pub(super) struct ReadOp {
     waiters: Vec<(u32, u32)>,
 }
 
+impl ReadOp {
+    /// Forgets a read still in flight as the engine stops: a heap buffer is leaked (the kernel
+    /// may still write into it); a registered one is kept from its slab's free list.
+    pub(super) fn abandon(self) {
+        std::mem::forget(self.buf);
+        // The budget lease, the file and the waiters go as usual.
+    }
+}
+
 impl Engine {
     /// Makes sure the chunks covering blocks `acked + 1 ..= upto` are held, starting the reads
     /// of those that are not; whether they all are now.

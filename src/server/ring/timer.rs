@@ -103,7 +103,7 @@ impl Wheel {
     }
 
     fn instant(&self, tick: u64) -> Instant {
-        self.base + TICK * u32::try_from(tick).unwrap_or(u32::MAX)
+        self.base + Duration::from_millis(tick)
     }
 
     /// Timers set.
@@ -153,6 +153,18 @@ mod tests {
         assert_eq!(wheel.next_due(), Some(base + ms(SLOTS as u64 + 7)));
         wheel.expire(base + ms(SLOTS as u64 + 7), &mut out);
         assert_eq!(out, vec![((9, 1), SLOTS as u64 + 7)]);
+    }
+
+    #[test]
+    fn ticks_past_2_to_the_32_ms_still_name_their_instant() {
+        // 50 days of uptime: a tick count past u32, which must not be clamped.
+        let base = Instant::now();
+        let mut wheel = Wheel::new(base);
+        let day50 = base + Duration::from_secs(50 * 86_400);
+        let mut out = Vec::new();
+        wheel.expire(day50, &mut out);
+        wheel.insert(day50 + ms(500), (1, 1));
+        assert_eq!(wheel.next_due(), Some(day50 + ms(500)));
     }
 
     #[test]
