@@ -57,7 +57,7 @@ port="$(free_udp_port)"
 log="$(mktemp -t ringtftpd-deb.XXXXXX.log)"
 /usr/sbin/ringtftpd "$port" --bind 127.0.0.1 --directory "$dir" >"$log" 2>&1 &
 pid=$!
-wait_for_line "$log" "serving " 10
+wait_for_line "$log" ' serving .* backend=' 10
 fetch_and_compare "$port" "$dir" || { cat "$log" >&2; fail "fetch from the installed binary"; }
 grep -o 'backend=[a-z_]*' "$log" | head -1 | sed 's/^/installed binary served: /'
 kill "$pid"
