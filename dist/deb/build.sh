@@ -24,7 +24,9 @@ root="$work/root"
 rm -rf "$work"
 mkdir -p "$root/DEBIAN" "$work/gen"
 
-cargo run --quiet --locked --example man -- "$work/gen" >/dev/null
+# Built as `cargo test --workspace` builds it (same features), so CI reuses that build.
+cargo build --quiet --locked --workspace --example man
+"$target/debug/examples/man" "$work/gen" >/dev/null
 
 # The binary, stripped of its line tables as dh_strip would.
 install -D -m 0755 "$bin" "$root/usr/sbin/ringtftpd"
