@@ -51,7 +51,9 @@ for candidate in "${candidates[@]}"; do
         found=1
         break
     fi
-    tail -1 "$work/smoke.log" | sed "s|^|podman ${global[*]} run ${run_flags[*]}: |" >&2
+    tried="${global[*]} ${run_flags[*]}"
+    tried="${tried# }"
+    tail -1 "$work/smoke.log" | sed "s|^|podman with ${tried:-its defaults}: |" >&2
 done
 if [ -z "$found" ]; then
     echo "SKIP container: podman cannot run a trivial container on this machine (see above)" >&2
