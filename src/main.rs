@@ -45,7 +45,7 @@ use daemon::user::Identity;
     verbatim_doc_comment,
     max_term_width = 100
 )]
-struct Cli {
+pub(crate) struct Cli {
     /// Port to listen on: a number or a service name such as `tftp`.
     #[arg(default_value = "6969", value_name = "PORT")]
     port: String,

@@ -370,7 +370,7 @@ fn systemd_units_pass_systemd_analyze_verify() {
     let dist = Path::new(env!("CARGO_MANIFEST_DIR")).join("dist/systemd");
     for name in ["ringtftpd.service", "ringtftpd.socket"] {
         let text = fs::read_to_string(dist.join(name)).expect("read unit");
-        let text = text.replace("/usr/bin/ringtftpd", env!("CARGO_BIN_EXE_ringtftpd"));
+        let text = text.replace("/usr/sbin/ringtftpd", env!("CARGO_BIN_EXE_ringtftpd"));
         fs::write(units.join(name), text).expect("write unit");
     }
     let mut cmd = Command::new(analyze);
