@@ -30,7 +30,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use tokio_uring::buf::fixed::FixedBuf;
-use tokio_uring::buf::{IoBuf, IoBufMut};
 
 use crate::resolve::FileId;
 
@@ -120,30 +119,27 @@ pub(crate) enum Piece {
     Owned(Vec<u8>),
 }
 
-// SAFETY: every variant points into memory that neither moves nor changes while the piece is
-// alive (a static table, a chunk or memory source behind a reference count, a Vec's heap
-// buffer), and exposes only initialised bytes within bounds checked at construction.
-unsafe impl IoBuf for Piece {
-    fn stable_ptr(&self) -> *const u8 {
+impl Piece {
+    /// Its first byte. Every variant points into memory that neither moves nor changes while
+    /// the piece is alive (a static table, a chunk or memory source behind a reference count, a
+    /// Vec's heap buffer), and holds only initialised bytes within bounds checked when made.
+    pub(crate) fn as_ptr(&self) -> *const u8 {
         match self {
             Self::Header(h) => h.as_ptr(),
             // The bounds were checked where the piece was made.
-            Self::Chunk(chunk, start, _) => chunk.buf.stable_ptr().wrapping_add(*start),
+            Self::Chunk(chunk, start, _) => chunk.buf.as_ptr().wrapping_add(*start),
             Self::Memory(bytes, start, _) => bytes.as_ptr().wrapping_add(*start),
             Self::Owned(v) => v.as_ptr(),
         }
     }
 
-    fn bytes_init(&self) -> usize {
+    /// Its length in bytes.
+    pub(crate) fn len(&self) -> usize {
         match self {
             Self::Header(h) => h.len(),
             Self::Chunk(_, _, len) | Self::Memory(_, _, len) => *len,
             Self::Owned(v) => v.len(),
         }
-    }
-
-    fn bytes_total(&self) -> usize {
-        self.bytes_init()
     }
 }
 
@@ -196,49 +192,13 @@ impl std::fmt::Debug for BlockBuf {
     }
 }
 
-// SAFETY: forwards to the inner buffer, whose memory stays put while it is owned.
-unsafe impl IoBuf for BlockBuf {
-    fn stable_ptr(&self) -> *const u8 {
+impl BlockBuf {
+    /// Its first byte; the memory stays put while the buffer is owned.
+    pub(crate) fn as_ptr(&self) -> *const u8 {
         match self {
-            Self::Fixed(b) => IoBuf::stable_ptr(b),
+            Self::Fixed(b) => tokio_uring::buf::IoBuf::stable_ptr(b),
             Self::Heap(v) => v.as_ptr(),
             Self::Slab(b) => b.ptr(),
-        }
-    }
-
-    fn bytes_init(&self) -> usize {
-        match self {
-            Self::Fixed(b) => IoBuf::bytes_init(b),
-            Self::Heap(v) => v.len(),
-            Self::Slab(_) => CHUNK,
-        }
-    }
-
-    fn bytes_total(&self) -> usize {
-        match self {
-            Self::Fixed(b) => IoBuf::bytes_total(b),
-            Self::Heap(v) => v.len(),
-            Self::Slab(_) => CHUNK,
-        }
-    }
-}
-
-// SAFETY: forwards to the inner buffer. Heap buffers are created fully initialised and slab
-// buffers are counted whole (their bytes past a chunk's length are never sent), so there is
-// nothing to record for them.
-unsafe impl IoBufMut for BlockBuf {
-    fn stable_mut_ptr(&mut self) -> *mut u8 {
-        match self {
-            Self::Fixed(b) => IoBufMut::stable_mut_ptr(b),
-            Self::Heap(v) => v.as_mut_ptr(),
-            Self::Slab(b) => b.ptr(),
-        }
-    }
-
-    unsafe fn set_init(&mut self, pos: usize) {
-        if let Self::Fixed(b) = self {
-            // SAFETY: the caller's guarantee is passed on unchanged.
-            unsafe { IoBufMut::set_init(b, pos) }
         }
     }
 }
@@ -558,7 +518,7 @@ mod tests {
         assert!(Piece::chunk(&c, 0, 100).is_some());
         assert!(Piece::chunk(&c, 1, 100).is_none());
         let m: Arc<[u8]> = Arc::from(&b"hello"[..]);
-        assert_eq!(Piece::memory(&m, 1, 3).map(|p| p.bytes_init()), Some(3));
+        assert_eq!(Piece::memory(&m, 1, 3).map(|p| p.len()), Some(3));
         assert!(Piece::memory(&m, 4, 3).is_none());
         assert!(Piece::memory(&m, usize::MAX, 2).is_none());
     }

@@ -21,7 +21,6 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::Notify;
-use tokio_uring::buf::IoBuf;
 
 use super::cache::{BlockBuf, Piece, CHUNK};
 use super::driver::Io;
@@ -113,7 +112,7 @@ impl SharedPort {
     }
 
     async fn send(&self, bufs: &[Piece]) -> io::Result<usize> {
-        let len: usize = bufs.iter().map(|b| b.bytes_init()).sum();
+        let len: usize = bufs.iter().map(|b| b.len()).sum();
         let gso = self.segment.get().is_some_and(|s| len > usize::from(s));
         loop {
             let mut guard = self.main.writable().await?;
@@ -220,8 +219,8 @@ fn sendmsg(fd: RawFd, bufs: &[Piece], reply: Option<(&mut Reply, bool)>) -> io::
     let iovecs: Vec<libc::iovec> = bufs
         .iter()
         .map(|b| libc::iovec {
-            iov_base: b.stable_ptr() as *mut libc::c_void,
-            iov_len: b.bytes_init(),
+            iov_base: b.as_ptr() as *mut libc::c_void,
+            iov_len: b.len(),
         })
         .collect();
     // SAFETY: msghdr is a plain C struct; the iovecs point into `bufs`, alive for the call.

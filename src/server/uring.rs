@@ -13,7 +13,7 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 
 use tokio_uring::buf::fixed::FixedBufPool;
-use tokio_uring::buf::BoundedBuf;
+use tokio_uring::buf::{BoundedBuf, IoBuf, IoBufMut};
 use tokio_uring::fs::File;
 use tokio_uring::net::UdpSocket;
 
@@ -151,4 +151,71 @@ pub(crate) fn runtime() -> io::Result<tokio_uring::Runtime> {
             .setup_coop_taskrun(),
     );
     tokio_uring::Runtime::new(&builder)
+}
+
+// tokio-uring moves buffers into its operations through these traits; the other backends use
+// the buffers' own methods.
+
+// SAFETY: every variant points into memory that neither moves nor changes while the piece is
+// alive (a static table, a chunk or memory source behind a reference count, a Vec's heap
+// buffer), and exposes only initialised bytes within bounds checked at construction.
+unsafe impl IoBuf for Piece {
+    fn stable_ptr(&self) -> *const u8 {
+        self.as_ptr()
+    }
+
+    fn bytes_init(&self) -> usize {
+        self.len()
+    }
+
+    fn bytes_total(&self) -> usize {
+        self.len()
+    }
+}
+
+// SAFETY: forwards to the inner buffer, whose memory stays put while it is owned.
+unsafe impl IoBuf for BlockBuf {
+    fn stable_ptr(&self) -> *const u8 {
+        match self {
+            Self::Fixed(b) => IoBuf::stable_ptr(b),
+            Self::Heap(v) => v.as_ptr(),
+            Self::Slab(b) => b.ptr(),
+        }
+    }
+
+    fn bytes_init(&self) -> usize {
+        match self {
+            Self::Fixed(b) => IoBuf::bytes_init(b),
+            Self::Heap(v) => v.len(),
+            Self::Slab(_) => CHUNK,
+        }
+    }
+
+    fn bytes_total(&self) -> usize {
+        match self {
+            Self::Fixed(b) => IoBuf::bytes_total(b),
+            Self::Heap(v) => v.len(),
+            Self::Slab(_) => CHUNK,
+        }
+    }
+}
+
+// SAFETY: forwards to the inner buffer. Heap buffers are created fully initialised and slab
+// buffers are counted whole (their bytes past a chunk's length are never sent), so there is
+// nothing to record for them.
+unsafe impl IoBufMut for BlockBuf {
+    fn stable_mut_ptr(&mut self) -> *mut u8 {
+        match self {
+            Self::Fixed(b) => IoBufMut::stable_mut_ptr(b),
+            Self::Heap(v) => v.as_mut_ptr(),
+            Self::Slab(b) => b.ptr(),
+        }
+    }
+
+    unsafe fn set_init(&mut self, pos: usize) {
+        if let Self::Fixed(b) = self {
+            // SAFETY: the caller's guarantee is passed on unchanged.
+            unsafe { IoBufMut::set_init(b, pos) }
+        }
+    }
 }

@@ -12,7 +12,6 @@ use std::rc::{Rc, Weak};
 use std::time::Instant;
 
 use io_uring::{opcode, squeue, types};
-use tokio_uring::buf::IoBuf;
 
 use super::{push, user_data, Engine, Op, Target};
 use crate::packet::{self, ErrorCode, DATA_HEADER_LEN};
@@ -225,8 +224,8 @@ impl Conn {
         }
         self.iovecs.clear();
         self.iovecs.extend(self.pieces.iter().map(|p| libc::iovec {
-            iov_base: p.stable_ptr() as *mut libc::c_void,
-            iov_len: p.bytes_init(),
+            iov_base: p.as_ptr() as *mut libc::c_void,
+            iov_len: p.len(),
         }));
         let rest = (count < run.count).then(|| Blocks {
             first: run.first + u64::from(count),
