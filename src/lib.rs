@@ -12,9 +12,12 @@
 //!                                         └─> options::Negotiated::negotiate
 //!                                               └─> transfer::Transfer (sans-IO state machine)
 //!                                                    handle_* in, poll_* out
-//!  server: one shard per core, each its own io_uring runtime and SO_REUSEPORT main socket;
-//!          each transfer its own connected socket; file data read once per shard into 64 KiB
+//!  server: one shard per core, each driving its own io_uring and its own SO_REUSEPORT socket
+//!          on the port: receives armed once (multishot, provided buffers), sends batched into
+//!          the next io_uring_enter, a timer wheel; each transfer its own connected socket (or
+//!          the main one in single-port mode); file data read once per shard into 64 KiB
 //!          registered chunks (READ_FIXED) shared by its transfers; one GSO send per window
+//!  client: the read side of a transfer, sans-IO too (loadgen and the tests drive it)
 //! ```
 //!
 //! The protocol core — [`packet`], [`options`], [`netascii`], [`transfer`] and the path logic of
@@ -23,8 +26,8 @@
 //! timer testable with a fake clock, and lets the load generator reuse the codec.
 //!
 //! Read on in that order: [`packet`] (the wire), [`options`] (negotiation), [`netascii`] (the
-//! text mode), [`transfer`] (the state machine and how a driver drives it), [`resolve`] (where
-//! files come from).
+//! text mode), [`transfer`] (the state machine and how a driver drives it), [`client`] (its
+//! counterpart), [`resolve`] (where files come from), [`server`] (the shards and their I/O).
 
 pub mod client;
 pub mod netascii;
