@@ -100,10 +100,35 @@ pub(crate) fn is_request(datagram: &[u8]) -> bool {
     matches!(Opcode::of(datagram), Some(Opcode::Rrq | Opcode::Wrq))
 }
 
-/// Whether a datagram is an ACK or an ERROR, by its opcode alone: in single-port mode, one
-/// from an address with no transfer is a late one from a transfer just ended, and dropped.
-pub(crate) fn is_ack_or_error(datagram: &[u8]) -> bool {
+/// Whether a datagram is an ACK or an ERROR, by its opcode alone.
+fn is_ack_or_error(datagram: &[u8]) -> bool {
     matches!(Opcode::of(datagram), Some(Opcode::Ack | Opcode::Error))
+}
+
+/// In single-port mode, where a datagram on the main port goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// To [`admit`]: a request, or anything else that no transfer owns and that gets an ERROR.
+    Admit,
+    /// To the transfer of its sender's address and port.
+    Transfer,
+    /// Nowhere: an ACK or ERROR from an address with no transfer is a late one from a transfer
+    /// just ended, and not answered.
+    Drop,
+}
+
+/// Routes a datagram in single-port mode; `has_transfer`: whether its sender's address and port
+/// have a running transfer.
+pub(crate) fn route(datagram: &[u8], has_transfer: bool) -> Route {
+    if is_request(datagram) {
+        Route::Admit
+    } else if has_transfer {
+        Route::Transfer
+    } else if is_ack_or_error(datagram) {
+        Route::Drop
+    } else {
+        Route::Admit
+    }
 }
 
 #[cfg(test)]
@@ -179,6 +204,23 @@ mod tests {
         assert!(is_ack_or_error(b"\x00\x05\x00\x01x\x00"));
         assert!(!is_ack_or_error(b"\x00\x03\x00\x01"));
         assert!(!is_request(b"\x01"));
+    }
+
+    #[test]
+    fn single_port_routes_by_opcode_and_transfer() {
+        assert_eq!(
+            route(RRQ, true),
+            Route::Admit,
+            "a new request from a transfer's port"
+        );
+        assert_eq!(route(b"\x00\x04\x00\x01", true), Route::Transfer);
+        assert_eq!(route(b"\x00\x04\x00\x01", false), Route::Drop);
+        assert_eq!(route(b"\x00\x05\x00\x00x\x00", false), Route::Drop);
+        assert_eq!(
+            route(b"\x00\x03\x00\x01x", false),
+            Route::Admit,
+            "DATA gets ERROR 4"
+        );
     }
 
     #[test]

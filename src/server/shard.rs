@@ -11,7 +11,7 @@ use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::rc::{Rc, Weak};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -21,16 +21,17 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::{watch, Notify};
 
 use super::cache::{ChunkCache, Lease, CHUNK};
-use super::driver::{self, Client, Context, Data, End, Io, Meta};
+use super::driver::{self, Client, Context, End, Io, Meta};
 use super::fallback::SharedPort;
 use super::metrics::Refusal;
 use super::request::{self, Admission, ErrorReply};
 use super::socket::{self, MainSocket, RecvBatch};
+use super::window::OpenFiles;
 use super::{Backend, Shared};
 use crate::netascii;
 use crate::options::Negotiated;
 use crate::packet::{self, ErrorCode, Mode, Options, Request};
-use crate::resolve::{FileId, ResolveError, Source};
+use crate::resolve::{ResolveError, Source};
 use crate::transfer::{Outcome, Transfer};
 
 /// Runs shard `index` on the calling thread until the server stops; reports the backend it
@@ -109,7 +110,7 @@ struct State<I: Io> {
     /// the running one that its first reply was lost.
     active: RefCell<HashMap<SocketAddr, Rc<Client>>>,
     /// Open files by identity, so concurrent transfers of one file share one descriptor.
-    files: RefCell<HashMap<FileId, Weak<I::File>>>,
+    files: RefCell<OpenFiles<I::File>>,
     /// Transfers running on this shard, and a wake-up for when one ends (for a graceful stop).
     running: Cell<usize>,
     ended: Notify,
@@ -145,7 +146,7 @@ async fn serve<I: Io>(
     let main_ip = main.get_ref().local_addr().map(|a| a.ip()).ok();
     let state = Rc::new(State {
         active: RefCell::new(HashMap::new()),
-        files: RefCell::new(HashMap::new()),
+        files: RefCell::new(OpenFiles::new()),
         running: Cell::new(0),
         ended: Notify::new(),
         cache: Rc::new(ChunkCache::new(shared.config.block_cache)),
@@ -208,20 +209,15 @@ async fn serve<I: Io>(
 /// address and port; whether it was taken (ACKs and ERRORs of no transfer — late ones, from a
 /// transfer just ended — are dropped rather than answered).
 fn deliver<I: Io>(state: &State<I>, peer: SocketAddr, bytes: &[u8]) -> bool {
-    if request::is_request(bytes) {
-        return false;
-    }
-    match state
-        .active
-        .borrow()
-        .get(&peer)
-        .and_then(|c| c.port.as_ref())
-    {
-        Some(port) => {
+    let active = state.active.borrow();
+    let port = active.get(&peer).and_then(|c| c.port.as_ref());
+    match (request::route(bytes, port.is_some()), port) {
+        (request::Route::Admit, _) => false,
+        (request::Route::Transfer, Some(port)) => {
             port.deliver(bytes);
             true
         }
-        None => request::is_ack_or_error(bytes),
+        (_, _) => true,
     }
 }
 
@@ -626,14 +622,7 @@ fn spawn<I: Io>(
             (sock, Some(port))
         }
     };
-    let data = match source {
-        Source::File(file) => {
-            let id = file.id();
-            Data::File(shared_file(io, state, file.into_file(), id), id)
-        }
-        Source::Memory(bytes) => Data::Memory(bytes),
-        Source::Custom(custom) => Data::Custom(custom),
-    };
+    let data = state.files.borrow_mut().data(source, |file| io.file(file));
     let client = Rc::new(Client {
         filename: meta.filename.clone(),
         repeat: Notify::new(),
@@ -669,26 +658,6 @@ fn spawn<I: Io>(
         state.ended.notify_waiters();
     });
     Ok(())
-}
-
-/// The shard's open descriptor for file `id` if a transfer holds one (closing `file`), else
-/// `file`, now shared.
-fn shared_file<I: Io>(
-    io: &Rc<I>,
-    state: &State<I>,
-    file: std::fs::File,
-    id: FileId,
-) -> Rc<I::File> {
-    let mut files = state.files.borrow_mut();
-    if let Some(open) = files.get(&id).and_then(Weak::upgrade) {
-        return open;
-    }
-    let open = Rc::new(io.file(file));
-    if files.len() >= 1024 {
-        files.retain(|_, f| f.strong_count() > 0);
-    }
-    files.insert(id, Rc::downgrade(&open));
-    open
 }
 
 /// Reads a whole source and encodes it as netascii, so `tsize` is exact and blocks are cut

@@ -6,16 +6,51 @@
 //! Both backends keep a transfer's chunks here; how a missing chunk is read is theirs (a task
 //! awaiting reads in [`super::driver`], completions in [`super::ring`]).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::os::fd::RawFd;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::Arc;
 
 use super::cache::{header, BlockBuf, Budget, Chunk, Piece, CHUNK};
 use crate::packet::ErrorCode;
-use crate::resolve::{FileId, ReadAt};
+use crate::resolve::{FileId, ReadAt, Source};
 use crate::transfer::Transfer;
+
+/// A shard's open files by identity, so concurrent transfers of one file share one descriptor
+/// (and a backend's wrapper around it, `F`).
+pub(crate) struct OpenFiles<F>(HashMap<FileId, Weak<F>>);
+
+impl<F> OpenFiles<F> {
+    pub(crate) fn new() -> Self {
+        Self(HashMap::new())
+    }
+
+    /// Where a resolved source's bytes come from: a file already open for another transfer
+    /// (closing `source`'s descriptor), else `source`'s, adopted by `adopt` and now shared.
+    pub(crate) fn data(
+        &mut self,
+        source: Source,
+        adopt: impl FnOnce(std::fs::File) -> F,
+    ) -> Data<F> {
+        match source {
+            Source::File(file) => {
+                let id = file.id();
+                if let Some(open) = self.0.get(&id).and_then(Weak::upgrade) {
+                    return Data::File(open, id);
+                }
+                let open = Rc::new(adopt(file.into_file()));
+                if self.0.len() >= 1024 {
+                    self.0.retain(|_, f| f.strong_count() > 0);
+                }
+                self.0.insert(id, Rc::downgrade(&open));
+                Data::File(open, id)
+            }
+            Source::Memory(bytes) => Data::Memory(bytes),
+            Source::Custom(custom) => Data::Custom(custom),
+        }
+    }
+}
 
 /// Where a transfer's bytes come from.
 pub(crate) enum Data<F> {

@@ -6,21 +6,18 @@
 //! iovecs and message live in the transfer's box until the completion, and a window too large
 //! for one GSO send goes out in several, one after the other.
 
-use std::collections::HashMap;
 use std::os::fd::{AsRawFd, RawFd};
-use std::rc::{Rc, Weak};
 use std::time::Instant;
 
 use io_uring::{opcode, squeue, types};
 
 use super::{push, user_data, Engine, Op, Target};
 use crate::packet::{self, ErrorCode, DATA_HEADER_LEN};
-use crate::resolve::{FileId, Source};
 use crate::server::cache::{Lease, Piece};
 use crate::server::driver::{self, End, Meta, GSO_BYTES_MAX, GSO_SEGMENTS_MAX, SMALL_PACKET};
 use crate::server::shard::{Prepared, Slot};
 use crate::server::socket::Reply;
-use crate::server::window::{unchanged_fd, Data, ReadError, Window};
+use crate::server::window::{unchanged_fd, Data, OpenFiles, ReadError, Window};
 use crate::transfer::{Blocks, Transfer, Transmit};
 
 /// A running transfer.
@@ -81,7 +78,7 @@ impl Conn {
         gen: u32,
         fixed: Option<u32>,
         (main_fd, main_v6): (RawFd, bool),
-        files: &mut HashMap<FileId, Weak<std::fs::File>>,
+        files: &mut OpenFiles<std::fs::File>,
     ) -> Self {
         let Prepared {
             socket,
@@ -92,14 +89,7 @@ impl Conn {
             meta,
             slot,
         } = prepared;
-        let data = match source {
-            Source::File(file) => {
-                let id = file.id();
-                Data::File(shared_file(files, file.into_file(), id), id)
-            }
-            Source::Memory(bytes) => Data::Memory(bytes),
-            Source::Custom(custom) => Data::Custom(custom),
-        };
+        let data = files.data(source, |file| file);
         let segment = DATA_HEADER_LEN + usize::from(t.options().blksize().get());
         let windowed = t.options().windowsize().get() > 1;
         let (gso, reply) = match &socket {
@@ -413,22 +403,4 @@ impl Engine {
         self.mark(&mut conn, slot);
         self.put_conn(slot, conn);
     }
-}
-
-/// The shard's open descriptor for file `id` if a transfer holds one (closing `file`), else
-/// `file`, now shared.
-fn shared_file(
-    files: &mut HashMap<FileId, Weak<std::fs::File>>,
-    file: std::fs::File,
-    id: FileId,
-) -> Rc<std::fs::File> {
-    if let Some(open) = files.get(&id).and_then(Weak::upgrade) {
-        return open;
-    }
-    let open = Rc::new(file);
-    if files.len() >= 1024 {
-        files.retain(|_, f| f.strong_count() > 0);
-    }
-    files.insert(id, Rc::downgrade(&open));
-    open
 }

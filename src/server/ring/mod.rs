@@ -39,7 +39,6 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
-use std::rc::Weak;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -52,6 +51,7 @@ use super::lag::Lag;
 use super::request;
 use super::shard::{self, Decision, Prepared};
 use super::socket::{MainSocket, RecvBatch};
+use super::window::OpenFiles;
 use super::{Backend, Shared};
 use crate::resolve::FileId;
 use bufs::{RecvRing, Slab};
@@ -209,7 +209,7 @@ pub(crate) fn run_with(
         free: Vec::new(),
         fixed_free: (0..fixed).rev().collect(),
         active: HashMap::new(),
-        files: HashMap::new(),
+        files: OpenFiles::new(),
         cache: ChunkCache::new(shared.config.block_cache),
         reads: Vec::new(),
         reads_free: Vec::new(),
@@ -344,7 +344,7 @@ pub(super) struct Engine {
     /// Transfers by client transfer ID, for repeated requests.
     active: HashMap<SocketAddr, (u32, u32)>,
     /// Open files by identity, so transfers of one file share one descriptor.
-    files: HashMap<FileId, Weak<std::fs::File>>,
+    files: OpenFiles<std::fs::File>,
     cache: ChunkCache,
     reads: Vec<Option<ReadOp>>,
     reads_free: Vec<u32>,
@@ -632,11 +632,11 @@ impl Engine {
     /// client's address and port; whether it was taken (ACKs and ERRORs of no transfer — late
     /// ones, from a transfer just ended — are dropped rather than answered).
     fn deliver(&mut self, peer: SocketAddr, bytes: &[u8], now: Instant) -> bool {
-        if request::is_request(bytes) {
-            return false;
-        }
-        let Some(&(slot, gen)) = self.active.get(&peer) else {
-            return request::is_ack_or_error(bytes);
+        let owner = self.active.get(&peer).copied();
+        let (slot, gen) = match (request::route(bytes, owner.is_some()), owner) {
+            (request::Route::Admit, _) => return false,
+            (request::Route::Transfer, Some(owner)) => owner,
+            (_, _) => return true,
         };
         if let Some(mut conn) = self.take_conn(slot, gen) {
             if conn.end.is_none() {
