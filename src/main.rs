@@ -13,7 +13,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use ringtftp::options::{Limits, BLKSIZE_MAX, BLKSIZE_MIN, TIMEOUT_MAX, TIMEOUT_MIN};
 use ringtftp::resolve::{DirectoryResolver, Remap};
-use ringtftp::server::{Config, Server};
+use ringtftp::server::{BackendChoice, Config, Server};
 use ringtftp::transfer;
 
 use daemon::systemd::{self, Notifier};
@@ -135,8 +135,9 @@ pub(crate) struct Cli {
     #[arg(long, value_name = "SECS", default_value = "10")]
     grace: f64,
 
-    /// I/O backend: io_uring with an epoll fallback, or epoll only.
-    #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
+    /// I/O backend. Each runs the same transfer sessions; io-uring and tokio-uring refuse to
+    /// start where the kernel or a seccomp profile blocks io_uring, auto falls back to epoll.
+    #[arg(long, value_enum, env = "RINGTFTP_BACKEND", default_value_t = BackendArg::Auto)]
     backend: BackendArg,
 
     /// Once the port is bound and the shards are running, switch to this user (and its group,
@@ -161,9 +162,13 @@ pub(crate) struct Cli {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum BackendArg {
-    /// io_uring where the kernel allows it, epoll elsewhere.
+    /// The io_uring engine where the kernel allows it, epoll elsewhere (with a warning).
     Auto,
-    /// epoll only.
+    /// The io_uring engine: multishot receives, provided and registered buffers, fixed reads.
+    IoUring,
+    /// A task per transfer on tokio-uring, with registered buffers and fixed reads.
+    TokioUring,
+    /// A task per transfer on epoll (what a container's default seccomp profile allows).
     Epoll,
 }
 
@@ -241,7 +246,12 @@ fn run(cli: Cli) -> Result<()> {
     config.single_port = cli.single_port;
     config.mtu = cli.mtu;
     config.grace = grace;
-    config.force_epoll |= cli.backend == BackendArg::Epoll;
+    config.backend = match cli.backend {
+        BackendArg::Auto => BackendChoice::Auto,
+        BackendArg::IoUring => BackendChoice::IoUring,
+        BackendArg::TokioUring => BackendChoice::TokioUring,
+        BackendArg::Epoll => BackendChoice::Epoll,
+    };
     raise_fd_limit(&mut config, cli.max_transfers.is_some());
 
     let signals = block_stop_signals();

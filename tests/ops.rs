@@ -510,7 +510,7 @@ fn metrics_count_what_happened_and_parse_as_prometheus_text() {
         "retransmits=",
         "spurious=",
         "ms=",
-        "outcome=\"complete\"",
+        "outcome=\"completed\"",
     ] {
         assert!(line.contains(field), "{field} in {line}");
     }

@@ -8,17 +8,29 @@ Usage (as root, on Linux, from anywhere):
     benches/storm/run.py --servers ringtftpd,dnsmasq --repeat 3 --out storm.md
     benches/storm/run.py --servers ringtftpd,ringtftpd-tokio-uring,ringtftpd-epoll   # A/B
     benches/storm/run.py --server-cpus 0-3 --client-cpus 4-7       # a machine with 8+ cores
+    benches/storm/run.py --cases storm10000 --servers ringtftpd,dnsmasq --clients c
 
-The client is benches/storm/storm_client.c (plain C, written from the RFCs, sharing no code with
-the server or loadgen) and the floor is benches/storm/floor.c; both are compiled with gcc into a
-temporary directory at the start. See benches/storm/README.md for what the columns mean.
+Two independent clients, each case run with each (--clients c,tasks, the default: both):
+  c      benches/storm/storm_client.c: plain C, one thread, epoll (compiled with gcc into a
+         temporary directory at the start, like the floor, benches/storm/floor.c);
+  tasks  benches/storm/tasks.rs: a task per transfer on a tokio current-thread runtime, each
+         awaiting its own socket under a per-packet timeout (bursty, as many test rigs are);
+         built once at the start with `cargo build --release --example storm_tasks` (or
+         --tasks-client PATH) and copied into the temporary directory.
+Both are written from the RFCs, share no code with the server or loadgen, take the same
+arguments and print the same JSON line. See benches/storm/README.md for what the columns mean.
 
 Cases (--quick divides the counts by 4):
-    storm500-one    2000 x 1 MiB, 500 at once, all clients from 127.0.0.1
-    storm500-many   the same, clients spread over 127.0.0.1-127.0.0.250
-    storm2000-one   4000 x 1 MiB, 2000 at once, from 127.0.0.1
-    storm2000-many  the same, spread over 250 addresses
---cases storm500 selects both sources of storm500.
+    storm500-one      2000 x 1 MiB, 500 at once, all clients from 127.0.0.1
+    storm500-many     the same, clients spread over 127.0.0.1-127.0.0.250
+    storm2000-one     4000 x 1 MiB, 2000 at once, from 127.0.0.1
+    storm2000-many    the same, spread over 250 addresses
+    storm10000-one    10 000 x 1 MiB, all at once, from 127.0.0.1 (ringtftpd gets
+                      --max-per-client 16384: its default of 4096 per client address would
+                      refuse most of them)
+    storm10000-many   the same, spread over 250 addresses
+--cases storm500 selects both sources of storm500. The default is storm500,storm2000;
+storm10000 is opt-in (--cases storm10000, or --cases all).
 
 Servers: ringtftpd (target/release/ringtftpd, copied into the temporary directory at the start
 so a rebuild during the run does not mix builds; default flags plus PORT, --bind, --directory and
@@ -31,9 +43,11 @@ environment: the earlier task-per-transfer tokio-uring data path) and ringtftpd-
 log and checked against what the variant claims. Each server is started fresh for each run
 pinned to --server-cpus (taskset), in its own cgroup v2 whose cpu.stat usage_usec is its CPU
 (children included), and stopped by PID (SIGTERM, then SIGKILL, then any process left in its
-cgroup). One storm_client runs pinned to each of --client-cpus, with the transfers and the
-concurrency split evenly between them; their results are merged (sums; rates over the common
-wall time; percentiles over every transfer's latency). The floor (floor.c, shapes `one` and
+cgroup); its peak memory is its VmHWM (/proc/PID/status, read before it is stopped) and, where
+the cgroup has a memory controller, the cgroup's memory.peak. One client process runs pinned to
+each of --client-cpus, with the transfers and the concurrency split evenly between them; their
+results are merged (sums; rates over the common wall time; percentiles over every transfer's
+latency). The floor (floor.c, shapes `one` and
 `many`, N = the case's concurrency, as many cycles as the storm's DATA blocks) pins its server
 to the first of --server-cpus and its client to the first of --client-cpus. With --repeat N the
 order of the servers alternates between repeats and each figure is the median of the N runs.
@@ -69,11 +83,21 @@ MIB = 1 << 20
 BLKSIZE = 1468
 PEERS_DIR = Path("/tmp/ringtftp-bench-peers")
 
-CASES = {  # key: (transfers, concurrency)
-    "storm500": (2000, 500),
-    "storm2000": (4000, 2000),
+CASES = {  # key: (transfers, concurrency, extra ringtftpd flags)
+    "storm500": (2000, 500, []),
+    "storm2000": (4000, 2000, []),
+    # All at once: ringtftpd's default --max-per-client (4096) would refuse most of the
+    # transfers of --sources one (every client on 127.0.0.1); its --max-transfers default
+    # (16384) already fits.
+    "storm10000": (10000, 10000, ["--max-per-client", "16384"]),
 }
+DEFAULT_CASES = ("storm500", "storm2000")
 SOURCES = ("one", "many")
+# The clients: name -> (what it is, for the report's header).
+CLIENTS = {
+    "c": "benches/storm/storm_client.c (one thread, epoll)",
+    "tasks": "benches/storm/tasks.rs (a tokio current-thread task per transfer)",
+}
 ALL_SERVERS = ("ringtftpd", "dnsmasq", "tftp-hpa", "atftpd")
 # Opt-in variants of ringtftpd (same binary): name -> (extra flags, extra environment).
 RINGTFTPD_VARIANTS = {
@@ -184,6 +208,15 @@ def cg_root() -> Path | None:
             except OSError:
                 continue
     return None
+
+
+def cg_has_memory(cgr: Path | None) -> bool:
+    """Whether the servers' cgroups (children of cgr) get the memory controller (memory.peak);
+    not where memory is a cgroup v1 hierarchy."""
+    try:
+        return cgr is not None and "memory" in (cgr / "cgroup.subtree_control").read_text().split()
+    except OSError:
+        return False
 
 
 def cg_pids(cg: Path) -> list[int]:
@@ -341,6 +374,32 @@ class Server:
         return shlex.join([f"{k}={v}" for k, v in self.env.items()] + self.argv)
 
 
+def tasks_client(tmp: Path) -> str:
+    """The task-per-transfer client (benches/storm/tasks.rs, the root crate's example
+    storm_tasks): --tasks-client PATH, or built once now with cargo; copied into tmp (a rebuild
+    during the run does not change it). Returns why not, or ""."""
+    if ARGS.tasks_client:
+        src = Path(ARGS.tasks_client)
+    else:
+        cmd = ["cargo", "build", "--release", "--example", "storm_tasks"]
+        log("building the tasks client: " + " ".join(cmd))
+        try:
+            b = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1800)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return f"{' '.join(cmd)}: {e}"
+        if b.returncode != 0:
+            tail = b.stderr.strip().splitlines()[-15:]
+            log("cargo build failed:\n" + "\n".join(tail))
+            errors = [ln for ln in tail if ln.startswith("error")]
+            return (f"`{' '.join(cmd)}` failed ({errors[0] if errors else 'see above'}); "
+                    "--tasks-client PATH takes a binary built earlier")
+        src = REPO / "target" / "release" / "examples" / "storm_tasks"
+    if not src.is_file() or not os.access(src, os.X_OK):
+        return f"{src} is not an executable"
+    shutil.copy2(src, tmp / "storm_tasks")
+    return ""
+
+
 def ringtftpd_binary(tmp: Path) -> Path | None:
     src = Path(ARGS.ringtftpd) if ARGS.ringtftpd else REPO / "target" / "release" / "ringtftpd"
     if not src.exists() and not ARGS.ringtftpd:
@@ -455,7 +514,7 @@ def percentile(sorted_ms: list[float], p: float) -> float:
 
 
 def merge_clients(parts: list[dict], lat_files: list[Path]) -> dict:
-    """One result from several storm_client processes run side by side: counts and CPU summed,
+    """One result from several client processes run side by side: counts and CPU summed,
     the rate over the common wall time (first start to last end, CLOCK_MONOTONIC), the latency
     percentiles over every completed transfer's latency (from their --latencies files)."""
     m: dict = {"clients": len(parts)}
@@ -486,16 +545,23 @@ def merge_clients(parts: list[dict], lat_files: list[Path]) -> dict:
     return m
 
 
-def run_clients(tmp: Path, port: int, total: int, conc: int, sources: str) -> tuple[dict, str]:
-    """One storm_client per client CPU, pinned to it, with the transfers and the concurrency
-    split evenly; the results merged (one client: its own result, untouched)."""
+def client_exe(tmp: Path, client: str) -> Path:
+    return tmp / ("storm_client" if client == "c" else "storm_tasks")
+
+
+def run_clients(tmp: Path, client: str, port: int, total: int, conc: int,
+                sources: str) -> tuple[dict, str]:
+    """One client process (storm_client or storm_tasks) per client CPU, pinned to it, with the
+    transfers and the concurrency split evenly; the results merged (one process: its own
+    result, untouched)."""
+    exe = client_exe(tmp, client)
     cpus = ARGS.client_cpus[:max(1, min(len(ARGS.client_cpus), conc))]
     totals, concs = split(total, len(cpus)), split(conc, len(cpus))
     several = len(cpus) > 1
     procs: list[tuple[subprocess.Popen, Path | None]] = []
     for i, cpu in enumerate(cpus):
         lat = tmp / f"latencies-{i}.txt" if several else None
-        argv = ["taskset", "-c", str(cpu), str(tmp / "storm_client"),
+        argv = ["taskset", "-c", str(cpu), str(exe),
                 "--server", f"127.0.0.1:{port}", "--file", "storm.bin",
                 "--expect", str(ARGS.expect or tmp / "root" / "storm.bin"),
                 "--total", str(totals[i]), "--concurrency", str(concs[i]),
@@ -504,7 +570,7 @@ def run_clients(tmp: Path, port: int, total: int, conc: int, sources: str) -> tu
                 "--deadline", str(ARGS.deadline)] + (["--latencies", str(lat)] if lat else [])
         p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              start_new_session=True)
-        PROCS[p.pid] = (p, "storm_client", None)
+        PROCS[p.pid] = (p, exe.name, None)
         procs.append((p, lat))
     parts, errs = [], []
     end = time.monotonic() + ARGS.deadline + 30
@@ -512,8 +578,8 @@ def run_clients(tmp: Path, port: int, total: int, conc: int, sources: str) -> tu
         try:
             out, err = p.communicate(timeout=max(1.0, end - time.monotonic()))
         except subprocess.TimeoutExpired:
-            stop_pid(p, "storm_client")
-            out, err = "", "storm_client did not stop by its deadline"
+            stop_pid(p, exe.name)
+            out, err = "", f"{exe.name} did not stop by its deadline"
         finally:
             PROCS.pop(p.pid, None)
         line = out.strip().splitlines()[-1] if out.strip() else ""
@@ -522,7 +588,7 @@ def run_clients(tmp: Path, port: int, total: int, conc: int, sources: str) -> tu
             if err.strip():
                 errs.append(err.strip())
         except json.JSONDecodeError:
-            errs.append(f"no JSON from storm_client (exit {p.returncode}): {err.strip()[-300:]}")
+            errs.append(f"no JSON from {exe.name} (exit {p.returncode}): {err.strip()[-300:]}")
             parts.append({})
     if not all(parts):
         return {}, "; ".join(errs)
@@ -586,9 +652,38 @@ def set_port(server: Server, port: int) -> None:
     server.port = port
 
 
-def run_server(server: Server, case: str, total: int, conc: int, sources: str, tmp: Path,
-               cgr: Path | None) -> dict:
-    res: dict = {"server": server.name, "case": case}
+def case_flags(server: Server, case: str) -> list[str]:
+    """The case's extra ringtftpd flags (storm10000: --max-per-client), unless --ringtftpd-args
+    already sets them."""
+    if server.name not in RINGTFTPD_VARIANTS:
+        return []
+    flags = CASES[case.partition("-")[0]][2]
+    given = shlex.split(ARGS.ringtftpd_args)
+    return [] if any(f in given for f in flags if f.startswith("--")) else list(flags)
+
+
+def peak_memory(pid: int, cg: Path | None) -> dict:
+    """The server's peak memory so far: VmHWM of its process (threads included, forked
+    children not) and, where its cgroup has a memory controller, the cgroup's memory.peak
+    (children and kernel memory such as socket buffers included), in KiB."""
+    out: dict = {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                out["vmhwm_kib"] = int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    if cg is not None:
+        try:
+            out["cg_peak_kib"] = int((cg / "memory.peak").read_text()) // 1024
+        except (OSError, ValueError):
+            pass
+    return out
+
+
+def run_server(server: Server, client: str, case: str, total: int, conc: int, sources: str,
+               tmp: Path, cgr: Path | None) -> dict:
+    res: dict = {"server": server.name, "client_name": client, "case": case}
     if server.name == "atftpd" and conc >= ATFTPD_MAX_CONCURRENCY:
         res["error"] = "skipped: atftpd uses select() and aborts above ~1000 descriptors"
         return res
@@ -597,11 +692,15 @@ def run_server(server: Server, case: str, total: int, conc: int, sources: str, t
         return res
     cg = None
     if cgr is not None:
+        # A fresh cgroup per run (removed after it), so memory.peak is this run's.
         cg = cgr / f"ringtftp-storm-{server.name}"
         cg.mkdir(exist_ok=True)
         if cg not in CGROUPS:
             CGROUPS.append(cg)
-    logpath = tmp / "logs" / f"{case}-{server.name}.log"
+    logpath = tmp / "logs" / f"{case}-{server.name}-{client}.log"
+    extra = case_flags(server, case)
+    if extra:
+        res["extra_flags"] = extra
     enter = f"echo $$ > {shlex.quote(str(cg / 'cgroup.procs'))} && " if cg else ""
     env = {k: v for k, v in os.environ.items() if k != "RINGTFTP_BACKEND"} | server.env
     for attempt in (1, 2):
@@ -610,7 +709,8 @@ def run_server(server: Server, case: str, total: int, conc: int, sources: str, t
             # the machine may have taken the old one.
             set_port(server, free_udp_port())
         script = (f"{enter}ulimit -n 65536 2>/dev/null || ulimit -n $(ulimit -Hn); "
-                  f"exec taskset -c {cpu_list(ARGS.server_cpus)} " + shlex.join(server.argv))
+                  f"exec taskset -c {cpu_list(ARGS.server_cpus)} "
+                  + shlex.join(server.argv + extra))
         log_offset = logpath.stat().st_size if logpath.exists() else 0
         with open(logpath, "ab") as logf:
             proc = subprocess.Popen(["/bin/sh", "-c", script], stdin=subprocess.DEVNULL,
@@ -648,7 +748,8 @@ def run_server(server: Server, case: str, total: int, conc: int, sources: str, t
         cpu0 = cg_cpu(cg) if cg else proc_cpu(proc.pid)
         shards0 = shard_cpu(proc.pid)
         busy0, self0 = cpu_busy_s(cpus), sum(os.times()[:2])
-        data, err = run_clients(tmp, server.port, total, conc, sources)
+        data, err = run_clients(tmp, client, server.port, total, conc, sources)
+        res |= peak_memory(proc.pid, cg)
         shards1 = shard_cpu(proc.pid)
         cpu1 = cg_cpu(cg) if cg else proc_cpu(proc.pid)
         busy = cpu_busy_s(cpus) - busy0 - (sum(os.times()[:2]) - self0)
@@ -666,6 +767,12 @@ def run_server(server: Server, case: str, total: int, conc: int, sources: str, t
     finally:
         stop_pid(proc, server.name, cg)
         PROCS.pop(proc.pid, None)
+        if cg is not None:
+            try:
+                cg.rmdir()
+                CGROUPS.remove(cg)
+            except (OSError, ValueError):
+                pass
 
 
 def run_floor(tmp: Path, shape: str, conc: int, cycles: int) -> dict:
@@ -708,7 +815,10 @@ def derive(r: dict) -> dict:
          "client_busy": 100.0 * c["cpu_s"] / c["wall_s"] / ncli if c["wall_s"] else None,
          "server_busy": 100.0 * r["server_cpu_s"] / c["wall_s"] / nserv if c["wall_s"] else None,
          "server_cpu": r["server_cpu_s"], "others_cpu": r["others_cpu_s"],
+         # DATA sent twice: duplicates the client received / the DATA blocks it received
          "dup_pct": 100.0 * c["dup_data"] / blocks if blocks else None,
+         "rss_mib": r["vmhwm_kib"] / 1024 if "vmhwm_kib" in r else None,
+         "cg_peak_mib": r["cg_peak_kib"] / 1024 if "cg_peak_kib" in r else None,
          "cpu_per_transfer_ms": 1e3 * r["server_cpu_s"] / c["ok"] if c["ok"] else None,
          "cycle_us": 1e6 * r["server_cpu_s"] / blocks if blocks else None}
     shards = list(r.get("shard_cpu_s", {}).values())
@@ -762,60 +872,82 @@ def shard_cell(m: dict) -> str:
             f"{m['shard_min_s']:.2f}–{m['shard_max_s']:.2f} s)")
 
 
+def rss_cell(m: dict) -> str:
+    if m.get("rss_mib") is None:
+        return "—"
+    cg = m.get("cg_peak_mib")
+    return f"{m['rss_mib']:.1f}" + (f" (cgroup {cg:.1f})" if cg is not None else "")
+
+
 def render_case(case: str, total: int, conc: int, sources: str, results: list[dict]) -> list[str]:
-    by: dict[str, list[dict]] = {}
+    # One row per server and client (the floor rows have no client), in the order first run.
+    by: dict[tuple[str, str], list[dict]] = {}
     for r in results:
-        by.setdefault(r["server"], []).append(r)
-    med = {name: median_of(runs) for name, runs in by.items()}
-    base = med.get("dnsmasq", {})
-    floor_many = med.get("floor-many", {}).get("cycle_us")
+        by.setdefault((r["server"], r.get("client_name", "")), []).append(r)
+    med = {key: median_of(runs) for key, runs in by.items()}
+    floor_many = med.get(("floor-many", ""), {}).get("cycle_us")
     per_transfer = MIB // BLKSIZE + 1  # DATA blocks of one transfer
     sharded = len(ARGS.server_cpus) > 1
+    head = (["server", "client", "transfers/s", "rate × dnsmasq", "p50 ms", "p99 ms",
+             "p99 × dnsmasq", "server CPU / transfer ms", "CPU × dnsmasq"]
+            + (["busiest shard CPU / transfer ms (max/mean; shards min–max CPU s)"]
+               if sharded else [])
+            + ["µs / DATA-ACK cycle", "cycle × floor many", "DATA sent twice %",
+               "server peak RSS MiB", "failed", "server / client CPU busy %"])
     lines = [f"### {case}: {total} × 1 MiB, {conc} at once, sources {sources}", "",
-             "| server | transfers/s | rate × dnsmasq | p50 ms | p99 ms | p99 × dnsmasq "
-             "| server CPU / transfer ms | CPU × dnsmasq | "
-             + ("busiest shard CPU / transfer ms (max/mean; shards min–max CPU s) | "
-                if sharded else "")
-             + "µs / DATA-ACK cycle | cycle × floor many "
-             "| dup DATA % | failed | server / client CPU busy % |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if sharded else "")]
-    shard_blank = "| " if sharded else ""
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def row(cells: dict[str, str]) -> None:
+        lines.append("| " + " | ".join(cells.get(h, "") for h in head) + " |")
+
     notes = []
-    for name, runs in by.items():
-        m = med[name]
+    forks_noted = False
+    for (name, client), runs in by.items():
+        m = med[(name, client)]
+        who = f"{name} with client {client}" if client else name
         errs = [r["error"] for r in runs if "error" in r]
         crashed = [r["crashed"] for r in runs if "crashed" in r]
         noisy = [r["others_cpu_s"] for r in runs if r.get("others_cpu_s", 0) >= 0.5]
         for n in dict.fromkeys(r["note"] for r in runs if "note" in r):
-            notes.append(f"{name}: {n}")
+            notes.append(f"{who}: {n}")
         if errs:
-            notes.append(f"{name}: {errs[0]}" + (f" ({len(errs)} of {len(runs)} runs)"
-                                                 if len(runs) > 1 else ""))
+            notes.append(f"{who}: {errs[0]}" + (f" ({len(errs)} of {len(runs)} runs)"
+                                                if len(runs) > 1 else ""))
         if crashed:
-            notes.append(f"{name}: {crashed[0]}")
+            notes.append(f"{who}: {crashed[0]}")
         if noisy:
-            notes.append(f"{name}: other processes used {max(noisy):.1f} CPU s during a run")
+            notes.append(f"{who}: other processes used {max(noisy):.1f} CPU s during a run")
         if not m:
-            lines.append(f"| {name} | — | | | | | | | {shard_blank}| | | "
-                         f"{errs[0] if errs else '—'} | |")
+            row({"server": name, "client": client or "—", "transfers/s": "—",
+                 "failed": errs[0] if errs else "—"})
             continue
         if name.startswith("floor"):
             # transfers/s: the cycle rate over the DATA blocks of a transfer (a ceiling: its
-            # client does less than storm_client does per cycle)
+            # client does less than either storm client does per cycle)
             eq = m["cycles_per_s"] / per_transfer if m.get("cycles_per_s") else None
-            lines.append(f"| {name} (N={conc}) | ({fmt(eq)}) | | | | | | | {shard_blank}"
-                         f"{fmt(m['cycle_us'], '.2f')} | {ratio(m['cycle_us'], floor_many)} "
-                         f"| | | {fmt(m['server_busy'])} / — |")
+            row({"server": f"{name} (N={conc})", "client": "—", "transfers/s": f"({fmt(eq)})",
+                 "µs / DATA-ACK cycle": fmt(m["cycle_us"], ".2f"),
+                 "cycle × floor many": ratio(m["cycle_us"], floor_many),
+                 "server / client CPU busy %": f"{fmt(m['server_busy'])} / —"})
             continue
-        lines.append(
-            f"| {name} | {fmt(m['rate'])} | {ratio(m['rate'], base.get('rate'))} "
-            f"| {fmt(m['p50'])} | {fmt(m['p99'])} | {ratio(m['p99'], base.get('p99'))} "
-            f"| {fmt(m['cpu_per_transfer_ms'], '.2f')} "
-            f"| {ratio(m['cpu_per_transfer_ms'], base.get('cpu_per_transfer_ms'))} "
-            + (f"| {shard_cell(m)} " if sharded else "")
-            + f"| {fmt(m['cycle_us'], '.2f')} | {ratio(m['cycle_us'], floor_many)} "
-            f"| {fmt(m['dup_pct'], '.2f')} | {failures(runs)} "
-            f"| {fmt(m['server_busy'])} / {fmt(m['client_busy'])} |")
+        base = med.get(("dnsmasq", client), {})  # ratios to dnsmasq with the same client
+        if name == "tftp-hpa" and m.get("cg_peak_mib") is None and not forks_noted:
+            forks_noted = True
+            notes.append("tftp-hpa: its peak RSS is its parent process's only (it forks a "
+                         "process per request; no cgroup memory.peak here)")
+        row({"server": name, "client": client, "transfers/s": fmt(m["rate"]),
+             "rate × dnsmasq": ratio(m["rate"], base.get("rate")),
+             "p50 ms": fmt(m["p50"]), "p99 ms": fmt(m["p99"]),
+             "p99 × dnsmasq": ratio(m["p99"], base.get("p99")),
+             "server CPU / transfer ms": fmt(m["cpu_per_transfer_ms"], ".2f"),
+             "CPU × dnsmasq": ratio(m["cpu_per_transfer_ms"], base.get("cpu_per_transfer_ms")),
+             "busiest shard CPU / transfer ms (max/mean; shards min–max CPU s)": shard_cell(m),
+             "µs / DATA-ACK cycle": fmt(m["cycle_us"], ".2f"),
+             "cycle × floor many": ratio(m["cycle_us"], floor_many),
+             "DATA sent twice %": fmt(m["dup_pct"], ".2f"),
+             "server peak RSS MiB": rss_cell(m),
+             "failed": failures(runs),
+             "server / client CPU busy %": f"{fmt(m['server_busy'])} / {fmt(m['client_busy'])}"})
     lines.append("")
     for n in notes:
         lines.append(f"- {n}")
@@ -829,12 +961,15 @@ def render_case(case: str, total: int, conc: int, sources: str, results: list[di
 
 def select_cases() -> list[tuple[str, int, int, str]]:
     out = []
-    wanted = ARGS.cases.split(",") if ARGS.cases else list(CASES)
+    wanted = ARGS.cases.split(",") if ARGS.cases else list(DEFAULT_CASES)
+    if wanted == ["all"]:
+        wanted = list(CASES)
     for w in wanted:
         base, _, src = w.partition("-")
         if base not in CASES or (src and src not in SOURCES):
-            sys.exit(f"unknown case {w!r}: one of {', '.join(CASES)}, optionally -one or -many")
-        total, conc = CASES[base]
+            sys.exit(f"unknown case {w!r}: one of {', '.join(CASES)}, optionally -one or "
+                     "-many (or all)")
+        total, conc, _flags = CASES[base]
         if ARGS.quick:
             total, conc = total // 4, conc // 4
         for s in ([src] if src else SOURCES):
@@ -848,7 +983,13 @@ def main() -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=__doc__.split("\n\n", 1)[1])
     ap.add_argument("--quick", action="store_true", help="counts divided by 4")
-    ap.add_argument("--cases", help="storm500,storm2000 (or storm500-one, storm2000-many, ...)")
+    ap.add_argument("--cases", help="storm500,storm2000 (the default), storm10000 (opt-in), "
+                    "all, or one source of a case: storm500-one, storm2000-many, ...")
+    ap.add_argument("--clients", default="c,tasks",
+                    help="storm clients, each case run with each: c (storm_client.c), tasks "
+                         "(tasks.rs, a tokio task per transfer); default c,tasks")
+    ap.add_argument("--tasks-client", metavar="PATH",
+                    help="a storm_tasks binary to use instead of building it with cargo")
     ap.add_argument("--servers", help="subset of " + ",".join(ALL_SERVERS) + " (default: all "
                     "of them), plus the opt-in ringtftpd-tokio-uring, ringtftpd-epoll")
     ap.add_argument("--no-floor", action="store_true", help="do not run the floor")
@@ -873,11 +1014,14 @@ def main() -> int:
                     help="CPUs of the server (taskset list such as 0-3; default 0): ringtftpd "
                          "gets --shards N, N = their number; every server is pinned to them")
     ap.add_argument("--client-cpus", "--client-cpu", default="1", metavar="LIST",
-                    help="CPUs of the client (default 1): one storm_client per CPU, each "
+                    help="CPUs of the client (default 1): one client process per CPU, each "
                          "pinned to its CPU, the transfers and concurrency split evenly")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     ARGS = ap.parse_args()
     ARGS.deadline = ARGS.deadline or (120 if ARGS.quick else 300)
+    ARGS.clients = list(dict.fromkeys(c.strip() for c in ARGS.clients.split(",") if c.strip()))
+    if not ARGS.clients or any(c not in CLIENTS for c in ARGS.clients):
+        sys.exit(f"--clients {','.join(ARGS.clients)!r}: a list of {', '.join(CLIENTS)}")
     ARGS.server_cpus = parse_cpus(ARGS.server_cpus, "--server-cpus")
     ARGS.client_cpus = parse_cpus(ARGS.client_cpus, "--client-cpus")
     if set(ARGS.server_cpus) & set(ARGS.client_cpus):
@@ -906,6 +1050,16 @@ def main() -> int:
                 log(f"gcc {src}:\n{cc.stderr}")
             if cc.returncode != 0:
                 return 2
+        clients_skipped = []
+        if "tasks" in ARGS.clients:
+            why = tasks_client(tmp)
+            if why:
+                log(f"skipped client tasks: {why}")
+                clients_skipped.append(f"tasks: {why}")
+                ARGS.clients.remove("tasks")
+        if not ARGS.clients:
+            log("no client left to run")
+            return 2
         (root / "storm.bin").write_bytes(os.urandom(MIB))
         (root / "storm.bin").chmod(0o644)
 
@@ -913,6 +1067,7 @@ def main() -> int:
         cpu_method = ("cgroup v2 cpu.stat usage_usec of a cgroup per server (children included)"
                       if cgr else "/proc/PID/stat utime+stime+cutime+cstime (no writable "
                                   "cgroup v2: forked children count only once reaped)")
+        cg_memory = cg_has_memory(cgr)
         servers, skipped = make_servers(root, tmp)
         for s in skipped:
             log(f"skipped {s}")
@@ -920,17 +1075,19 @@ def main() -> int:
         results: dict[str, list[dict]] = {c[0]: [] for c in cases}
         for case, total, conc, sources in cases:
             blocks = total * (MIB // BLKSIZE + 1)
-            entries: list = [("server", s) for s in servers]
+            # every server with every client, then the floor (which has its own client)
+            entries: list = [("server", s, cl) for s in servers for cl in ARGS.clients]
             if not ARGS.no_floor:
-                entries += [("floor", "one"), ("floor", "many")]
+                entries += [("floor", "one", ""), ("floor", "many", "")]
             for rep in range(ARGS.repeat):
                 order = entries if rep % 2 == 0 else entries[::-1]
-                for kind, what in order:
+                for kind, what, client in order:
                     wait_quiet(ARGS.quiet_wait)
-                    label = what.name if kind == "server" else f"floor-{what}"
+                    label = (f"{what.name} with client {client}" if kind == "server"
+                             else f"floor-{what}")
                     log(f"{case} run {rep + 1}/{ARGS.repeat}: {label}")
                     if kind == "server":
-                        r = run_server(what, case, total, conc, sources, tmp, cgr)
+                        r = run_server(what, client, case, total, conc, sources, tmp, cgr)
                     else:
                         r = run_floor(tmp, what, conc, blocks)
                     r["case"], r["repeat"] = case, rep
@@ -939,15 +1096,17 @@ def main() -> int:
                         log(f"  {label}: {r['error']}")
                     elif "client" in r:
                         c = r["client"]
+                        rss = r.get("vmhwm_kib")
                         log(f"  {label}: {c['ok']} ok, {c['failed']} failed, {c['rate']:.0f}/s, "
-                            f"server CPU {r['server_cpu_s']:.2f} s")
+                            f"server CPU {r['server_cpu_s']:.2f} s, {c['dup_data']} DATA sent "
+                            f"twice" + (f", server peak RSS {rss / 1024:.1f} MiB" if rss else ""))
                     else:
                         log(f"  {label}: {r['floor']['cpu_us_per_cycle']:.2f} µs/cycle")
 
         commit = sh(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
         dirty = sh(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"])
         nserv, ncli = len(ARGS.server_cpus), len(ARGS.client_cpus)
-        head = ["# Lock-step TFTP storm (independent client)", "",
+        head = ["# Lock-step TFTP storm (independent clients)", "",
                 f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
                 f"- commit: {commit}" + (" + uncommitted changes" if dirty else ""),
                 f"- kernel: {platform.system()} {platform.release()} ({platform.machine()})",
@@ -956,15 +1115,21 @@ def main() -> int:
                 + (f" (ringtftpd --shards {nserv}; single-threaded peers use one core of them)"
                    if nserv > 1 else "")
                 + f", client on CPU{'s' if ncli > 1 else ''} {cpu_list(ARGS.client_cpus)}"
-                + (f" ({ncli} storm_client processes, one per CPU, results merged)"
+                + (f" ({ncli} client processes, one per CPU, results merged)"
                    if ncli > 1 else "")
                 + (f"; the floor's server on CPU {ARGS.server_cpus[0]}, its client on CPU "
                    f"{ARGS.client_cpus[0]}"
                    if nserv > 1 or ncli > 1 else ""),
                 f"- command: `{command}`",
-                f"- client: benches/storm/storm_client.c, lock-step (no windowsize), blksize "
-                f"{BLKSIZE}, timeout {ARGS.timeout:g} s, {ARGS.retries} retries, every byte "
-                f"compared; repeats per figure: {ARGS.repeat} (median)",
+                "- clients: " + "; ".join(f"`{c}`: {CLIENTS[c]}" for c in ARGS.clients)
+                + "".join(f"; skipped {c}" for c in clients_skipped)
+                + f"; each lock-step (no windowsize), blksize {BLKSIZE}, timeout "
+                f"{ARGS.timeout:g} s, {ARGS.retries} retries, every byte compared; repeats "
+                f"per figure: {ARGS.repeat} (median)",
+                "- server peak RSS: VmHWM of the server process (/proc/PID/status, read before "
+                "it is stopped)" + ("; in parentheses its cgroup's memory.peak (forked children "
+                                    "and kernel memory such as socket buffers included; a fresh "
+                                    "cgroup per run)" if cg_memory else ""),
                 f"- server CPU: {cpu_method}"
                 + ("; per shard: utime+stime of its shard-* thread (/proc/PID/task), the rest "
                    "(main thread, io_uring workers) only in the total" if nserv > 1 else ""),
@@ -979,11 +1144,19 @@ def main() -> int:
                                if s.name == "ringtftpd-tokio-uring" else ""))
         for s in skipped:
             head.append(f"  - skipped {s}")
-        head += ["", "Ratios: rate, p99 and CPU per transfer to dnsmasq's; CPU per DATA/ACK cycle "
+        for base in dict.fromkeys(c[0].partition("-")[0] for c in cases):
+            flags = CASES[base][2]
+            if flags and any(s.name in RINGTFTPD_VARIANTS for s in servers):
+                head.append(f"  - {base}: ringtftpd also gets `{shlex.join(flags)}` (unless "
+                            "--ringtftpd-args sets it): its default of 4096 transfers per "
+                            "client address would refuse most of them")
+        head += ["", "Ratios: rate, p99 and CPU per transfer to dnsmasq's with the same client; "
+                 "CPU per DATA/ACK cycle "
                  "(server CPU / DATA blocks the client received) to the `many` floor's. "
                  "`failed` lists each run. CPU busy %: CPU seconds over the run's wall time and "
                  "the number of CPUs that side is pinned to; a client near 100 % means the "
-                 "client, not the server, set the pace. A floor's "
+                 "client, not the server, set the pace. DATA sent twice %: duplicate DATA "
+                 "the client received / the DATA blocks it received. A floor's "
                  "transfers/s (in parentheses) is its cycle rate over the 715 DATA blocks of "
                  "a transfer.", ""]
         body = []
@@ -996,6 +1169,7 @@ def main() -> int:
             doc = {"command": command, "commit": commit, "dirty": bool(dirty),
                    "kernel": platform.release(), "cpu_model": cpu_model(),
                    "server_cpus": ARGS.server_cpus, "client_cpus": ARGS.client_cpus,
+                   "clients": ARGS.clients, "clients_skipped": clients_skipped,
                    "cpu_method": cpu_method,
                    "servers": [vars(s) for s in servers], "skipped": skipped,
                    "cases": [{"case": c, "transfers": t, "concurrency": n, "sources": s}

@@ -29,30 +29,60 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
-use tokio_uring::buf::fixed::FixedBuf;
-
 use crate::resolve::FileId;
 
 /// Bytes per chunk: one fixed read, and a multiple of the page size.
 pub(crate) const CHUNK: usize = 64 * 1024;
 
+/// Memory a chunk was read into, whoever owns it: a heap buffer, a buffer registered with an
+/// executor's ring. The cache and the sends only need where its bytes are.
+///
+/// # Safety
+///
+/// [`ChunkMemory::as_ptr`] must point to memory that stays where it is, readable and
+/// unchanged, for as long as the value lives, and that holds at least the `len` initialised
+/// bytes the [`Chunk`] made of it says.
+pub(crate) unsafe trait ChunkMemory: 'static {
+    fn as_ptr(&self) -> *const u8;
+    /// The bytes the memory holds.
+    fn len(&self) -> usize;
+}
+
+// SAFETY: a Vec's heap buffer does not move while the Vec is not touched, and a Chunk never
+// touches it again.
+unsafe impl ChunkMemory for Vec<u8> {
+    fn as_ptr(&self) -> *const u8 {
+        <[u8]>::as_ptr(self)
+    }
+
+    fn len(&self) -> usize {
+        <[u8]>::len(self)
+    }
+}
+
 /// A run of file bytes, `[index × CHUNK, index × CHUNK + len)`, never written again once read.
-#[derive(Debug)]
 pub(crate) struct Chunk {
-    buf: BlockBuf,
+    buf: Box<dyn ChunkMemory>,
     len: usize,
     /// The chunk's place in the [`Budget`], given back when the last holder drops it.
     _lease: Lease,
 }
 
 impl Chunk {
-    /// Wraps a buffer whose first `len` bytes hold the chunk, counted by `lease`.
-    pub(crate) fn new(buf: BlockBuf, len: usize, lease: Lease) -> Self {
+    /// Wraps a buffer whose first `len` bytes hold the chunk (never more than it has), counted
+    /// by `lease`.
+    pub(crate) fn new(buf: impl ChunkMemory, len: usize, lease: Lease) -> Self {
         Self {
-            buf,
-            len,
+            len: len.min(buf.len()),
+            buf: Box::new(buf),
             _lease: lease,
         }
+    }
+}
+
+impl std::fmt::Debug for Chunk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Chunk").field("len", &self.len).finish()
     }
 }
 
@@ -171,37 +201,6 @@ static HEADERS: [[u8; 4]; 65536] = {
     }
     headers
 };
-
-/// A data buffer: registered with the ring (fixed reads) or plain heap memory.
-pub(crate) enum BlockBuf {
-    /// A registered buffer from the shard's pool.
-    Fixed(FixedBuf),
-    /// A heap buffer, where registration was refused or the pool is exhausted.
-    Heap(Vec<u8>),
-    /// A registered buffer of the raw io_uring engine's slab.
-    Slab(super::ring::SlabBuf),
-}
-
-impl std::fmt::Debug for BlockBuf {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Fixed(b) => write!(f, "Fixed({})", b.buf_index()),
-            Self::Heap(v) => write!(f, "Heap({})", v.len()),
-            Self::Slab(b) => write!(f, "Slab({})", b.index()),
-        }
-    }
-}
-
-impl BlockBuf {
-    /// Its first byte; the memory stays put while the buffer is owned.
-    pub(crate) fn as_ptr(&self) -> *const u8 {
-        match self {
-            Self::Fixed(b) => tokio_uring::buf::IoBuf::stable_ptr(b),
-            Self::Heap(v) => v.as_ptr(),
-            Self::Slab(b) => b.ptr(),
-        }
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct Key {
@@ -404,7 +403,7 @@ mod tests {
 
     fn chunk() -> Rc<Chunk> {
         let lease = Budget::new(usize::MAX).lease(CHUNK);
-        Rc::new(Chunk::new(BlockBuf::Heap(vec![7; CHUNK]), 100, lease))
+        Rc::new(Chunk::new(vec![7; CHUNK], 100, lease))
     }
 
     #[test]
@@ -490,13 +489,7 @@ mod tests {
     fn idle_chunks_are_shed_and_held_ones_kept() {
         let budget = Budget::new(usize::MAX);
         let cache = ChunkCache::new(8 * CHUNK);
-        let chunk = |len| {
-            Rc::new(Chunk::new(
-                BlockBuf::Heap(vec![0; 16]),
-                len,
-                budget.lease(CHUNK),
-            ))
-        };
+        let chunk = |len| Rc::new(Chunk::new(vec![0; 16], len, budget.lease(CHUNK)));
         for index in 0..3 {
             assert!(matches!(cache.lookup(id(1), index), Lookup::Miss));
             cache.insert(id(1), index, chunk(16));
@@ -521,5 +514,8 @@ mod tests {
         assert_eq!(Piece::memory(&m, 1, 3).map(|p| p.len()), Some(3));
         assert!(Piece::memory(&m, 4, 3).is_none());
         assert!(Piece::memory(&m, usize::MAX, 2).is_none());
+        // A chunk is never longer than its memory.
+        let short = Chunk::new(vec![0; 8], 100, Budget::new(usize::MAX).lease(8));
+        assert!(Piece::chunk(&Rc::new(short), 0, 9).is_none());
     }
 }

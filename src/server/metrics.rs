@@ -2,8 +2,8 @@
 //! they ended, bytes, retransmissions and durations, per shard.
 //!
 //! Counting stays off the data path: a request is counted where it is admitted or refused
-//! ([`super::shard::decide`]), a transfer where its log line is written
-//! ([`super::shard::log_end`]), each into the counters of its own shard (relaxed atomics on a
+//! ([`super::admit::decide`]), a transfer where its log line is written
+//! ([`super::record::ended`]), each into the counters of its own shard (relaxed atomics on a
 //! cache line no other shard writes). A scrape adds them up on the caller's thread and writes
 //! the Prometheus text exposition format (version 0.0.4) with the official `prometheus-client`.
 
@@ -20,10 +20,9 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use super::driver::End;
+use super::ending::{Ending, Refusal};
 use super::{Backend, Shared};
-use crate::packet::ErrorCode;
-use crate::transfer::{Outcome, Stats};
+use crate::transfer::Stats;
 
 /// A server's metrics, for a scrape: see [`Handle::metrics`](super::Handle::metrics).
 #[derive(Clone)]
@@ -57,130 +56,6 @@ impl Metrics {
     pub const CONTENT_TYPE: &'static str = "text/plain; version=0.0.4; charset=utf-8";
 }
 
-/// Why a request was refused, as the `reason` label says it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Refusal {
-    NotFound,
-    Access,
-    Illegal,
-    Options,
-    TooLarge,
-    BusyMaxTransfers,
-    BusyMaxPerClient,
-    BusyMemory,
-    BusyDescriptors,
-    BusyPorts,
-    Other,
-}
-
-impl Refusal {
-    const ALL: [Refusal; 11] = [
-        Refusal::NotFound,
-        Refusal::Access,
-        Refusal::Illegal,
-        Refusal::Options,
-        Refusal::TooLarge,
-        Refusal::BusyMaxTransfers,
-        Refusal::BusyMaxPerClient,
-        Refusal::BusyMemory,
-        Refusal::BusyDescriptors,
-        Refusal::BusyPorts,
-        Refusal::Other,
-    ];
-
-    fn label(self) -> &'static str {
-        match self {
-            Refusal::NotFound => "not_found",
-            Refusal::Access => "access",
-            Refusal::Illegal => "illegal",
-            Refusal::Options => "options",
-            Refusal::TooLarge => "too_large",
-            Refusal::BusyMaxTransfers => "busy_max_transfers",
-            Refusal::BusyMaxPerClient => "busy_max_per_client",
-            Refusal::BusyMemory => "busy_memory",
-            Refusal::BusyDescriptors => "busy_descriptors",
-            Refusal::BusyPorts => "busy_ports",
-            Refusal::Other => "other",
-        }
-    }
-
-    /// The reason of an ERROR the main port answered a request with; "busy" refusals are told
-    /// apart by their message (see `shard.rs`).
-    pub(crate) fn of(code: ErrorCode, message: &str, busy: &[(&str, Refusal)]) -> Refusal {
-        match code {
-            ErrorCode::FileNotFound => Refusal::NotFound,
-            ErrorCode::AccessViolation => Refusal::Access,
-            ErrorCode::IllegalOperation => Refusal::Illegal,
-            ErrorCode::OptionRefused => Refusal::Options,
-            ErrorCode::DiskFull => Refusal::TooLarge,
-            _ => busy
-                .iter()
-                .find(|(m, _)| *m == message)
-                .map_or(Refusal::Other, |&(_, r)| r),
-        }
-    }
-}
-
-/// How a transfer ended, as the metrics tell it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Ending {
-    Completed,
-    /// The client went silent.
-    Timeout,
-    /// The client ended it with an ERROR (UEFI firmware does after a `tsize` probe).
-    ClientError,
-    /// The client broke the protocol (the server answered ERROR 4 or 5).
-    Protocol,
-    /// The server aborted it: the file changed while served, or could not be read.
-    FileChanged,
-    /// The client's port was closed (ICMP port unreachable).
-    Unreachable,
-    /// In single-port mode, the client asked again from the same port: it moved on.
-    Replaced,
-    /// Admitted, but its socket could not be set up.
-    NotStarted,
-}
-
-impl Ending {
-    const ALL: [Ending; 8] = [
-        Ending::Completed,
-        Ending::Timeout,
-        Ending::ClientError,
-        Ending::Protocol,
-        Ending::FileChanged,
-        Ending::Unreachable,
-        Ending::Replaced,
-        Ending::NotStarted,
-    ];
-
-    fn label(self) -> &'static str {
-        match self {
-            Ending::Completed => "completed",
-            Ending::Timeout => "timeout",
-            Ending::ClientError => "client_error",
-            Ending::Protocol => "protocol",
-            Ending::FileChanged => "file_changed_or_unreadable",
-            Ending::Unreachable => "unreachable",
-            Ending::Replaced => "replaced",
-            Ending::NotStarted => "not_started",
-        }
-    }
-
-    fn of(end: End) -> Ending {
-        match end {
-            End::Outcome(Outcome::Complete) => Ending::Completed,
-            End::Outcome(Outcome::TimedOut) => Ending::Timeout,
-            End::Outcome(Outcome::Cancelled(_)) => Ending::ClientError,
-            // The driver aborts with ERROR 0 (a changed or unreadable file); the state machine
-            // fails a transfer with ERROR 4 or 5 for a client's protocol error.
-            End::Outcome(Outcome::Failed(ErrorCode::Undefined)) => Ending::FileChanged,
-            End::Outcome(Outcome::Failed(_)) => Ending::Protocol,
-            End::Unreachable => Ending::Unreachable,
-            End::Replaced => Ending::Replaced,
-        }
-    }
-}
-
 /// Upper bounds of the transfer-duration histogram's buckets, in seconds: a small boot file on
 /// a LAN takes milliseconds, an initrd under loss tens of seconds.
 const DURATION_BUCKETS: [f64; 14] = [
@@ -193,9 +68,9 @@ const DURATION_BUCKETS: [f64; 14] = [
 struct ShardCounters {
     requests: AtomicU64,
     repeated: AtomicU64,
-    refused: [AtomicU64; Refusal::ALL.len()],
+    refused: [AtomicU64; Refusal::LABELS.len()],
     started: AtomicU64,
-    ended: [AtomicU64; Ending::ALL.len()],
+    ended: [AtomicU64; Ending::LABELS.len()],
     bytes: AtomicU64,
     datagrams: AtomicU64,
     retransmits: AtomicU64,
@@ -209,7 +84,7 @@ thread_local! {
     /// The shard this thread runs, set when it starts ([`enter_shard`]).
     static SHARD: Cell<usize> = const { Cell::new(0) };
     /// That shard's server's counters, for the code that has no [`Shared`] at hand
-    /// ([`super::shard::log_end`], which every backend calls).
+    /// ([`super::record::ended`], which every executor calls).
     static COUNTERS: std::cell::RefCell<Option<Arc<Counters>>> = const { std::cell::RefCell::new(None) };
 }
 
@@ -262,8 +137,12 @@ impl Counters {
         self.here().repeated.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn refused(&self, reason: Refusal) {
-        let index = Refusal::ALL.iter().position(|&r| r == reason).unwrap_or(0);
+    pub(crate) fn refused(&self, refusal: &Refusal) {
+        let label = refusal.label();
+        let index = Refusal::LABELS
+            .iter()
+            .position(|&r| r == label)
+            .unwrap_or(0);
         self.here().refused[index].fetch_add(1, Ordering::Relaxed);
     }
 
@@ -277,9 +156,9 @@ impl Counters {
     }
 
     /// A transfer ended: how, what it sent and how long it took.
-    pub(crate) fn ended(&self, end: End, stats: &Stats, duration: Duration) {
+    pub(crate) fn ended(&self, ending: Ending, stats: &Stats, duration: Duration) {
         let here = self.here();
-        self.count_end(Ending::of(end));
+        self.count_end(ending);
         here.bytes.fetch_add(stats.bytes, Ordering::Relaxed);
         here.datagrams.fetch_add(stats.sent, Ordering::Relaxed);
         here.retransmits
@@ -298,7 +177,8 @@ impl Counters {
     }
 
     fn count_end(&self, ending: Ending) {
-        let index = Ending::ALL.iter().position(|&e| e == ending).unwrap_or(0);
+        let label = ending.label();
+        let index = Ending::LABELS.iter().position(|&e| e == label).unwrap_or(0);
         self.here().ended[index].fetch_add(1, Ordering::Relaxed);
     }
 }
@@ -335,6 +215,7 @@ impl prometheus_client::collector::Collector for Metrics {
                     "backend",
                     match backend {
                         Some(Backend::IoUring { .. }) => "io_uring",
+                        Some(Backend::TokioUring { .. }) => "tokio_uring",
                         Some(Backend::Epoll) => "epoll",
                         None => "starting",
                     }
@@ -342,13 +223,7 @@ impl prometheus_client::collector::Collector for Metrics {
                 ),
                 (
                     "registered_buffers",
-                    matches!(
-                        backend,
-                        Some(Backend::IoUring {
-                            registered_buffers: true
-                        })
-                    )
-                    .to_string(),
+                    backend.is_some_and(Backend::registered_buffers).to_string(),
                 ),
             ],
         )?;
@@ -415,10 +290,10 @@ impl prometheus_client::collector::Collector for Metrics {
                 MetricType::Counter,
             )?;
             for (i, shard) in shards() {
-                for (r, reason) in Refusal::ALL.iter().enumerate() {
+                for (r, reason) in Refusal::LABELS.iter().enumerate() {
                     let labels = [
                         ("shard", Cow::Owned(i.to_string())),
-                        ("reason", Cow::Borrowed(reason.label())),
+                        ("reason", Cow::Borrowed(*reason)),
                     ];
                     ConstCounter::new(load(&shard.refused[r]))
                         .encode(metric.encode_family(&labels)?)?;
@@ -434,15 +309,15 @@ impl prometheus_client::collector::Collector for Metrics {
         {
             let mut metric = encoder.encode_descriptor(
                 "ringtftp_transfers_ended",
-                "Transfers ended, by outcome: completed, or failed by reason (timeout: the client went silent; client_error: the client sent an ERROR, as UEFI firmware does after a tsize probe; protocol: the client broke the protocol; file_changed_or_unreadable; unreachable: the client's port was closed; replaced: in single-port mode, the client asked again from the same port; not_started).",
+                "Transfers ended, by outcome: completed, or failed by reason (probe: the client answered the OACK with ERROR 8 before any DATA, as UEFI firmware does to learn a file's size, not an error; timeout: the client went silent; client_error: the client sent an ERROR; protocol: the client broke the protocol; file_changed: the file changed while served; read_failed: the file could not be read; internal; unreachable: the client's port was closed; replaced: in single-port mode, the client asked again from the same port; not_started).",
                 None,
                 MetricType::Counter,
             )?;
             for (i, shard) in shards() {
-                for (e, ending) in Ending::ALL.iter().enumerate() {
+                for (e, ending) in Ending::LABELS.iter().enumerate() {
                     let labels = [
                         ("shard", Cow::Owned(i.to_string())),
-                        ("outcome", Cow::Borrowed(ending.label())),
+                        ("outcome", Cow::Borrowed(*ending)),
                     ];
                     ConstCounter::new(load(&shard.ended[e]))
                         .encode(metric.encode_family(&labels)?)?;

@@ -14,18 +14,28 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-mod cache;
-mod driver;
-mod fallback;
-mod lag;
-mod metrics;
-mod mtu;
+// The sans-IO part: what a datagram on the main port asks for, how a request is refused and a
+// transfer ends, the shard's pace, and one transfer as the server sees it.
+mod ending;
+mod pace;
 mod request;
+mod session;
+// What sessions read from and send: file chunks and the pieces of datagrams.
+mod cache;
+mod window;
+// The main port's decisions that need the server, and the record of each transfer.
+mod admit;
+mod metrics;
+mod record;
+// Sockets, and the executors that only do I/O.
+mod epoll;
+mod mtu;
 mod ring;
 mod shard;
+mod shared_port;
 mod socket;
+mod task;
 mod uring;
-mod window;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -71,8 +81,8 @@ pub struct Config {
     pub mtu: Option<u32>,
     /// How long a stop waits for running transfers.
     pub grace: Duration,
-    /// Serve with epoll even where io_uring works (also set by `RINGTFTP_BACKEND=epoll`).
-    pub force_epoll: bool,
+    /// The I/O backend every shard runs.
+    pub backend: BackendChoice,
     /// Receive buffer of each main socket, in bytes.
     pub recv_buffer: usize,
     /// The largest file served in netascii mode. It is read and encoded in memory on the
@@ -103,7 +113,7 @@ impl Default for Config {
             single_port: false,
             mtu: None,
             grace: Duration::from_secs(10),
-            force_epoll: std::env::var("RINGTFTP_BACKEND").is_ok_and(|v| v == "epoll"),
+            backend: BackendChoice::Auto,
             recv_buffer: 8 << 20,
             netascii_max: 16 << 20,
             block_cache: 8 << 20,
@@ -130,17 +140,85 @@ impl Config {
     }
 }
 
+/// Which I/O backend the shards run; each executes the same transfer sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum BackendChoice {
+    /// The io_uring engine where the kernel allows it, epoll elsewhere (one warning).
+    #[default]
+    Auto,
+    /// The io_uring engine, which drives its own ring: multishot receives, provided buffers,
+    /// registered files and buffers, batched submissions. Refuses to start without io_uring.
+    IoUring,
+    /// A task per transfer on tokio-uring's runtime, with registered buffers and fixed reads.
+    /// Refuses to start without io_uring.
+    TokioUring,
+    /// A task per transfer on tokio's epoll reactor: what runs under a seccomp profile that
+    /// blocks io_uring.
+    Epoll,
+}
+
+impl fmt::Display for BackendChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BackendChoice::Auto => "auto",
+            BackendChoice::IoUring => "io-uring",
+            BackendChoice::TokioUring => "tokio-uring",
+            BackendChoice::Epoll => "epoll",
+        })
+    }
+}
+
 /// The I/O backend a server runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Backend {
-    /// io_uring, with or without registered block buffers.
+    /// The io_uring engine, with or without registered block buffers.
     IoUring {
         /// Whether the block buffers are registered with the ring (fixed reads).
         registered_buffers: bool,
     },
-    /// epoll through tokio, where io_uring is unavailable or was refused.
+    /// tokio-uring, with or without registered block buffers.
+    TokioUring {
+        /// Whether the block buffers are registered with the ring (fixed reads).
+        registered_buffers: bool,
+    },
+    /// epoll through tokio, chosen or where io_uring is unavailable.
     Epoll,
+}
+
+impl Backend {
+    /// Whether block buffers are registered with a ring.
+    pub fn registered_buffers(self) -> bool {
+        match self {
+            Backend::IoUring { registered_buffers }
+            | Backend::TokioUring { registered_buffers } => registered_buffers,
+            Backend::Epoll => false,
+        }
+    }
+
+    /// Of two shards' backends, the one to report: the weakest.
+    fn weakest(self, other: Backend) -> Backend {
+        let rank = |b: Backend| match b {
+            Backend::Epoll => 0,
+            Backend::TokioUring { .. } => 1,
+            Backend::IoUring { .. } => 2,
+        };
+        let weaker = if rank(other) < rank(self) {
+            other
+        } else {
+            self
+        };
+        match weaker {
+            Backend::IoUring { .. } => Backend::IoUring {
+                registered_buffers: self.registered_buffers() && other.registered_buffers(),
+            },
+            Backend::TokioUring { .. } => Backend::TokioUring {
+                registered_buffers: self.registered_buffers() && other.registered_buffers(),
+            },
+            Backend::Epoll => Backend::Epoll,
+        }
+    }
 }
 
 impl fmt::Display for Backend {
@@ -152,6 +230,12 @@ impl fmt::Display for Backend {
             Self::IoUring {
                 registered_buffers: false,
             } => f.write_str("io_uring (unregistered buffers)"),
+            Self::TokioUring {
+                registered_buffers: true,
+            } => f.write_str("tokio-uring (registered buffers)"),
+            Self::TokioUring {
+                registered_buffers: false,
+            } => f.write_str("tokio-uring (unregistered buffers)"),
             Self::Epoll => f.write_str("epoll"),
         }
     }
@@ -345,22 +429,7 @@ impl Server {
         for _ in 0..threads.len() {
             match ready_rx.recv() {
                 // Report the weakest backend any shard runs.
-                Ok(b) => {
-                    backend = Some(match (backend, b) {
-                        (Some(Backend::Epoll), _) | (_, Backend::Epoll) => Backend::Epoll,
-                        (
-                            Some(Backend::IoUring {
-                                registered_buffers: a,
-                            }),
-                            Backend::IoUring {
-                                registered_buffers: b,
-                            },
-                        ) => Backend::IoUring {
-                            registered_buffers: a && b,
-                        },
-                        (None, b) => b,
-                    })
-                }
+                Ok(b) => backend = Some(backend.map_or(b, |a: Backend| a.weakest(b))),
                 Err(_) => return Err(io::Error::other("a shard failed to start")),
             }
         }

@@ -3,50 +3,12 @@
 //! — no sockets, files or limits. What this cannot decide (the server's limits, the file, the
 //! options) follows in [`super::shard::decide`], which only carries out what is decided here.
 //!
-//! Also the one type for "an ERROR to send" ([`ErrorReply`]), whatever refused the request.
+//! A refusal is a [`Refusal`], which says its ERROR and its metric label.
 
-use std::borrow::Cow;
-
-use crate::options::OptionError;
 use crate::packet::{ErrorCode, Opcode, Request};
-use crate::resolve::ResolveError;
 use crate::transfer::{self, Inbound};
 
-use super::window::ReadError;
-
-/// An ERROR to send: its code and message (RFC 1350 §5).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct ErrorReply {
-    pub code: ErrorCode,
-    pub message: Cow<'static, str>,
-}
-
-impl ErrorReply {
-    pub(crate) fn new(code: ErrorCode, message: impl Into<Cow<'static, str>>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-        }
-    }
-}
-
-impl From<OptionError> for ErrorReply {
-    fn from(e: OptionError) -> Self {
-        Self::new(e.code(), e.message())
-    }
-}
-
-impl From<ResolveError> for ErrorReply {
-    fn from(e: ResolveError) -> Self {
-        Self::new(e.code(), e.message().to_owned())
-    }
-}
-
-impl From<ReadError> for ErrorReply {
-    fn from(e: ReadError) -> Self {
-        Self::new(e.code, e.message)
-    }
-}
+use super::ending::Refusal;
 
 /// What a datagram on the main port asks for.
 #[derive(Debug, PartialEq, Eq)]
@@ -57,7 +19,7 @@ pub(crate) enum Admission<'a> {
     /// The client repeated the request of its transfer: that transfer's first reply was lost.
     Repeat,
     /// Refuse with this ERROR.
-    Reject(ErrorReply),
+    Reject(Refusal),
     /// A new read request.
     New(Request<'a>),
 }
@@ -73,15 +35,15 @@ pub(crate) fn admit<'a>(
     if truncated {
         // RFC 2347 §2 has a request, options included, fit in 512 bytes; one that does not even
         // fit the receive buffer is refused rather than parsed cut short.
-        return Admission::Reject(ErrorReply::new(
-            ErrorCode::IllegalOperation,
-            "Invalid request, request too large",
-        ));
+        return Admission::Reject(Refusal::Protocol {
+            code: ErrorCode::IllegalOperation,
+            message: "Invalid request, request too large",
+        });
     }
     let request = match transfer::inbound(datagram) {
         Inbound::Read(request) => request,
         Inbound::Reject { code, message } => {
-            return Admission::Reject(ErrorReply::new(code, message))
+            return Admission::Reject(Refusal::Protocol { code, message })
         }
         Inbound::Ignore => return Admission::Ignore,
     };
@@ -137,9 +99,9 @@ mod tests {
 
     const RRQ: &[u8] = b"\x00\x01pxelinux.0\x00octet\x00blksize\x001468\x00";
 
-    fn refused(datagram: &[u8]) -> ErrorReply {
+    fn refused(datagram: &[u8]) -> super::super::ending::ErrorReply {
         match admit(datagram, false, |_| false) {
-            Admission::Reject(reply) => reply,
+            Admission::Reject(refusal) => refusal.reply(),
             other => panic!("{datagram:?}: {other:?}"),
         }
     }
@@ -178,10 +140,10 @@ mod tests {
         assert_eq!(refused(b"\x00\x09abcd").code, ErrorCode::IllegalOperation);
         assert_eq!(
             admit(RRQ, true, |_| true),
-            Admission::Reject(ErrorReply::new(
-                ErrorCode::IllegalOperation,
-                "Invalid request, request too large"
-            ))
+            Admission::Reject(Refusal::Protocol {
+                code: ErrorCode::IllegalOperation,
+                message: "Invalid request, request too large"
+            })
         );
     }
 
@@ -224,12 +186,19 @@ mod tests {
     }
 
     #[test]
-    fn every_refusal_becomes_one_error_type() {
-        let option: ErrorReply = OptionError::Blksize.into();
-        assert_eq!(option.code, ErrorCode::OptionRefused);
-        let missing: ErrorReply = ResolveError::NotFound.into();
-        assert_eq!(missing.code, ErrorCode::FileNotFound);
-        let changed: ErrorReply = super::super::window::CHANGED.into();
-        assert_eq!(changed.code, ErrorCode::Undefined);
+    fn every_refusal_says_its_error_and_its_label() {
+        use crate::options::OptionError;
+        use crate::resolve::ResolveError;
+        let option: Refusal = OptionError::Blksize.into();
+        assert_eq!(option.reply().code, ErrorCode::OptionRefused);
+        assert_eq!(option.label(), "options");
+        let missing: Refusal = ResolveError::NotFound.into();
+        assert_eq!(missing.reply().code, ErrorCode::FileNotFound);
+        assert_eq!(missing.label(), "not_found");
+        let write = match admit(b"\x00\x02f\x00octet\x00", false, |_| false) {
+            Admission::Reject(refusal) => refusal,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(write.label(), "access");
     }
 }

@@ -568,12 +568,6 @@ impl Reply {
         }
     }
 
-    /// Sets the datagram size GSO cuts a window into.
-    pub(crate) fn set_segment(&mut self, segment: u16) {
-        let space = write_segment(&mut self.control.0[self.pktinfo_len..], segment);
-        self.all_len = self.pktinfo_len + space;
-    }
-
     /// Points `msg` at the client's address and the control messages; `gso` when the message
     /// holds several datagrams for the kernel to cut.
     pub(crate) fn apply(&mut self, msg: &mut libc::msghdr, gso: bool) {
@@ -615,4 +609,50 @@ fn write_segment(control: &mut [u8], segment: u16) -> usize {
         std::ptr::write_unaligned(at.add(size_of::<libc::cmsghdr>()).cast::<u16>(), segment);
     }
     space
+}
+
+/// One `sendmsg` of all `pieces` as an iovec array, without blocking; to a single-port
+/// client's address (and with its control messages) when `reply` says.
+pub(crate) fn sendmsg(
+    fd: RawFd,
+    pieces: &[super::cache::Piece],
+    reply: Option<(&mut Reply, bool)>,
+) -> io::Result<usize> {
+    let iovecs: Vec<libc::iovec> = pieces
+        .iter()
+        .map(|b| libc::iovec {
+            iov_base: b.as_ptr() as *mut libc::c_void,
+            iov_len: b.len(),
+        })
+        .collect();
+    // SAFETY: msghdr is a plain C struct; the iovecs point into `pieces`, alive for the call.
+    let n = unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = iovecs.as_ptr() as *mut libc::iovec;
+        msg.msg_iovlen = iovecs.len();
+        if let Some((reply, gso)) = reply {
+            reply.apply(&mut msg, gso);
+        }
+        libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT)
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// A datagram already waiting in a connected socket, read without waiting (and without the
+/// runtime's idea of whether the socket is readable, which may lag behind the kernel's).
+pub(crate) fn recv_now(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<usize>> {
+    // SAFETY: `buf` is valid for writes of its length for the duration of the call.
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+    if n >= 0 {
+        return Ok(Some(n as usize));
+    }
+    let e = io::Error::last_os_error();
+    match e.kind() {
+        io::ErrorKind::WouldBlock => Ok(None),
+        _ => Err(e),
+    }
 }

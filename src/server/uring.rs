@@ -1,30 +1,51 @@
-//! The io_uring backend (tokio-uring): registered block buffers, fixed reads, GSO sends.
+//! The tokio-uring executor's I/O: transfer sockets and file reads on tokio-uring's ring, one
+//! pool of 64 KiB chunk buffers per shard registered with it and filled with `READ_FIXED`,
+//! windows sent as one `SENDMSG` cut by UDP GSO.
 //!
-//! Everything ring-specific lives here. Per shard, one pool of 64 KiB chunk buffers is
-//! registered with the ring (a ring takes one set); file data is read with one `READ_FIXED` per
-//! chunk into a pool buffer, and DATA datagrams are sent straight from it (their headers come
-//! from a static table, see [`super::cache`]). Where registration is refused (`RLIMIT_MEMLOCK`
-//! for an unprivileged user: one warning at start) or the pool runs dry (counted, and reported
-//! at debug level when the shard stops), plain heap buffers and plain reads take over.
+//! tokio-uring 0.5 has no multishot receive, no provided buffers and no registered files (see
+//! the README's "How it is built"), so each transfer keeps one receive armed through the
+//! runtime; the io_uring engine ([`super::ring`]) drives a ring itself instead and is the
+//! default. Where registration is refused (`RLIMIT_MEMLOCK` for an unprivileged user: one
+//! warning at start) or the pool runs dry (counted, reported at debug level when the shard
+//! stops), heap buffers and plain reads take over.
 
 use std::cell::Cell;
-use std::future::Future;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
 
-use tokio_uring::buf::fixed::FixedBufPool;
-use tokio_uring::buf::{BoundedBuf, IoBuf, IoBufMut};
+use tokio_uring::buf::fixed::{FixedBuf, FixedBufPool};
+use tokio_uring::buf::{BoundedBuf, IoBuf};
 use tokio_uring::fs::File;
 use tokio_uring::net::UdpSocket;
 
-use super::cache::{BlockBuf, Piece, CHUNK};
-use super::driver::Io;
+use super::cache::{ChunkMemory, Piece, CHUNK};
+use super::shared_port::SharedPort;
+use super::socket;
+use super::task::Io;
+use super::window::{unchanged_fd, FileHandle};
+use crate::resolve::FileId;
 
-/// The io_uring backend of one shard.
+/// The tokio-uring I/O of one shard.
 pub(crate) struct Uring {
     pool: Option<FixedBufPool<Vec<u8>>>,
     /// Heap chunks handed out because the pool was empty, for the stop-time report.
-    spilled: Cell<u64>,
+    pub(crate) spilled: Rc<Cell<u64>>,
+}
+
+/// A transfer's socket on tokio-uring.
+pub(crate) enum UringSocket {
+    /// Its own socket, connected to the client.
+    Own(UdpSocket),
+    /// Single-port mode: the shard's main socket (read by the shard's loop on epoll, which a
+    /// tokio-uring runtime also runs).
+    Shared(Rc<SharedPort>),
+}
+
+/// A chunk buffer: registered with the ring, or heap memory where the pool is dry.
+pub(crate) enum UringBuf {
+    Fixed(FixedBuf),
+    Heap(Vec<u8>),
 }
 
 impl Uring {
@@ -50,7 +71,7 @@ impl Uring {
         };
         Self {
             pool,
-            spilled: Cell::new(0),
+            spilled: Rc::default(),
         }
     }
 
@@ -58,85 +79,110 @@ impl Uring {
     pub(crate) fn registered(&self) -> bool {
         self.pool.is_some()
     }
-
-    /// Heap chunks handed out since start because the pool had none left.
-    pub(crate) fn spilled(&self) -> u64 {
-        self.spilled.get()
-    }
 }
 
 impl Io for Uring {
-    type Socket = UdpSocket;
+    type Socket = UringSocket;
     type File = File;
+    type Buf = UringBuf;
 
-    fn socket(&self, socket: std::net::UdpSocket) -> io::Result<UdpSocket> {
-        Ok(UdpSocket::from_std(socket))
+    fn socket(&self, socket: std::net::UdpSocket) -> io::Result<UringSocket> {
+        Ok(UringSocket::Own(UdpSocket::from_std(socket)))
+    }
+
+    fn shared_port(&self, port: Rc<SharedPort>) -> UringSocket {
+        UringSocket::Shared(port)
     }
 
     fn file(&self, file: std::fs::File) -> File {
         File::from_std(file)
     }
 
-    fn chunk_buffer(&self) -> BlockBuf {
+    fn chunk_buffer(&self) -> UringBuf {
         if let Some(pool) = &self.pool {
             if let Some(buf) = pool.try_next(CHUNK) {
-                return BlockBuf::Fixed(buf);
+                return UringBuf::Fixed(buf);
             }
             self.spilled.set(self.spilled.get() + 1);
         }
-        BlockBuf::Heap(vec![0; CHUNK])
+        UringBuf::Heap(vec![0; CHUNK])
     }
 
-    fn recv(
-        socket: &UdpSocket,
-        buf: Vec<u8>,
-    ) -> impl Future<Output = (io::Result<usize>, Vec<u8>)> {
-        socket.read(buf)
+    async fn recv(socket: &UringSocket, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        match socket {
+            UringSocket::Own(socket) => socket.read(buf).await,
+            UringSocket::Shared(port) => {
+                let result = port.recv(&mut buf).await;
+                (result, buf)
+            }
+        }
     }
 
-    async fn send(socket: &UdpSocket, pieces: Vec<Piece>) -> (io::Result<usize>, Vec<Piece>) {
-        // One SENDMSG, one iovec per piece; with UDP_SEGMENT set on the socket the kernel cuts
-        // it into one datagram per block.
-        let (result, pieces, _) = socket.sendmsg::<_, Vec<u8>>(pieces, None, None).await;
-        (result, pieces)
+    fn try_recv(socket: &UringSocket, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        match socket {
+            UringSocket::Own(socket) => socket::recv_now(socket.as_raw_fd(), buf),
+            UringSocket::Shared(port) => port.try_recv(buf),
+        }
+    }
+
+    async fn send(
+        socket: &UringSocket,
+        pieces: Vec<Piece>,
+        gso: bool,
+    ) -> (io::Result<usize>, Vec<Piece>) {
+        match socket {
+            UringSocket::Own(socket) => {
+                // One SENDMSG, one iovec per piece; with UDP_SEGMENT set on the socket the
+                // kernel cuts it into one datagram per block.
+                let (result, pieces, _) = socket.sendmsg::<_, Vec<u8>>(pieces, None, None).await;
+                (result, pieces)
+            }
+            UringSocket::Shared(port) => {
+                let result = port.send(&pieces, gso).await;
+                (result, pieces)
+            }
+        }
     }
 
     async fn read(
         file: &File,
-        buf: BlockBuf,
+        buf: UringBuf,
         begin: usize,
         end: usize,
         offset: u64,
-    ) -> (io::Result<usize>, BlockBuf) {
+    ) -> (io::Result<usize>, UringBuf) {
         match buf {
-            BlockBuf::Fixed(fixed) => {
+            UringBuf::Fixed(fixed) => {
                 // IORING_OP_READ_FIXED straight into the registered chunk buffer.
                 let (result, slice) = file.read_fixed_at(fixed.slice(begin..end), offset).await;
-                (result, BlockBuf::Fixed(slice.into_inner()))
+                (result, UringBuf::Fixed(slice.into_inner()))
             }
-            BlockBuf::Heap(vec) => {
+            UringBuf::Heap(vec) => {
                 let (result, slice) = file.read_at(vec.slice(begin..end), offset).await;
-                (result, BlockBuf::Heap(slice.into_inner()))
+                (result, UringBuf::Heap(slice.into_inner()))
             }
-            slab @ BlockBuf::Slab(_) => (
-                Err(io::Error::other(
-                    "a raw-ring buffer in the tokio-uring backend",
-                )),
-                slab,
-            ),
         }
     }
 
-    fn close(socket: &UdpSocket) {
-        let _ = socket.shutdown(std::net::Shutdown::Both);
+    fn close(socket: &UringSocket) {
+        // A receive still armed in the ring keeps the socket (and its port) until it
+        // completes; shutting it down completes it now.
+        if let UringSocket::Own(socket) = socket {
+            let _ = socket.shutdown(std::net::Shutdown::Both);
+        }
     }
 
-    fn enable_gso(socket: &UdpSocket, segment: u16) -> bool {
-        super::socket::enable_gso(socket.as_raw_fd(), segment)
+    fn enable_gso(socket: &UringSocket, segment: u16) -> bool {
+        match socket {
+            UringSocket::Own(socket) => socket::enable_gso(socket.as_raw_fd(), segment),
+            UringSocket::Shared(_) => true,
+        }
     }
+}
 
-    fn file_fd(file: &File) -> RawFd {
-        file.as_raw_fd()
+impl FileHandle for File {
+    fn unchanged(&self, id: &FileId) -> bool {
+        unchanged_fd(self.as_raw_fd(), id)
     }
 }
 
@@ -153,8 +199,25 @@ pub(crate) fn runtime() -> io::Result<tokio_uring::Runtime> {
     tokio_uring::Runtime::new(&builder)
 }
 
-// tokio-uring moves buffers into its operations through these traits; the other backends use
-// the buffers' own methods.
+// SAFETY: a fixed buffer is registered memory that stays put while it is checked out, and a
+// Vec's heap buffer while the Vec is not touched; a chunk never writes to either again.
+unsafe impl ChunkMemory for UringBuf {
+    fn as_ptr(&self) -> *const u8 {
+        match self {
+            UringBuf::Fixed(b) => IoBuf::stable_ptr(b),
+            UringBuf::Heap(v) => v.as_ptr(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            UringBuf::Fixed(b) => IoBuf::bytes_total(b),
+            UringBuf::Heap(v) => v.len(),
+        }
+    }
+}
+
+// tokio-uring moves buffers into its operations through these traits.
 
 // SAFETY: every variant points into memory that neither moves nor changes while the piece is
 // alive (a static table, a chunk or memory source behind a reference count, a Vec's heap
@@ -170,52 +233,5 @@ unsafe impl IoBuf for Piece {
 
     fn bytes_total(&self) -> usize {
         self.len()
-    }
-}
-
-// SAFETY: forwards to the inner buffer, whose memory stays put while it is owned.
-unsafe impl IoBuf for BlockBuf {
-    fn stable_ptr(&self) -> *const u8 {
-        match self {
-            Self::Fixed(b) => IoBuf::stable_ptr(b),
-            Self::Heap(v) => v.as_ptr(),
-            Self::Slab(b) => b.ptr(),
-        }
-    }
-
-    fn bytes_init(&self) -> usize {
-        match self {
-            Self::Fixed(b) => IoBuf::bytes_init(b),
-            Self::Heap(v) => v.len(),
-            Self::Slab(_) => CHUNK,
-        }
-    }
-
-    fn bytes_total(&self) -> usize {
-        match self {
-            Self::Fixed(b) => IoBuf::bytes_total(b),
-            Self::Heap(v) => v.len(),
-            Self::Slab(_) => CHUNK,
-        }
-    }
-}
-
-// SAFETY: forwards to the inner buffer. Heap buffers are created fully initialised and slab
-// buffers are counted whole (their bytes past a chunk's length are never sent), so there is
-// nothing to record for them.
-unsafe impl IoBufMut for BlockBuf {
-    fn stable_mut_ptr(&mut self) -> *mut u8 {
-        match self {
-            Self::Fixed(b) => IoBufMut::stable_mut_ptr(b),
-            Self::Heap(v) => v.as_mut_ptr(),
-            Self::Slab(b) => b.ptr(),
-        }
-    }
-
-    unsafe fn set_init(&mut self, pos: usize) {
-        if let Self::Fixed(b) = self {
-            // SAFETY: the caller's guarantee is passed on unchanged.
-            unsafe { IoBufMut::set_init(b, pos) }
-        }
     }
 }

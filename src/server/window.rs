@@ -3,17 +3,17 @@
 //! lock-step), from which each DATA datagram's iovecs are cut (RFC 1350 §5: a 4-byte header,
 //! then up to `blksize` bytes, RFC 2348).
 //!
-//! Both backends keep a transfer's chunks here; how a missing chunk is read is theirs (a task
-//! awaiting reads in [`super::driver`], completions in [`super::ring`]).
+//! The session ([`super::session`]) keeps a transfer's chunks here; how a missing chunk is
+//! read is its executor's.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
 
-use super::cache::{header, BlockBuf, Budget, Chunk, Piece, CHUNK};
-use crate::packet::ErrorCode;
+use super::cache::{header, Budget, Chunk, Piece, CHUNK};
+use super::ending::ReadError;
 use crate::resolve::{FileId, ReadAt, Source};
 use crate::transfer::Transfer;
 
@@ -63,34 +63,29 @@ pub(crate) enum Data<F> {
     Custom(Box<dyn ReadAt>),
 }
 
+/// An open file as an executor holds it, which can say whether it is still the version the
+/// transfer opened (RFC 1350 has no way to tell a client that its file changed half-way; the
+/// server ends the transfer with an ERROR instead of sending a mix).
+pub(crate) trait FileHandle {
+    /// Whether the file is still `id` (one `fstat`).
+    fn unchanged(&self, id: &FileId) -> bool;
+}
+
+impl FileHandle for std::fs::File {
+    fn unchanged(&self, id: &FileId) -> bool {
+        unchanged_fd(self.as_raw_fd(), id)
+    }
+}
+
 /// Whether the file open as `fd` is still `id`.
-pub(crate) fn unchanged_fd(fd: RawFd, id: &FileId) -> Result<(), ReadError> {
+pub(crate) fn unchanged_fd(fd: RawFd, id: &FileId) -> bool {
     // SAFETY: the caller keeps the descriptor open while this borrowed view lives, and
     // ManuallyDrop keeps the view from closing it.
     let view = std::mem::ManuallyDrop::new(unsafe {
         <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd)
     });
-    match id.unchanged_in(&view) {
-        Ok(true) => Ok(()),
-        _ => Err(CHANGED),
-    }
+    matches!(id.unchanged_in(&view), Ok(true))
 }
-
-/// A failed read, as the ERROR the client gets.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct ReadError {
-    pub code: ErrorCode,
-    pub message: &'static str,
-}
-
-pub(crate) const CHANGED: ReadError = ReadError {
-    code: ErrorCode::Undefined,
-    message: "File changed while being served",
-};
-pub(crate) const READ_FAILED: ReadError = ReadError {
-    code: ErrorCode::Undefined,
-    message: "Read error",
-};
 
 /// The chunks a transfer holds: those covering the window in flight and the one read ahead,
 /// in file order.
@@ -211,6 +206,8 @@ pub(crate) fn chunk_len(len: u64, index: u64) -> usize {
     len.saturating_sub(start).min(CHUNK as u64) as usize
 }
 
+/// Reads chunk `index` of a source that is neither an open file nor bytes in memory (a
+/// resolver's own [`ReadAt`]), synchronously into heap memory.
 pub(crate) fn read_custom(
     budget: &Arc<Budget>,
     source: &dyn ReadAt,
@@ -224,11 +221,11 @@ pub(crate) fn read_custom(
     let mut done = 0;
     while done < want {
         match source.read_at(&mut buf[done..], start + done as u64) {
-            Ok(0) => return Err(CHANGED),
+            Ok(0) => return Err(ReadError::Changed),
             Ok(n) => done += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return Err(READ_FAILED),
+            Err(_) => return Err(ReadError::Failed),
         }
     }
-    Ok(Chunk::new(BlockBuf::Heap(buf), want, lease))
+    Ok(Chunk::new(buf, want, lease))
 }

@@ -247,6 +247,8 @@ pub struct Transfer {
     /// When the client last made progress (or the transfer started).
     progress_at: Instant,
     rtt: RttEstimator,
+    /// The round trip the last ACK measured, until [`Transfer::take_rtt_sample`] takes it.
+    sample: Option<Duration>,
     /// A floor under the adaptive timeout that the driver sets from what it knows beyond this
     /// transfer (see [`Transfer::set_rto_floor`]).
     rto_floor: Duration,
@@ -292,6 +294,7 @@ impl Transfer {
             backoff: 0,
             progress_at: now,
             rtt: RttEstimator::new(config.rto_initial),
+            sample: None,
             rto_floor: Duration::ZERO,
             flight_at: now,
             fresh_from: u64::MAX,
@@ -582,6 +585,13 @@ impl Transfer {
         self.rto_floor = floor;
     }
 
+    /// The round trip the last ACK measured (Karn's rule: only for a block sent once; or the
+    /// slow round trip a spurious timeout revealed), once: for a driver that learns from many
+    /// transfers together what [`set_rto_floor`](Self::set_rto_floor) should be.
+    pub fn take_rtt_sample(&mut self) -> Option<Duration> {
+        self.sample.take()
+    }
+
     /// The current retransmission timeout, before backoff.
     pub fn rto(&self) -> Duration {
         self.base_rto()
@@ -697,7 +707,9 @@ impl Transfer {
             }
         }
         if let Some(at) = sample_from {
-            self.rtt.sample(now.saturating_duration_since(at));
+            let rtt = now.saturating_duration_since(at);
+            self.rtt.sample(rtt);
+            self.sample = Some(rtt);
             self.backoff = 0;
         }
         self.tries = 0;

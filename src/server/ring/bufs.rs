@@ -211,3 +211,16 @@ impl Drop for SlabBuf {
         self.free.borrow_mut().push(self.index);
     }
 }
+
+// SAFETY: a slab buffer is a fixed part of a mapping that lives (through `Rc`) as long as the
+// buffer, and nothing writes to it while a chunk holds it (it is back in the free list only
+// once dropped).
+unsafe impl crate::server::cache::ChunkMemory for SlabBuf {
+    fn as_ptr(&self) -> *const u8 {
+        self.ptr()
+    }
+
+    fn len(&self) -> usize {
+        CHUNK
+    }
+}

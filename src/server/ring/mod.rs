@@ -33,8 +33,6 @@ mod timer;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use bufs::SlabBuf;
-
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -46,10 +44,12 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use socket2::Socket;
 use tokio::sync::watch;
 
+use super::admit::{self, Decision, Prepared};
 use super::cache::{ChunkCache, CHUNK};
-use super::lag::Lag;
+use super::ending::Ending;
+use super::pace::Pace;
+use super::record;
 use super::request;
-use super::shard::{self, Decision, Prepared};
 use super::socket::{MainSocket, RecvBatch};
 use super::window::OpenFiles;
 use super::{Backend, Shared};
@@ -215,8 +215,7 @@ pub(crate) fn run_with(
         reads_free: Vec::new(),
         loading: HashMap::new(),
         wheel: Wheel::new(Instant::now()),
-        lag: Lag::new(Instant::now()),
-        lag_floor: Duration::ZERO,
+        pace: Pace::new(Instant::now()),
         dirty: Vec::new(),
         rearm: Vec::new(),
         expired: Vec::new(),
@@ -351,9 +350,8 @@ pub(super) struct Engine {
     /// Chunk reads in flight, by file and chunk.
     loading: HashMap<(FileId, u64), u32>,
     wheel: Wheel,
-    /// The clients' lag learned from spurious timeouts, and its floor for this turn's flush.
-    lag: Lag,
-    lag_floor: Duration,
+    /// The clients' round trips, a floor under every transfer's timeout.
+    pace: Pace,
     /// Transfers with something to send or to arm.
     dirty: Vec<u32>,
     /// Transfers whose receive ended and must be armed again.
@@ -416,7 +414,7 @@ impl Engine {
                 self.starved_turns += 1;
             } else {
                 self.starved_turns = 0;
-                self.expire(before_wait, after_wait);
+                self.expire(before_wait);
             }
             if stopping.is_none() && !matches!(self.stop.has_changed(), Ok(false)) {
                 self.close_main();
@@ -483,7 +481,7 @@ impl Engine {
                 match op {
                     Some(Op::Recv) => self.on_recv(index, gen, result, flags, now),
                     Some(Op::Send) => self.on_send(index, gen, result),
-                    Some(Op::Read) => self.on_read(index, result),
+                    Some(Op::Read) => self.on_read(index, result, now),
                     Some(Op::Main) => self.on_main(result, flags, now),
                     Some(Op::Cancel) | None => {}
                 }
@@ -497,7 +495,7 @@ impl Engine {
         let rearm = std::mem::take(&mut self.rearm);
         for &slot in &rearm {
             if let Some(conn) = self.conns[slot as usize].as_deref_mut() {
-                if !conn.receiving && conn.end.is_none() {
+                if !conn.receiving && conn.ending.is_none() {
                     let entry = conn.recv_entry(self.recv.group(), slot);
                     conn.receiving = true;
                     push(&mut self.ring, &entry);
@@ -535,26 +533,19 @@ impl Engine {
     }
 
     /// Fires the timers due: those set for before `due` (when the last wait began).
-    fn expire(&mut self, due: Instant, now: Instant) {
+    fn expire(&mut self, due: Instant) {
         let mut expired = std::mem::take(&mut self.expired);
         self.wheel.expire(due, &mut expired);
         for &((slot, gen), tick) in &expired {
             let Some(mut conn) = self.take_conn(slot, gen) else {
                 continue;
             };
-            // Only the entry the transfer last armed counts; older ones are stale.
+            // Only the entry the transfer last armed counts; older ones are stale. Every
+            // datagram that arrived before `due` has been handed in.
             if conn.timer_at == Some(tick) {
                 conn.timer_at = None;
-                match conn.t.poll_timeout() {
-                    Some(deadline) if deadline > due => {
-                        conn.timer_at = Some(self.wheel.insert(deadline, (slot, gen)));
-                    }
-                    Some(_) => {
-                        conn.t.handle_timeout(now);
-                        self.mark(&mut conn, slot);
-                    }
-                    None => {}
-                }
+                conn.session.handle_timeout(due);
+                self.mark(&mut conn, slot);
             }
             self.put_conn(slot, conn);
         }
@@ -639,12 +630,8 @@ impl Engine {
             (_, _) => return true,
         };
         if let Some(mut conn) = self.take_conn(slot, gen) {
-            if conn.end.is_none() {
-                conn.answered = true;
-                conn.t.handle_datagram(now, bytes);
-                self.learn(&mut conn, now);
-                self.mark(&mut conn, slot);
-            }
+            conn.session.handle_datagram(now, bytes, &mut self.pace);
+            self.mark(&mut conn, slot);
             self.put_conn(slot, conn);
         }
         true
@@ -664,13 +651,13 @@ impl Engine {
             active.get(peer).is_some_and(|&(slot, gen)| {
                 conns[slot as usize]
                     .as_deref()
-                    .is_some_and(|c| c.gen == gen && c.repeat_of(filename))
+                    .is_some_and(|c| c.gen == gen && c.session.repeats(filename))
             })
         };
         let shed = || {
             cache.shed_idle();
         };
-        match shard::decide(
+        match admit::decide(
             &self.shared,
             peer,
             (local, scope),
@@ -683,15 +670,15 @@ impl Engine {
             Decision::Repeat => {
                 if let Some(&(slot, gen)) = self.active.get(&peer) {
                     if let Some(mut conn) = self.take_conn(slot, gen) {
-                        conn.t.handle_repeat(now);
+                        conn.session.handle_repeat(now);
                         self.mark(&mut conn, slot);
                         self.put_conn(slot, conn);
                     }
                 }
             }
-            Decision::Reject(reply) => {
+            Decision::Reject(refusal) => {
                 if let Some(main) = &self.main {
-                    shard::reject(main, peer, local, &reply);
+                    admit::reject(main, peer, local, &refusal);
                 }
             }
             Decision::Start(prepared) => {
@@ -701,7 +688,7 @@ impl Engine {
                     // transfers cannot share one address on one port.
                     if let Some(&(slot, gen)) = self.active.get(&peer) {
                         if let Some(mut conn) = self.take_conn(slot, gen) {
-                            self.close(&mut conn, slot, super::driver::End::Replaced);
+                            conn.session.close(Ending::Replaced);
                             self.mark(&mut conn, slot);
                             self.put_conn(slot, conn);
                         }
@@ -788,12 +775,9 @@ impl Engine {
         }
         if result >= 0 {
             if let Some(bid) = bid {
-                if conn.end.is_none() {
+                if conn.ending.is_none() {
                     let datagram = self.recv.get(bid, result as usize);
-                    conn.refused = 0;
-                    conn.answered = true;
-                    conn.t.handle_datagram(now, datagram);
-                    self.learn(&mut conn, now);
+                    conn.session.handle_datagram(now, datagram, &mut self.pace);
                     self.mark(&mut conn, slot);
                 }
                 self.recv.give_back(bid);
@@ -805,7 +789,10 @@ impl Engine {
             // Linux reports a port-unreachable before the datagrams already queued, and the
             // client's final ACK may be among them: read on, and only believe the client gone
             // when nothing but refusals come back.
-            libc::ECONNREFUSED => conn.refused += 1,
+            libc::ECONNREFUSED => {
+                conn.session.handle_refused();
+                self.mark(&mut conn, slot);
+            }
             libc::ENOBUFS => {
                 self.starved = true;
                 self.counts.starved += 1;
@@ -816,11 +803,8 @@ impl Engine {
             }
             _ => {}
         }
-        if conn.refused >= super::driver::REFUSED_MAX && conn.end.is_none() {
-            self.close(&mut conn, slot, super::driver::End::Unreachable);
-        }
         if !conn.receiving {
-            if conn.end.is_none() {
+            if conn.ending.is_none() {
                 self.rearm.push(slot);
             } else if !conn.sending {
                 self.free(slot, conn);
@@ -845,15 +829,6 @@ impl Engine {
         self.conns[slot as usize] = Some(conn);
     }
 
-    /// Learns the clients' lag from a transfer whose last timeout just proved spurious.
-    fn learn(&mut self, conn: &mut Conn, now: Instant) {
-        let spurious = conn.t.stats().spurious;
-        if spurious > conn.spurious {
-            conn.spurious = spurious;
-            self.lag.learn(now, conn.t.rto());
-        }
-    }
-
     /// Queues the transfer for the next flush.
     fn mark(&mut self, conn: &mut Conn, slot: u32) {
         if !conn.dirty {
@@ -862,13 +837,13 @@ impl Engine {
         }
     }
 
-    /// Ends a transfer: its receive is cancelled, and the slot is freed once nothing of it is
-    /// left in flight.
-    fn close(&mut self, conn: &mut Conn, slot: u32, end: super::driver::End) {
-        if conn.end.is_some() {
+    /// The session ended: its receive is cancelled, and the slot is freed once nothing of it
+    /// is left in flight.
+    fn finish(&mut self, conn: &mut Conn, slot: u32, ending: Ending) {
+        if conn.ending.is_some() {
             return;
         }
-        conn.end = Some(end);
+        conn.ending = Some(ending);
         if conn.receiving {
             let entry = opcode::AsyncCancel::new(user_data(Op::Recv, slot, conn.gen))
                 .build()
@@ -886,11 +861,12 @@ impl Engine {
                 self.fixed_free.push(index);
             }
         }
-        if self.active.get(&conn.meta.peer) == Some(&(slot, conn.gen)) {
-            self.active.remove(&conn.meta.peer);
+        let peer = conn.session.meta().peer;
+        if self.active.get(&peer) == Some(&(slot, conn.gen)) {
+            self.active.remove(&peer);
         }
-        if let Some(end) = conn.end {
-            shard::log_end(&conn.meta, &conn.t, end);
+        if let Some(ending) = conn.ending {
+            record::ended(conn.session.meta(), conn.session.transfer(), ending);
         }
         self.running -= 1;
         self.free.push(slot);

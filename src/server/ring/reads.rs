@@ -4,20 +4,30 @@
 
 use std::io;
 use std::rc::Rc;
+use std::time::Instant;
 
 use io_uring::{opcode, types};
 
+use super::bufs::SlabBuf;
 use super::{push, user_data, Conn, Engine, Op};
 use crate::resolve::FileId;
-use crate::server::cache::{BlockBuf, Chunk, Lease, Lookup, CHUNK};
-use crate::server::window::{chunk_len, chunks_for, read_custom, Data, CHANGED, READ_FAILED};
+use crate::server::cache::{Chunk, Lease, Lookup, CHUNK};
+use crate::server::ending::ReadError;
+use crate::server::window::{chunk_len, read_custom, Data};
+
+/// A buffer a chunk is read into: registered (`READ_FIXED`), or heap memory where the slab is
+/// spent or was refused (a plain `READ`).
+enum Buf {
+    Slab(SlabBuf),
+    Heap(Vec<u8>),
+}
 
 /// A chunk read in flight.
 pub(super) struct ReadOp {
     file: Rc<std::fs::File>,
     id: FileId,
     index: u64,
-    buf: BlockBuf,
+    buf: Buf,
     /// Bytes wanted, and read so far (a read may return fewer).
     want: usize,
     done: usize,
@@ -36,50 +46,37 @@ impl ReadOp {
 }
 
 impl Engine {
-    /// Makes sure the chunks covering blocks `acked + 1 ..= upto` are held, starting the reads
-    /// of those that are not; whether they all are now.
-    pub(super) fn ensure(&mut self, conn: &mut Conn, slot: u32, upto: u64) -> bool {
-        if conn.window.holds(&conn.data, &conn.t, upto) {
-            return true;
-        }
-        let Some((first, Some(last))) = chunks_for(&conn.data, &conn.t, upto) else {
-            return true;
-        };
-        let len = conn.t.len();
-        for index in first..=last {
-            if conn.window.get(index).is_some() || conn.awaiting.contains(&index) {
-                continue;
-            }
-            match &conn.data {
-                Data::File(file, id) => match self.cache.lookup(*id, index) {
-                    Lookup::Hit(chunk) => conn.window.insert(index, chunk),
-                    Lookup::Wait(_) => match self.loading.get(&(*id, index)) {
-                        Some(&read) => {
-                            if let Some(op) = self.reads[read as usize].as_mut() {
-                                op.waiters.push((slot, conn.gen));
-                                conn.awaiting.push(index);
-                            }
+    /// Answers a session's [`Io::Read`](crate::server::session::Io::Read) of chunk `index`:
+    /// from the shard's cache, after the read of it already in flight, or by reading it.
+    pub(super) fn read(&mut self, conn: &mut Conn, slot: u32, index: u64, now: Instant) {
+        let len = conn.session.transfer().len();
+        let chunk = match conn.session.data() {
+            Data::File(file, id) => match self.cache.lookup(*id, index) {
+                Lookup::Hit(chunk) => Ok(chunk),
+                Lookup::Wait(_) => match self.loading.get(&(*id, index)) {
+                    Some(&read) => {
+                        if let Some(op) = self.reads[read as usize].as_mut() {
+                            op.waiters.push((slot, conn.gen));
                         }
-                        // Only this shard reads into its cache, so every read it waits for is
-                        // in `loading`.
-                        None => conn.failed = Some(READ_FAILED),
-                    },
-                    Lookup::Miss => {
-                        let file = file.clone();
-                        self.start_read(file, *id, index, len, (slot, conn.gen));
-                        conn.awaiting.push(index);
+                        return;
                     }
+                    // Only this shard reads into its cache, so every read it waits for is
+                    // in `loading`.
+                    None => Err(ReadError::Failed),
                 },
-                Data::Custom(source) => {
-                    match read_custom(&self.shared.budget, &**source, len, index) {
-                        Ok(chunk) => conn.window.insert(index, Rc::new(chunk)),
-                        Err(e) => conn.failed = Some(e),
-                    }
+                Lookup::Miss => {
+                    let (file, id) = (file.clone(), *id);
+                    self.start_read(file, id, index, len, (slot, conn.gen));
+                    return;
                 }
-                Data::Memory(_) => {}
+            },
+            Data::Custom(source) => {
+                read_custom(&self.shared.budget, &**source, len, index).map(Rc::new)
             }
-        }
-        conn.failed.is_none() && conn.window.holds(&conn.data, &conn.t, upto)
+            // Bytes in memory are never read.
+            Data::Memory(_) => Err(ReadError::Failed),
+        };
+        conn.session.handle_read(now, index, chunk);
     }
 
     fn start_read(
@@ -91,12 +88,12 @@ impl Engine {
         waiter: (u32, u32),
     ) {
         let buf = match self.slab.as_ref().and_then(|s| s.take()) {
-            Some(buf) => BlockBuf::Slab(buf),
+            Some(buf) => Buf::Slab(buf),
             None => {
                 if self.slab.is_some() {
                     self.spilled += 1;
                 }
-                BlockBuf::Heap(vec![0; CHUNK])
+                Buf::Heap(vec![0; CHUNK])
             }
         };
         let op = ReadOp {
@@ -132,19 +129,18 @@ impl Engine {
         let offset = op.index * CHUNK as u64 + op.done as u64;
         let left = (op.want - op.done) as u32;
         let entry = match &mut op.buf {
-            BlockBuf::Slab(buf) => {
+            Buf::Slab(buf) => {
                 // SAFETY: `done` < `want` <= CHUNK, within the registered buffer.
                 let at = unsafe { buf.ptr().add(op.done) };
                 opcode::ReadFixed::new(fd, at, left, buf.index())
                     .offset(offset)
                     .build()
             }
-            BlockBuf::Heap(vec) => {
+            Buf::Heap(vec) => {
                 // SAFETY: as above, within the heap buffer, which does not move while owned.
                 let at = unsafe { vec.as_mut_ptr().add(op.done) };
                 opcode::Read::new(fd, at, left).offset(offset).build()
             }
-            BlockBuf::Fixed(_) => return,
         };
         push(
             &mut self.ring,
@@ -152,13 +148,13 @@ impl Engine {
         );
     }
 
-    pub(super) fn on_read(&mut self, read: u32, result: i32) {
+    pub(super) fn on_read(&mut self, read: u32, result: i32, now: Instant) {
         let Some(op) = self.reads.get_mut(read as usize).and_then(Option::as_mut) else {
             return;
         };
         let outcome = match result {
             // The file is shorter than it was when the transfer opened it.
-            0 => Err(CHANGED),
+            0 => Err(ReadError::Changed),
             n if n > 0 => {
                 op.done += n as usize;
                 if op.done < op.want {
@@ -173,7 +169,7 @@ impl Engine {
             }
             e => {
                 tracing::warn!(error = %io::Error::from_raw_os_error(-e), "read failed");
-                Err(READ_FAILED)
+                Err(ReadError::Failed)
             }
         };
         let Some(op) = self.reads[read as usize].take() else {
@@ -183,7 +179,10 @@ impl Engine {
         self.loading.remove(&(op.id, op.index));
         let chunk = match outcome {
             Ok(()) => {
-                let chunk = Rc::new(Chunk::new(op.buf, op.want, op.lease));
+                let chunk = Rc::new(match op.buf {
+                    Buf::Slab(buf) => Chunk::new(buf, op.want, op.lease),
+                    Buf::Heap(vec) => Chunk::new(vec, op.want, op.lease),
+                });
                 self.cache.insert(op.id, op.index, chunk.clone());
                 Ok(chunk)
             }
@@ -196,11 +195,7 @@ impl Engine {
             let Some(mut conn) = self.take_conn(slot, gen) else {
                 continue;
             };
-            conn.awaiting.retain(|&i| i != op.index);
-            match &chunk {
-                Ok(chunk) => conn.window.insert(op.index, chunk.clone()),
-                Err(e) => conn.failed = Some(*e),
-            }
+            conn.session.handle_read(now, op.index, chunk.clone());
             self.mark(&mut conn, slot);
             self.put_conn(slot, conn);
         }
