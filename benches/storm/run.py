@@ -37,9 +37,9 @@ so a rebuild during the run does not mix builds; default flags plus PORT, --bind
 --shards N, N = the number of --server-cpus), dnsmasq (127.0.0.1:69, --tftp-max raised),
 tftp-hpa's in.tftpd, atftpd (skipped when concurrency >= 900: it uses select() and aborts above
 ~1000 descriptors). Opt-in, not in the default list, for an A/B of ringtftpd's own backends:
-ringtftpd-tokio-uring (the same binary and flags with RINGTFTP_BACKEND=tokio-uring in its
-environment: the earlier task-per-transfer tokio-uring data path) and ringtftpd-epoll
-(--backend epoll). Each ringtftpd's start line ("... with N shards (BACKEND)") is read from its
+ringtftpd-tokio-uring (the same binary and flags plus --backend tokio-uring: a task per
+transfer on tokio-uring) and ringtftpd-epoll (--backend epoll); plain ringtftpd runs the
+default, the io_uring engine. Each ringtftpd's start line ("... with N shards (BACKEND)") is read from its
 log and checked against what the variant claims. Each server is started fresh for each run
 pinned to --server-cpus (taskset), in its own cgroup v2 whose cpu.stat usage_usec is its CPU
 (children included), and stopped by PID (SIGTERM, then SIGKILL, then any process left in its
@@ -102,7 +102,7 @@ ALL_SERVERS = ("ringtftpd", "dnsmasq", "tftp-hpa", "atftpd")
 # Opt-in variants of ringtftpd (same binary): name -> (extra flags, extra environment).
 RINGTFTPD_VARIANTS = {
     "ringtftpd": ([], {}),
-    "ringtftpd-tokio-uring": ([], {"RINGTFTP_BACKEND": "tokio-uring"}),
+    "ringtftpd-tokio-uring": (["--backend", "tokio-uring"], {}),
     "ringtftpd-epoll": (["--backend", "epoll"], {}),
 }
 ATFTPD_MAX_CONCURRENCY = 900
@@ -630,15 +630,8 @@ def check_backend(server: Server, pid: int, logpath: Path, offset: int) -> tuple
         return shown, f"runs {shards} shards, not {want}", ""
     if server.name == "ringtftpd-epoll" and backend != "epoll":
         return shown, f"claims epoll but its start line says {backend}", ""
-    if server.name == "ringtftpd-tokio-uring":
-        if not backend.startswith("io_uring"):
-            return shown, f"claims tokio-uring but its start line says {backend}", ""
-        try:
-            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        except OSError as e:
-            return shown, f"cannot read its environment: {e}", ""
-        if b"RINGTFTP_BACKEND=tokio-uring" not in environ:
-            return shown, "RINGTFTP_BACKEND=tokio-uring is not in its environment", ""
+    if server.name == "ringtftpd-tokio-uring" and not backend.startswith("tokio-uring"):
+        return shown, f"claims tokio-uring but its start line says {backend}", ""
     if server.name == "ringtftpd" and backend == "epoll":
         return shown, "", "fell back to epoll (io_uring unavailable): not the io_uring engine"
     return shown, "", ""
@@ -1137,11 +1130,7 @@ def main() -> int:
         for s in servers:
             head.append(f"  - {s.name}: {s.version}: `{s.command()}`")
             if s.name in RINGTFTPD_VARIANTS:
-                head.append(f"    - its start line: `{s.backend or 'not found'}`"
-                            + ("; the tokio-uring data path is selected by RINGTFTP_BACKEND="
-                               "tokio-uring in its environment (checked in /proc/PID/environ); "
-                               "the start line says io_uring either way"
-                               if s.name == "ringtftpd-tokio-uring" else ""))
+                head.append(f"    - its start line: `{s.backend or 'not found'}`")
         for s in skipped:
             head.append(f"  - skipped {s}")
         for base in dict.fromkeys(c[0].partition("-")[0] for c in cases):

@@ -231,6 +231,15 @@ impl<F: FileHandle> Session<F> {
         }
     }
 
+    /// Whether the transfer's retransmission timer has really expired at `now` (a timer armed
+    /// for an earlier instant fires before it): then, and only then, an executor that can
+    /// see more datagrams waiting hands them in before [`Session::handle_timeout`].
+    pub(crate) fn due(&self, now: Instant) -> bool {
+        self.t
+            .poll_timeout()
+            .is_some_and(|deadline| deadline <= now)
+    }
+
     /// The instant last given with [`Io::Arm`] came; `now` is a time by which every datagram
     /// the client sent before it has been handed in.
     pub(crate) fn handle_timeout(&mut self, now: Instant) {

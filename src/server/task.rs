@@ -382,7 +382,8 @@ async fn run<I: Io>(state: &State<I>, client: &Client<I::File>, socket: I::Socke
             () = &mut timer => {
                 // Every datagram the kernel already holds goes in before the timer: a reply
                 // that came while this task waited its turn is not a loss.
-                loop {
+                let due = client.session.borrow().due(Instant::now());
+                while due {
                     match I::try_recv(&socket, &mut scratch) {
                         Ok(None) => break,
                         Ok(Some(n)) => received(state, client, Ok(&scratch[..n])),
