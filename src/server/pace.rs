@@ -6,28 +6,39 @@
 //! relay, one client process serving its transfers in batches. When the delay grows with the
 //! load, it grows for all of them at once, and a transfer whose own estimate has not caught up
 //! yet would take the delay for a loss and send its block twice (and draw a second ACK). Delay
-//! is not loss: no transfer's timer may fire sooner than the slowest round trip the shard has
-//! seen lately, with a margin for a delay still growing.
+//! is not loss: no transfer's timer may fire sooner than [`MARGIN`] times the round trip that
+//! nine in ten of the shard's recent samples stay under.
 //!
-//! The floor is a windowed maximum (as BBR keeps its bandwidth filter): the largest round trip
-//! sampled in each of the last [`SLOTS`] periods of [`PERIOD`]. It holds for as long as the
-//! delay lasts, because the transfers keep sampling it, and falls within
-//! `SLOTS × PERIOD` once the delay is over, so a loss after a storm is again repaired in
-//! milliseconds. Under random loss with no queueing (2 % loss, tens of clients) the largest
-//! round trip stays small and the floor stays far under the transfers' own 20 ms minimum.
+//! The samples are those of the last [`SLOTS`] periods of [`PERIOD`], in a histogram per period
+//! with four buckets per doubling, so the floor holds for as long as the delay lasts (the
+//! transfers keep sampling it) and is gone `SLOTS × PERIOD` after it ends. A quantile rather
+//! than the maximum: one client descheduled for a second, or one sample that waited behind a
+//! burst of other work on the machine, must not hold up the repair of every other transfer's
+//! losses; under random loss with no queueing (2 % loss, tens of clients) the floor stays at a
+//! few milliseconds, far under the transfers' own 20 ms minimum.
 
+use std::cell::Cell;
 use std::time::{Duration, Instant};
 
 /// How long one slot of the window covers.
 const PERIOD: Duration = Duration::from_millis(500);
 /// Slots in the window: the floor remembers a delay for `SLOTS × PERIOD` after its last sample.
 const SLOTS: usize = 4;
-/// The floor's margin over the largest recent round trip, as a ratio: the delay may still be
-/// growing, and the next round trip may be the slowest yet.
-const MARGIN: (u32, u32) = (3, 2);
+/// The quantile of recent round trips the floor is taken from, in per mille.
+const QUANTILE: u64 = 900;
+/// The floor's margin over that quantile: the delay may still be growing, and a client serving
+/// its transfers in bursts answers some of them up to about twice as late as most.
+const MARGIN: u32 = 2;
 /// A floor never above this: a client that is really gone must still be retried within
 /// seconds, and firmware repeats its ACK after 1–4 s anyway.
 const MAX: Duration = Duration::from_secs(2);
+/// Histogram buckets: four per doubling of the round trip in microseconds, up to 2^26 µs
+/// (67 s, past any timeout).
+const BUCKETS: usize = 26 * 4;
+/// Samples between two computations of the floor within one period, at most: computing it walks
+/// the histogram, which is too much to do for every datagram. (Sooner while the floor rests on
+/// few samples: after one sample in sixteen of those it was computed from.)
+const RECOMPUTE_EVERY: u64 = 64;
 
 /// A shard's recent round trips, as the floor of its transfers' timeouts.
 #[derive(Debug, Clone)]
@@ -35,8 +46,11 @@ pub(crate) struct Pace {
     origin: Instant,
     /// The period the newest slot covers, counted from `origin`.
     period: u64,
-    /// The largest sample of each period, in a ring indexed by period.
-    slots: [Duration; SLOTS],
+    /// Samples of each period by bucket, in a ring indexed by period.
+    slots: [[u32; BUCKETS]; SLOTS],
+    /// The floor as last computed, the period it was computed in, the samples it was computed
+    /// from and the samples since.
+    cached: Cell<Cached>,
 }
 
 impl Pace {
@@ -44,32 +58,64 @@ impl Pace {
         Self {
             origin: now,
             period: 0,
-            slots: [Duration::ZERO; SLOTS],
+            slots: [[0; BUCKETS]; SLOTS],
+            cached: Cell::new(Cached::default()),
         }
     }
 
-    /// A transfer measured a round trip of `rtt` (an ACK for a block sent once, or the slow
-    /// round trip a spurious timeout revealed).
+    /// A transfer measured a round trip of `rtt` (an ACK for a block sent once).
     pub(crate) fn sample(&mut self, now: Instant, rtt: Duration) {
         let period = self.advance(now);
-        let slot = &mut self.slots[period as usize % SLOTS];
-        *slot = (*slot).max(rtt);
+        self.slots[period as usize % SLOTS][bucket(rtt)] += 1;
+        let mut cached = self.cached.get();
+        cached.since += 1;
+        self.cached.set(cached);
     }
 
     /// The floor under every transfer's timeout at `now`.
     pub(crate) fn floor(&self, now: Instant) -> Duration {
         let period = self.period_of(now);
+        let cached = self.cached.get();
+        let fresh = cached.since == 0
+            || (cached.since < RECOMPUTE_EVERY && cached.since * 16 <= cached.basis);
+        if period == cached.period && fresh {
+            return cached.floor;
+        }
+        let (floor, basis) = self.compute(period);
+        self.cached.set(Cached {
+            floor,
+            period,
+            basis,
+            since: 0,
+        });
+        floor
+    }
+
+    /// The floor in `period`, and the samples it rests on.
+    fn compute(&self, period: u64) -> (Duration, u64) {
         if period >= self.period + SLOTS as u64 {
-            return Duration::ZERO;
+            return (Duration::ZERO, 0);
         }
         // Slots older than the window were cleared when it moved; those it has not reached yet
         // (the periods between the newest sample and now) are empty.
         let stale = (period - self.period.min(period)) as usize;
-        let largest = (0..SLOTS - stale.min(SLOTS))
-            .map(|age| self.slots[(self.period as usize + SLOTS - age) % SLOTS])
-            .max()
-            .unwrap_or_default();
-        (largest * MARGIN.0 / MARGIN.1).min(MAX)
+        let slots: Vec<&[u32; BUCKETS]> = (0..SLOTS - stale.min(SLOTS))
+            .map(|age| &self.slots[(self.period as usize + SLOTS - age) % SLOTS])
+            .collect();
+        let count = |b: usize| slots.iter().map(|s| u64::from(s[b])).sum::<u64>();
+        let total: u64 = (0..BUCKETS).map(count).sum();
+        if total == 0 {
+            return (Duration::ZERO, 0);
+        }
+        let want = (total * QUANTILE).div_ceil(1000);
+        let mut seen = 0;
+        for b in 0..BUCKETS {
+            seen += count(b);
+            if seen >= want {
+                return ((upper(b) * MARGIN).min(MAX), total);
+            }
+        }
+        (MAX, total)
     }
 
     fn period_of(&self, now: Instant) -> u64 {
@@ -83,12 +129,41 @@ impl Pace {
         if period > self.period {
             let passed = (period - self.period).min(SLOTS as u64);
             for p in period + 1 - passed..=period {
-                self.slots[p as usize % SLOTS] = Duration::ZERO;
+                self.slots[p as usize % SLOTS] = [0; BUCKETS];
             }
             self.period = period;
         }
         self.period
     }
+}
+
+/// The floor as [`Pace::floor`] last computed it.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cached {
+    floor: Duration,
+    period: u64,
+    basis: u64,
+    since: u64,
+}
+
+/// The bucket of a round trip: four per doubling of its microseconds.
+fn bucket(rtt: Duration) -> usize {
+    let micros = u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX).max(1);
+    let exp = 63 - micros.leading_zeros() as usize;
+    // The two bits after the leading one say which quarter of the doubling.
+    let quarter = if exp >= 2 {
+        (micros >> (exp - 2)) as usize & 3
+    } else {
+        (micros << (2 - exp)) as usize & 3
+    };
+    (exp * 4 + quarter).min(BUCKETS - 1)
+}
+
+/// The largest round trip bucket `b` holds.
+fn upper(b: usize) -> Duration {
+    let (exp, quarter) = (b / 4, b % 4);
+    let micros = (1u64 << exp) * (5 + quarter as u64) / 4;
+    Duration::from_micros(micros)
 }
 
 #[cfg(test)]
@@ -100,31 +175,56 @@ mod tests {
     }
 
     #[test]
+    fn buckets_bound_their_samples() {
+        for micros in [1, 2, 3, 5, 7, 100, 999, 1000, 1024, 12_345, 2_000_000] {
+            let rtt = Duration::from_micros(micros);
+            let b = bucket(rtt);
+            assert!(
+                upper(b) >= rtt,
+                "{micros} µs in bucket {b} up to {:?}",
+                upper(b)
+            );
+            assert!(
+                upper(b) <= rtt * 3 / 2 + Duration::from_micros(1),
+                "{micros}"
+            );
+        }
+    }
+
+    #[test]
     fn the_floor_holds_while_samples_last_and_falls_after() {
         let t0 = Instant::now();
         let mut pace = Pace::new(t0);
         assert_eq!(pace.floor(t0), Duration::ZERO);
-        pace.sample(t0, ms(100));
-        assert_eq!(pace.floor(t0), ms(150));
+        for _ in 0..100 {
+            pace.sample(t0, ms(100));
+        }
+        let first = pace.floor(t0);
+        assert!(first >= ms(200) && first <= ms(260), "{first:?}");
         // A delay that lasts keeps the floor up, however long.
         for i in 1..20 {
             let now = t0 + PERIOD * i;
-            pace.sample(now, ms(80));
-            assert!(pace.floor(now) >= ms(120), "{i}: {:?}", pace.floor(now));
+            for _ in 0..100 {
+                pace.sample(now, ms(80));
+            }
+            assert!(pace.floor(now) >= ms(160), "{i}: {:?}", pace.floor(now));
         }
-        let last = t0 + PERIOD * 19;
-        // The largest of the window, not the latest.
-        pace.sample(last, ms(10));
-        assert_eq!(pace.floor(last), ms(120));
         // Once the samples stop, the floor is gone within the window.
+        let last = t0 + PERIOD * 19;
         assert_eq!(pace.floor(last + PERIOD * SLOTS as u32), Duration::ZERO);
-        // A single slow sample falls out of the window, the quick ones after it stay.
-        let later = last + PERIOD * 10;
-        pace.sample(later, ms(400));
-        for i in 1..=SLOTS as u32 {
-            pace.sample(later + PERIOD * i, ms(4));
+    }
+
+    #[test]
+    fn a_few_slow_samples_do_not_hold_up_the_rest() {
+        let t0 = Instant::now();
+        let mut pace = Pace::new(t0);
+        for i in 0..1000 {
+            // Five in a hundred waited behind something else on the machine.
+            let rtt = if i % 20 == 0 { ms(900) } else { ms(2) };
+            pace.sample(t0, rtt);
         }
-        assert_eq!(pace.floor(later + PERIOD * SLOTS as u32), ms(6));
+        let floor = pace.floor(t0);
+        assert!(floor <= ms(6), "{floor:?}");
     }
 
     #[test]

@@ -585,9 +585,10 @@ impl Transfer {
         self.rto_floor = floor;
     }
 
-    /// The round trip the last ACK measured (Karn's rule: only for a block sent once; or the
-    /// slow round trip a spurious timeout revealed), once: for a driver that learns from many
-    /// transfers together what [`set_rto_floor`](Self::set_rto_floor) should be.
+    /// The round trip the last ACK measured for a block sent once (Karn's rule), once: for a
+    /// driver that learns from many transfers together what
+    /// [`set_rto_floor`](Self::set_rto_floor) should be. The round trip a spurious timeout
+    /// revealed is used by this transfer only (it may be a loss misjudged).
     pub fn take_rtt_sample(&mut self) -> Option<Duration> {
         self.sample.take()
     }
@@ -690,7 +691,8 @@ impl Transfer {
     /// The client acknowledged `block` (0: the OACK), new progress.
     fn progress(&mut self, now: Instant, block: u64) {
         // Karn's rule: the ACK of a block the last run sent for the first time is a sample.
-        let mut sample_from = (block >= self.fresh_from).then_some(self.flight_at);
+        let fresh = (block >= self.fresh_from).then_some(self.flight_at);
+        let mut sample_from = fresh;
         if let Some(undo) = self.undo.take() {
             // A block first sent by the retransmission (`sample_from` is set) proves the client
             // answered it. Otherwise the ACK is timed from the run the timer gave up on only if
@@ -709,7 +711,11 @@ impl Transfer {
         if let Some(at) = sample_from {
             let rtt = now.saturating_duration_since(at);
             self.rtt.sample(rtt);
-            self.sample = Some(rtt);
+            // Only an unambiguous sample leaves the transfer: the one a spurious timeout
+            // revealed may be a real loss misjudged, about as long as the timeout itself, and
+            // fed into a floor under every transfer's timeout it would raise that floor each
+            // time it fired, loss after loss.
+            self.sample = fresh.map(|_| rtt);
             self.backoff = 0;
         }
         self.tries = 0;
