@@ -382,16 +382,8 @@ async fn run<I: Io>(state: &State<I>, client: &Client<I::File>, socket: I::Socke
             () = &mut timer => {
                 // Every datagram the kernel already holds goes in before the timer: a reply
                 // that came while this task waited its turn is not a loss.
-                let due = client.session.borrow().due(Instant::now());
-                while due {
-                    match I::try_recv(&socket, &mut scratch) {
-                        Ok(None) => break,
-                        Ok(Some(n)) => received(state, client, Ok(&scratch[..n])),
-                        Err(e) => {
-                            received(state, client, Err(e));
-                            break;
-                        }
-                    }
+                if client.session.borrow().due(Instant::now()) {
+                    drain::<I>(state, client, &socket, &mut scratch);
                 }
                 timer.as_mut().reset((Instant::now() + UNSET).into());
                 client.session.borrow_mut().handle_timeout(Instant::now());
@@ -403,6 +395,17 @@ async fn run<I: Io>(state: &State<I>, client: &Client<I::File>, socket: I::Socke
     // the socket and its port are released now rather than at the next stray datagram.
     I::close(&socket);
     ending
+}
+
+/// Feeds the session every datagram the socket already holds.
+fn drain<I: Io>(state: &State<I>, client: &Client<I::File>, socket: &I::Socket, buf: &mut [u8]) {
+    loop {
+        match I::try_recv(socket, buf) {
+            Ok(None) => return,
+            Ok(Some(n)) => received(state, client, Ok(&buf[..n])),
+            Err(e) => return received(state, client, Err(e)),
+        }
+    }
 }
 
 /// Feeds the session what a receive gave.
