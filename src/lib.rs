@@ -10,13 +10,13 @@
 //! ```text
 //!  datagram ─> packet::Packet::parse ─> transfer::inbound ─> Resolver::resolve ─> Source
 //!                                         └─> options::Negotiated::negotiate
-//!                                               └─> transfer::Transfer (sans-IO state machine)
-//!                                                    handle_* in, poll_* out
-//!  server: one shard per core, each driving its own io_uring and its own SO_REUSEPORT socket
-//!          on the port: receives armed once (multishot, provided buffers), sends batched into
-//!          the next io_uring_enter, a timer wheel; each transfer its own connected socket (or
-//!          the main one in single-port mode); file data read once per shard into 64 KiB
-//!          registered chunks (READ_FIXED) shared by its transfers; one GSO send per window
+//!  server: one shard per core, each with its own SO_REUSEPORT socket on the port
+//!    session   one transfer as the server sees it, sans-IO: the transfer::Transfer state
+//!              machine, its file chunks and read-ahead, GSO batching, its timer and ending
+//!              handle_* in, poll_io(now) -> send / read / arm / close out
+//!    executors only do what the sessions ask, one per shard: the io_uring engine (multishot
+//!              receives, provided buffers, READ_FIXED into registered chunks, batched
+//!              submissions, a timer wheel), tokio-uring, or epoll
 //!  client: the read side of a transfer, sans-IO too (loadgen and the tests drive it)
 //! ```
 //!
@@ -27,7 +27,8 @@
 //!
 //! Read on in that order: [`packet`] (the wire), [`options`] (negotiation), [`netascii`] (the
 //! text mode), [`transfer`] (the state machine and how a driver drives it), [`client`] (its
-//! counterpart), [`resolve`] (where files come from), [`server`] (the shards and their I/O).
+//! counterpart), [`resolve`] (where files come from), [`server`] (the shards, the session and
+//! its executors).
 
 pub mod client;
 pub mod netascii;

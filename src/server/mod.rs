@@ -1,4 +1,10 @@
-//! The server: shards, sockets and the I/O drivers around the protocol core.
+//! The server: shards, the per-transfer session (RFC 1350 §4–§6 as the server side runs them,
+//! with RFC 2347–2349 and RFC 7440) and the executors that carry it out.
+//!
+//! Each transfer is a sans-IO `Session` (see `session.rs`): time and events go in, what to
+//! send, read, arm or close comes out. A shard runs one executor, chosen by
+//! [`Config::backend`]: the io_uring engine, tokio-uring or epoll; none of them decides
+//! anything a session could.
 //!
 //! The Rust counterpart of nobodd's `TFTPBaseServer` (any [`Resolver`]) and `SimpleTFTPServer`
 //! ([`serve_directory`]). [`Server::bind`] binds the port at once (so a port in use is an error
@@ -36,6 +42,17 @@ mod shared_port;
 mod socket;
 mod task;
 mod uring;
+
+/// The sans-IO session and what an executor hands it and gets back, for the simulation
+/// (`crate::sim`), which executes sessions as the executors here do, against the core's client.
+#[cfg(any(test, feature = "sim"))]
+pub(crate) mod sans_io {
+    pub(crate) use super::cache::{Budget, Chunk, ChunkMemory, Piece, CHUNK};
+    pub(crate) use super::ending::{Ending, ReadError};
+    pub(crate) use super::pace::Pace;
+    pub(crate) use super::session::{Datagrams, Io, Meta, Sent, Session};
+    pub(crate) use super::window::{Data, FileHandle};
+}
 
 use std::collections::HashMap;
 use std::fmt;
