@@ -1,5 +1,6 @@
 //! The `ringtftpd` command line: clear errors and a non-zero exit for a port in use, a
-//! privileged port without the capability, a missing directory or a file given as one; `--help`.
+//! privileged port without the capability, a missing directory or a file given as one, an
+//! unknown backend; `--help`.
 
 use std::net::{Ipv4Addr, UdpSocket};
 use std::os::unix::fs::MetadataExt;
@@ -131,6 +132,35 @@ fn a_privileged_port_without_the_capability_names_it() {
     }
     assert_fails_saying(&done, &["CAP_NET_BIND_SERVICE", "69"]);
 }
+
+// An unknown backend, by flag or by RINGTFTP_BACKEND, is a usage error (clap's exit 2) that
+// names the value and lists the ones there are, before anything is bound.
+tftptest!(an_unknown_backend_is_a_clear_error, |dir| {
+    let mut by_flag = ringtftpd(
+        &["0", "--bind", "127.0.0.1", "--backend", "uring"],
+        dir.path(),
+    );
+    by_flag.env_remove("RINGTFTP_BACKEND");
+    let mut by_env = ringtftpd(&["0", "--bind", "127.0.0.1"], dir.path());
+    by_env.env("RINGTFTP_BACKEND", "uring");
+    for cmd in [by_flag, by_env] {
+        let done = run(cmd, START_TIMEOUT);
+        assert_fails_saying(
+            &done,
+            &[
+                "invalid value 'uring'",
+                "--backend",
+                "possible values: auto, io-uring, tokio-uring, epoll",
+            ],
+        );
+        assert_eq!(
+            done.status.and_then(|s| s.code()),
+            Some(2),
+            "a usage error:\n{}",
+            done.describe()
+        );
+    }
+});
 
 #[test]
 fn help_exits_0_and_documents_the_main_options() {

@@ -10,13 +10,14 @@ use ringtftp::packet::Mode as WireMode;
 use crate::util::raw;
 use crate::util::{
     client, fetch_atftp, fetch_busybox, fetch_curl, fetch_curl_with, fetch_tftp_hpa, pattern,
-    sha256, sha256_file, write_file, CurlOptions, Daemon, Mode, TempDir, ATFTP, BUSYBOX, CURL,
-    TFTP_HPA,
+    sha256, sha256_file, write_file, Backend, CurlOptions, Daemon, Mode, TempDir, ATFTP, BUSYBOX,
+    CURL, TFTP_HPA,
 };
 
 /// Sizes around the 512-byte block: an empty file is one empty DATA; 512 needs a second, empty,
-/// block; 511 and 513 sit either side.
-const SIZES: [usize; 6] = [0, 1, 511, 512, 513, 1 << 20];
+/// block; 511 and 513 sit either side; 2936 is two blocks of 1468 (the clients that ask for
+/// it), then an empty third; 1 MiB is 2048 blocks of 512.
+const SIZES: [usize; 7] = [0, 1, 511, 512, 513, 2 * 1468, 1 << 20];
 
 /// One way to run one real client.
 #[derive(Clone, Copy, Debug)]
@@ -49,7 +50,7 @@ impl Client {
 }
 
 /// Every client in its plain form and with the options it supports.
-const CLIENTS: [(&str, Client); 8] = [
+const CLIENTS: [(&str, Client); 9] = [
     ("tftp-hpa", Client::TftpHpa),
     ("atftp", Client::Atftp(&[])),
     (
@@ -84,6 +85,11 @@ const CLIENTS: [(&str, Client); 8] = [
     // busybox always sends tsize 0.
     ("busybox", Client::Busybox(None)),
     ("busybox-blksize1468", Client::Busybox(Some(1468))),
+    // RFC 7440 windows of every size, the empty file and exact multiples included.
+    (
+        "atftp-windowsize16-blksize1468",
+        Client::Atftp(&[("tsize", ""), ("blksize", "1468"), ("windowsize", "16")]),
+    ),
 ];
 
 /// Writes one file per size into `root`; returns `(name, sha256)` for each.
@@ -137,26 +143,33 @@ fn fetch_all(
     (failures, tried)
 }
 
-tftptest!(every_client_fetches_every_size, |root| {
-    let out = TempDir::new("every_client_fetches_every_size-out");
+backends!(
+    every_client_fetches_every_size,
+    atftp_windows_fetch_one_mib,
+    atftp_window_larger_than_its_socket_buffer_completes,
+    forty_mib_at_512_byte_blocks_rolls_over,
+);
+
+fn every_client_fetches_every_size(backend: Backend) {
+    let root = TempDir::new(&format!("every_client_fetches_every_size-{backend}"));
+    let out = TempDir::new(&format!("every_client_fetches_every_size-{backend}-out"));
     let files = serve_sizes(root.path());
-    let daemon = Daemon::start(root.path(), &[]);
+    let daemon = Daemon::start_backend(backend, root.path(), &[]);
     let (failures, tried) = fetch_all(daemon.addr(), &files, &CLIENTS, &out);
     assert!(
         failures.is_empty(),
-        "{} of {tried} downloads failed:\n{}",
+        "{} of {tried} downloads on {backend} failed:\n{}",
         failures.len(),
         failures.join("\n")
     );
-});
+}
 
-#[test]
-fn atftp_windows_fetch_one_mib() {
+fn atftp_windows_fetch_one_mib(backend: Backend) {
     if client(ATFTP).is_none() {
         return;
     }
-    let root = TempDir::new("atftp_windows_fetch_one_mib");
-    let out = TempDir::new("atftp_windows_fetch_one_mib-out");
+    let root = TempDir::new(&format!("atftp_windows_fetch_one_mib-{backend}"));
+    let out = TempDir::new(&format!("atftp_windows_fetch_one_mib-{backend}-out"));
     let bytes = pattern(1 << 20, 42);
     let expected = sha256(&bytes);
     let mut cases = Vec::new();
@@ -168,7 +181,7 @@ fn atftp_windows_fetch_one_mib() {
             cases.push((name, blksize, windowsize));
         }
     }
-    let daemon = Daemon::start(root.path(), &[]);
+    let daemon = Daemon::start_backend(backend, root.path(), &[]);
     let mut failures = Vec::new();
     for (name, blksize, windowsize) in &cases {
         let local = out.join(name);
@@ -206,7 +219,7 @@ fn atftp_windows_fetch_one_mib() {
     }
     assert!(
         failures.is_empty(),
-        "{} of {} windowed downloads failed:\n{}",
+        "{} of {} windowed downloads on {backend} failed:\n{}",
         failures.len(),
         cases.len(),
         failures.join("\n")
@@ -220,17 +233,20 @@ fn atftp_windows_fetch_one_mib() {
 /// this download takes about a second. A transfer stuck at one round per timeout (about 20
 /// blocks every 4 s) would need minutes. The harness then kills atftp at its usual 60 s
 /// deadline; that deadline is meant to catch a livelock, not to measure speed.
-#[test]
-fn atftp_window_larger_than_its_socket_buffer_completes() {
+fn atftp_window_larger_than_its_socket_buffer_completes(backend: Backend) {
     if client(ATFTP).is_none() {
         return;
     }
     const LEN: usize = 40 << 20;
-    let root = TempDir::new("atftp_window_larger_than_its_socket_buffer_completes");
-    let out = TempDir::new("atftp_window_larger_than_its_socket_buffer_completes-out");
+    let root = TempDir::new(&format!(
+        "atftp_window_larger_than_its_socket_buffer-{backend}"
+    ));
+    let out = TempDir::new(&format!(
+        "atftp_window_larger_than_its_socket_buffer-{backend}-out"
+    ));
     let bytes = pattern(LEN, 864);
     write_file(root.path(), "big", &bytes);
-    let daemon = Daemon::start(root.path(), &[]);
+    let daemon = Daemon::start_backend(backend, root.path(), &[]);
     let local = out.join("big");
     let start = Instant::now();
     let options = [("blksize", "8192"), ("windowsize", "64"), ("tsize", "")];
@@ -242,34 +258,46 @@ fn atftp_window_larger_than_its_socket_buffer_completes() {
         )
     });
     eprintln!(
-        "40 MiB with atftp, blksize 8192, windowsize 64, in {:.1?}",
+        "40 MiB with atftp, blksize 8192, windowsize 64, on {backend} in {:.1?}",
         start.elapsed()
     );
     let got = std::fs::read(&local).expect("read the download");
-    assert!(got == bytes, "40 MiB windowed download differs");
+    assert!(
+        got == bytes,
+        "40 MiB windowed download on {backend} differs"
+    );
 }
 
 /// 40 MiB at 512-byte blocks is 81920 full blocks and an empty 81921st: the block number wraps
 /// past 65535 back to 0 (as tftp-hpa and every PXE ROM expect).
-#[test]
-fn forty_mib_at_512_byte_blocks_rolls_over() {
+fn forty_mib_at_512_byte_blocks_rolls_over(backend: Backend) {
     if client(CURL).is_none() {
         return;
     }
     const LEN: usize = 40 << 20;
-    let root = TempDir::new("forty_mib_at_512_byte_blocks_rolls_over");
-    let out = TempDir::new("forty_mib_at_512_byte_blocks_rolls_over-out");
+    let root = TempDir::new(&format!(
+        "forty_mib_at_512_byte_blocks_rolls_over-{backend}"
+    ));
+    let out = TempDir::new(&format!(
+        "forty_mib_at_512_byte_blocks_rolls_over-{backend}-out"
+    ));
     let bytes = pattern(LEN, 40);
     write_file(root.path(), "big", &bytes);
-    let daemon = Daemon::start(root.path(), &[]);
+    let daemon = Daemon::start_backend(backend, root.path(), &[]);
     let local = out.join("big");
     let start = Instant::now();
     // curl asks `blksize 512` (and tsize) by default: the OACK path, 512-byte blocks.
-    fetch_curl(daemon.addr(), "big", &local, None).unwrap_or_else(|e| panic!("{e}"));
-    eprintln!("40 MiB at 512-byte blocks in {:.1?}", start.elapsed());
+    fetch_curl(daemon.addr(), "big", &local, None).unwrap_or_else(|e| panic!("{backend}: {e}"));
+    eprintln!(
+        "40 MiB at 512-byte blocks on {backend} in {:.1?}",
+        start.elapsed()
+    );
     let got = std::fs::read(&local).expect("read the download");
-    assert_eq!(got.len(), LEN, "length of the download");
-    assert!(got == bytes, "40 MiB download differs from the served file");
+    assert_eq!(got.len(), LEN, "length of the download on {backend}");
+    assert!(
+        got == bytes,
+        "40 MiB download on {backend} differs from the served file"
+    );
     let line = daemon.wait_for_log(
         &[
             "transfer complete",
@@ -317,34 +345,44 @@ fn netascii_encode(raw: &[u8]) -> Vec<u8> {
     out
 }
 
-#[test]
-fn netascii_text_round_trips_through_tftp_hpa() {
+// A netascii transfer is served from its encoding in memory, not read from the file, and IPv6
+// transfer sockets are each executor's too.
+backends!(
+    netascii_text_round_trips_through_tftp_hpa,
+    curl_receives_netascii_wire_bytes,
+    every_client_fetches_over_ipv6_loopback,
+);
+
+fn netascii_text_round_trips_through_tftp_hpa(backend: Backend) {
     if client(TFTP_HPA).is_none() {
         return;
     }
-    let root = TempDir::new("netascii_text_round_trips_through_tftp_hpa");
-    let out = TempDir::new("netascii_text_round_trips_through_tftp_hpa-out");
+    let root = TempDir::new(&format!("netascii_round_trips-{backend}"));
+    let out = TempDir::new(&format!("netascii_round_trips-{backend}-out"));
     let text = netascii_text();
     write_file(root.path(), "notes.txt", &text);
-    let daemon = Daemon::start(root.path(), &[]);
+    let daemon = Daemon::start_backend(backend, root.path(), &[]);
     let local = out.join("notes.txt");
     fetch_tftp_hpa(daemon.addr(), "notes.txt", &local, Mode::Netascii)
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap_or_else(|e| panic!("{backend}: {e}"));
     // tftp-hpa decodes CR LF -> LF and CR NUL -> CR, so it gets the original back.
-    assert_eq!(sha256_file(&local), sha256(&text), "decoded netascii text");
+    assert_eq!(
+        sha256_file(&local),
+        sha256(&text),
+        "decoded netascii text on {backend}"
+    );
 }
 
-#[test]
-fn curl_receives_netascii_wire_bytes() {
+fn curl_receives_netascii_wire_bytes(backend: Backend) {
     if client(CURL).is_none() {
         return;
     }
-    let root = TempDir::new("curl_receives_netascii_wire_bytes");
-    let out = TempDir::new("curl_receives_netascii_wire_bytes-out");
+    let root = TempDir::new(&format!("curl_netascii_wire_bytes-{backend}"));
+    let out = TempDir::new(&format!("curl_netascii_wire_bytes-{backend}-out"));
     let text = netascii_text();
     write_file(root.path(), "notes.txt", &text);
     let expected = sha256(&netascii_encode(&text));
-    let daemon = Daemon::start(root.path(), &[]);
+    let daemon = Daemon::start_backend(backend, root.path(), &[]);
     for no_options in [false, true] {
         let local = out.join(format!("notes-{no_options}.txt"));
         let options = CurlOptions {
@@ -353,12 +391,12 @@ fn curl_receives_netascii_wire_bytes() {
             netascii: true,
         };
         fetch_curl_with(daemon.addr(), "notes.txt", &local, options)
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap_or_else(|e| panic!("{backend}: {e}"));
         // curl does not decode: it writes what came off the wire.
         assert_eq!(
             sha256_file(&local),
             expected,
-            "netascii wire bytes (curl, no_options={no_options})"
+            "netascii wire bytes on {backend} (curl, no_options={no_options})"
         );
     }
 }
@@ -395,25 +433,33 @@ fn ipv6_loopback() -> bool {
     UdpSocket::bind((Ipv6Addr::LOCALHOST, 0)).is_ok()
 }
 
-#[test]
-fn every_client_fetches_over_ipv6_loopback() {
+fn every_client_fetches_over_ipv6_loopback(backend: Backend) {
     if !ipv6_loopback() {
         crate::util::skip::unsupported("no IPv6 loopback (::1) on this host");
         return;
     }
-    let root = TempDir::new("every_client_fetches_over_ipv6_loopback");
-    let out = TempDir::new("every_client_fetches_over_ipv6_loopback-out");
+    let root = TempDir::new(&format!(
+        "every_client_fetches_over_ipv6_loopback-{backend}"
+    ));
+    let out = TempDir::new(&format!(
+        "every_client_fetches_over_ipv6_loopback-{backend}-out"
+    ));
     let files: Vec<(String, String)> = serve_sizes(root.path())
         .into_iter()
-        .filter(|(name, _)| name == "size-513" || name == "size-1048576")
+        .filter(|(name, _)| ["size-513", "size-2936", "size-1048576"].contains(&name.as_str()))
         .collect();
-    let daemon = Daemon::start_on(IpAddr::V6(Ipv6Addr::LOCALHOST), root.path(), &[]);
+    let daemon = Daemon::start_on(
+        IpAddr::V6(Ipv6Addr::LOCALHOST),
+        root.path(),
+        &backend.args(),
+    );
+    backend.assert_serving(&daemon.log());
     assert!(daemon.addr().is_ipv6());
     let clients = [CLIENTS[0], CLIENTS[2], CLIENTS[4], CLIENTS[7]];
     let (failures, tried) = fetch_all(daemon.addr(), &files, &clients, &out);
     assert!(
         failures.is_empty(),
-        "{} of {tried} downloads over ::1 failed:\n{}",
+        "{} of {tried} downloads over ::1 on {backend} failed:\n{}",
         failures.len(),
         failures.join("\n")
     );

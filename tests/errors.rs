@@ -15,7 +15,7 @@ use ringtftp::packet::{ErrorCode, Mode as WireMode, Packet};
 use crate::util::raw::{self, Peer};
 use crate::util::{
     client, fetch_atftp, fetch_busybox, fetch_curl, fetch_tftp_hpa, pattern, run, write_file,
-    Daemon, Mode, TempDir, ATFTP, BUSYBOX, CURL, TFTP_HPA,
+    Backend, Daemon, Mode, TempDir, ATFTP, BUSYBOX, CURL, TFTP_HPA,
 };
 
 const FILE_NOT_FOUND: u16 = 1;
@@ -330,9 +330,14 @@ tftptest!(error_on_the_main_port_gets_no_reply, |root| {
 // RFC 1350 §4 (and the Sorcerer's Apprentice): a client that repeats its RRQ before the first
 // answer arrives must not get two transfers. Nothing is acknowledged here, so each transfer
 // would send its first packet (and perhaps retransmit it) from its own port.
-tftptest!(a_repeated_rrq_does_not_start_a_second_transfer, |root| {
+// Which requests repeat a running transfer is decided by admission, but each executor finds
+// the transfer to hand the repeat to.
+backends!(a_repeated_rrq_does_not_start_a_second_transfer);
+
+fn a_repeated_rrq_does_not_start_a_second_transfer(backend: Backend) {
+    let root = TempDir::new(&format!("a_repeated_rrq-{backend}"));
     write_file(root.path(), "file", &pattern(100_000, 5));
-    let daemon = Daemon::start(root.path(), &[]);
+    let daemon = Daemon::start_backend(backend, root.path(), &[]);
     for options in [&[][..], &[("blksize", "1428"), ("tsize", "0")][..]] {
         let peer = Peer::new(daemon.addr());
         let rrq = raw::rrq("file", WireMode::Octet, options);
@@ -350,7 +355,7 @@ tftptest!(a_repeated_rrq_does_not_start_a_second_transfer, |root| {
         assert_eq!(
             sources.len(),
             1,
-            "RRQ x3 with {options:?} answered from {} ports: {kinds:?}",
+            "RRQ x3 with {options:?} on {backend} answered from {} ports: {kinds:?}",
             sources.len()
         );
         let tid = *sources.iter().next().unwrap();
@@ -361,9 +366,12 @@ tftptest!(a_repeated_rrq_does_not_start_a_second_transfer, |root| {
                 Ok(Packet::Oack(_)) => !options.is_empty(),
                 _ => false,
             };
-            assert!(first, "unexpected {kinds:?} for options {options:?}");
+            assert!(
+                first,
+                "unexpected {kinds:?} for options {options:?} on {backend}"
+            );
         }
         // End the transfer politely.
         peer.send_to(&raw::error(ErrorCode::Undefined, "test done"), tid);
     }
-});
+}

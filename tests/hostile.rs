@@ -1,7 +1,8 @@
 //! Hostile input against the real daemon: a corpus of malformed, illegal and abusive datagrams
-//! on the main port, a stray transfer ID during a transfer, a garbage flood, and a client that
-//! vanishes mid-transfer. After each, the server must still be up, must not have leaked a path
-//! or a byte from outside its root, and must serve a normal transfer byte-exact.
+//! on the main port, a stray transfer ID during a transfer, a garbage flood, a client that
+//! vanishes mid-transfer and one that closes its port. After each, the server must still be
+//! up, must not have leaked a path or a byte from outside its root, and must serve a normal
+//! transfer byte-exact.
 
 use std::net::SocketAddr;
 use std::os::unix::fs::symlink;
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 use ringtftp::packet::Mode as WireMode;
 
 use crate::util::raw::{self, describe, parse_error, Peer};
-use crate::util::{pattern, sha256, write_file, Daemon, TempDir};
+use crate::util::{pattern, sha256, write_file, Backend, Daemon, TempDir};
 
 /// What the server must answer a hostile datagram with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -291,12 +292,20 @@ fn hostile_corpus_gets_errors_or_silence_and_leaks_nothing() {
     );
 }
 
-#[test]
-fn a_stray_tid_does_not_disturb_a_transfer() {
-    let (root, good) = hostile_root("stray_tid");
+// The corpus above is decided by admission, the same code on every backend; what follows goes
+// through each executor's receives, timers and descriptors.
+backends!(
+    a_stray_tid_does_not_disturb_a_transfer,
+    a_garbage_flood_is_survived,
+    a_vanished_client_is_given_up_and_its_resources_released,
+    a_closed_client_port_ends_the_transfer_at_once,
+);
+
+fn a_stray_tid_does_not_disturb_a_transfer(backend: Backend) {
+    let (root, good) = hostile_root(&format!("stray_tid-{backend}"));
     let big = pattern(2_000_000, 11);
     write_file(root.path(), "big.bin", &big);
-    let daemon = Daemon::start(root.path(), &[]);
+    let daemon = Daemon::start_backend(backend, root.path(), &[]);
     let server = daemon.addr();
     let stray = Peer::new(server);
     let mut peppered = 0;
@@ -359,10 +368,9 @@ fn open_fds(pid: u32) -> usize {
         .unwrap_or(0)
 }
 
-#[test]
-fn a_garbage_flood_is_survived() {
-    let (root, good) = hostile_root("garbage_flood");
-    let daemon = Daemon::start(root.path(), &[]);
+fn a_garbage_flood_is_survived(backend: Backend) {
+    let (root, good) = hostile_root(&format!("garbage_flood-{backend}"));
+    let daemon = Daemon::start_backend(backend, root.path(), &[]);
     let server = daemon.addr();
     let peer = Peer::new(server);
     // Bounded: 20 000 datagrams of pseudo-random bytes and lengths, as fast as they go.
@@ -374,19 +382,16 @@ fn a_garbage_flood_is_survived() {
     assert!(!daemon.log().contains("panicked"));
 }
 
-#[test]
-fn a_vanished_client_is_given_up_and_its_resources_released() {
-    let (root, _good) = hostile_root("vanished_client");
-    let big = pattern(4_000_000, 5);
-    write_file(root.path(), "big.bin", &big);
-    let daemon = Daemon::start(root.path(), &["--retries", "2"]);
+/// Starts a lock-step download of a 4 MB file from `daemon` and acknowledges its first 20
+/// blocks; returns the client's socket, the daemon's descriptors before the transfer, and the
+/// transfer's port.
+fn take_20_blocks(daemon: &Daemon) -> (Peer, usize, SocketAddr) {
     let server = daemon.addr();
     let idle = open_fds(daemon.pid());
-
-    // Take 20 blocks, then vanish without a word.
     let peer = Peer::new(server);
     peer.send_to(&raw::rrq("big.bin", WireMode::Octet, &[]), server);
     let mut block = 0u16;
+    let mut tid = server;
     while block < 20 {
         let (reply, from) = peer
             .recv(Duration::from_secs(2))
@@ -397,20 +402,19 @@ fn a_vanished_client_is_given_up_and_its_resources_released() {
             if b == block.wrapping_add(1) {
                 block = b;
             }
+            tid = from;
             peer.send_to(&raw::ack(b), from);
         }
     }
-    let during = open_fds(daemon.pid());
     assert!(
-        during > idle,
+        open_fds(daemon.pid()) > idle,
         "a running transfer holds a socket and the file"
     );
-    // The socket stays open but silent, as when a machine loses power: a closed port would
-    // draw an ICMP error that ends the transfer at once (logged as "port is closed").
+    (peer, idle, tid)
+}
 
-    // The server retries with backoff and gives up after its patience (12 s).
-    let line = daemon.wait_for_log(&["timed out"], Duration::from_secs(30));
-    assert!(line.is_some(), "no give-up logged:\n{}", daemon.log());
+/// Waits up to 5 s for the daemon to be back to `idle` descriptors.
+fn assert_released(daemon: &Daemon, idle: usize, backend: Backend) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while open_fds(daemon.pid()) > idle && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
@@ -418,7 +422,57 @@ fn a_vanished_client_is_given_up_and_its_resources_released() {
     assert_eq!(
         open_fds(daemon.pid()),
         idle,
-        "descriptors leaked by an abandoned transfer"
+        "descriptors leaked by an abandoned transfer on {backend}"
     );
+}
+
+fn a_vanished_client_is_given_up_and_its_resources_released(backend: Backend) {
+    let (root, good) = hostile_root(&format!("vanished_client-{backend}"));
+    let big = pattern(4_000_000, 5);
+    write_file(root.path(), "big.bin", &big);
+    let daemon = Daemon::start_backend(backend, root.path(), &["--retries", "2"]);
+    // Take 20 blocks, then vanish without a word. The socket stays open but silent, as when a
+    // machine loses power: a closed port would draw an ICMP error that ends the transfer at
+    // once (see the next test).
+    let (peer, idle, _) = take_20_blocks(&daemon);
+    // The server retries with backoff and gives up after its patience (12 s).
+    let line = daemon.wait_for_log(&["timed out"], Duration::from_secs(30));
+    let line = line.unwrap_or_else(|| panic!("no give-up logged on {backend}:\n{}", daemon.log()));
+    assert!(line.contains("outcome=\"timeout\""), "{line}");
+    assert_released(&daemon, idle, backend);
     drop(peer);
+    still_serves(daemon.addr(), &good);
+}
+
+/// A client that leaves mid-transfer and closes its socket (a firmware that gave up, a killed
+/// process): the next DATA draws an ICMP port unreachable, which the transfer socket reports
+/// as `ECONNREFUSED`, and the transfer ends within a few retransmissions — long before the
+/// 12 s a silent client is given.
+fn a_closed_client_port_ends_the_transfer_at_once(backend: Backend) {
+    let (root, good) = hostile_root(&format!("closed_port-{backend}"));
+    let big = pattern(4_000_000, 5);
+    write_file(root.path(), "big.bin", &big);
+    let daemon = Daemon::start_backend(backend, root.path(), &[]);
+    let (peer, idle, tid) = take_20_blocks(&daemon);
+    let closed = Instant::now();
+    drop(peer);
+    let needles = ["port is closed", "file=big.bin "];
+    let line = daemon.wait_for_log(&needles, Duration::from_secs(8));
+    let line = line.unwrap_or_else(|| {
+        panic!(
+            "no \"port is closed\" within 8 s of closing the client's port (transfer port \
+             {tid}) on {backend}:\n{}",
+            daemon.log()
+        )
+    });
+    let took = closed.elapsed();
+    assert!(line.contains("outcome=\"unreachable\""), "{line}");
+    assert!(
+        !daemon.log().contains("timed out"),
+        "the transfer waited for a silent client instead:\n{}",
+        daemon.log()
+    );
+    assert_released(&daemon, idle, backend);
+    println!("closed client port noticed on {backend} after {took:.2?}");
+    still_serves(daemon.addr(), &good);
 }

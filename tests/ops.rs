@@ -1,5 +1,6 @@
 //! Running ringtftpd the way operators do: dropping root with `--user`, socket activation
-//! through `systemd-socket-activate`, readiness and stopping over a `NOTIFY_SOCKET`.
+//! through `systemd-socket-activate`, readiness and stopping over a `NOTIFY_SOCKET`, and what
+//! `--metrics` and the log say (a UEFI size probe is routine, not an error).
 
 use std::env;
 use std::fs;
@@ -405,18 +406,7 @@ fn metrics_count_what_happened_and_parse_as_prometheus_text() {
             "3",
         ],
     );
-    let line = daemon
-        .wait_for_log(&["metrics at http://"], Duration::from_secs(5))
-        .expect("the metrics address is logged");
-    let url = line
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .expect("an address after http://");
-    let metrics_addr: SocketAddr = url
-        .trim_end_matches("/metrics")
-        .parse()
-        .unwrap_or_else(|e| panic!("{url}: {e}"));
+    let metrics_addr = metrics_addr(&daemon);
     let before = scrape(metrics_addr);
     assert_eq!(sum(&before, "ringtftp_shards", &[]), 2.0);
     assert_eq!(
@@ -515,6 +505,149 @@ fn metrics_count_what_happened_and_parse_as_prometheus_text() {
         assert!(line.contains(field), "{field} in {line}");
     }
     assert!(daemon.stop().success());
+}
+
+// UEFI firmware (edk2) asks for a file's size before every download: an RRQ with `tsize 0`,
+// `blksize` and `windowsize`, answered by the OACK, which the firmware ends with ERROR 8 before
+// any DATA. Routine, so it must count as a probe and stay out of the default log, on every
+// executor (each reports how its transfers end).
+backends!(a_uefi_tsize_probe_is_counted_as_a_probe_and_logged_at_debug_only);
+
+fn a_uefi_tsize_probe_is_counted_as_a_probe_and_logged_at_debug_only(backend: util::Backend) {
+    let (dir, bytes) = served(&format!("uefi-probe-{backend}"), "bootx64.efi");
+    // The default level (info), then debug, where the probe's line must appear: its absence
+    // at info then means the line is at debug, not that there is none.
+    for level in [None, Some("debug")] {
+        let daemon = Daemon::spawn(Ipv4Addr::LOCALHOST.into(), |port| {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringtftpd"));
+            cmd.arg(port.to_string())
+                .args(["--bind", "127.0.0.1", "--directory"])
+                .arg(dir.path())
+                .args(backend.args())
+                .args(["--metrics", "127.0.0.1:0"])
+                .args(level.map(|l| ["--log-level", l]).into_iter().flatten())
+                .env("NO_COLOR", "1")
+                // The level under test is the daemon's default, not whatever the caller set.
+                .env_remove("RUST_LOG");
+            cmd
+        });
+        backend.assert_serving(&daemon.log());
+        let metrics = metrics_addr(&daemon);
+        let before = scrape(metrics);
+
+        // The probe, as edk2's PXE client sends it.
+        let server = daemon.addr();
+        let peer = util::raw::Peer::new(server);
+        let probe = util::raw::rrq(
+            "bootx64.efi",
+            ringtftp::packet::Mode::Octet,
+            &[("tsize", "0"), ("blksize", "1468"), ("windowsize", "4")],
+        );
+        peer.send_to(&probe, server);
+        let (reply, tid) = peer
+            .recv(Duration::from_secs(2))
+            .unwrap_or_else(|| panic!("no answer to the probe on {backend}"));
+        let oack = util::raw::parse_oack(&reply).unwrap_or_else(|| {
+            panic!(
+                "the probe on {backend} got {}, not an OACK",
+                util::raw::describe(&reply)
+            )
+        });
+        let tsize = oack.iter().find(|(name, _)| name == "tsize");
+        assert_eq!(
+            tsize.map(|(_, v)| v.as_str()),
+            Some(SIZE.to_string().as_str()),
+            "tsize in the OACK on {backend}: {oack:?}"
+        );
+        peer.send_to(
+            &util::raw::error(ringtftp::packet::ErrorCode::OptionRefused, "tsize only"),
+            tid,
+        );
+        // Then the download itself, as the firmware goes on to do.
+        let got = util::raw::download(
+            server,
+            "bootx64.efi",
+            ringtftp::packet::Mode::Octet,
+            &[("blksize", "1468"), ("windowsize", "4")],
+            |_| {},
+        )
+        .unwrap_or_else(|e| panic!("the download after the probe on {backend}: {e}"));
+        assert!(
+            got.data == bytes,
+            "the download after the probe on {backend}"
+        );
+
+        // Both have ended once the download's line is written (the probe's came first).
+        daemon
+            .wait_for_log(&["transfer complete"], Duration::from_secs(5))
+            .unwrap_or_else(|| panic!("no complete line on {backend}:\n{}", daemon.log()));
+        let ended = |text: &str, outcome| {
+            sum(
+                text,
+                "ringtftp_transfers_ended_total",
+                &[("outcome", outcome)],
+            )
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut after = scrape(metrics);
+        while ended(&after, "probe") - ended(&before, "probe") < 1.0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+            after = scrape(metrics);
+        }
+        let delta = |outcome| ended(&after, outcome) - ended(&before, outcome);
+        let counts = ["probe", "completed", "client_error", "protocol", "timeout"]
+            .map(|outcome| (outcome, delta(outcome)));
+        assert_eq!(
+            counts,
+            [
+                ("probe", 1.0),
+                ("completed", 1.0),
+                ("client_error", 0.0),
+                ("protocol", 0.0),
+                ("timeout", 0.0)
+            ],
+            "transfers ended by outcome on {backend} (level {level:?})"
+        );
+
+        let log = daemon.log();
+        match level {
+            // Nothing but the download's own line names the file: no line for the probe at
+            // info or above (such as "transfer ended by the client").
+            None => assert!(
+                log.lines()
+                    .filter(|l| l.contains("bootx64.efi"))
+                    .all(|l| l.contains("transfer complete")),
+                "the probe is logged at the default level on {backend}:\n{log}"
+            ),
+            Some(_) => {
+                let line = log
+                    .lines()
+                    .find(|l| l.contains("tsize probe answered"))
+                    .unwrap_or_else(|| {
+                        panic!("no line for the probe at debug level on {backend}:\n{log}")
+                    });
+                for needle in ["DEBUG", "file=bootx64.efi", "outcome=\"probe\"", "code=8"] {
+                    assert!(line.contains(needle), "{needle} in {line}");
+                }
+            }
+        }
+        assert!(daemon.stop().success());
+    }
+}
+
+/// The address `--metrics 127.0.0.1:0` bound, from the daemon's log.
+fn metrics_addr(daemon: &Daemon) -> SocketAddr {
+    let line = daemon
+        .wait_for_log(&["metrics at http://"], Duration::from_secs(5))
+        .expect("the metrics address is logged");
+    let url = line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("an address after http://");
+    url.trim_end_matches("/metrics")
+        .parse()
+        .unwrap_or_else(|e| panic!("{url}: {e}"))
 }
 
 /// One scrape of http://ADDR/metrics; checks the status, the content type and that the body

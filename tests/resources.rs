@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use ringtftp::packet::Mode as WireMode;
 
 use crate::util::raw::{self, Download};
-use crate::util::{exclusive, pattern, run, sha256, write_file, Daemon, TempDir};
+use crate::util::{exclusive, pattern, run, sha256, write_file, Backend, Daemon, TempDir};
 
 /// How a held transfer's first block went.
 enum Started {
@@ -142,6 +142,14 @@ fn nofile() -> (u64, u64) {
     (limit.rlim_cur, limit.rlim_max)
 }
 
+// Descriptors, buffers and reads are each executor's own (registered files and buffers,
+// READ_FIXED, plain reads), so each runs these.
+backends!(
+    out_of_descriptors_new_requests_are_busy_and_running_transfers_finish,
+    out_of_buffer_memory_new_requests_are_busy_and_running_transfers_finish,
+    a_file_changed_mid_transfer_is_never_served_as_a_mix,
+);
+
 /// Starts the daemon with its descriptor limit (soft and hard) set to `fds` (or left as it is
 /// where raising it is not allowed and `required` is false).
 fn daemon_with_fd_limit(dir: &Path, fds: u64, required: bool, extra: &[&str]) -> Daemon {
@@ -158,9 +166,8 @@ fn daemon_with_fd_limit(dir: &Path, fds: u64, required: bool, extra: &[&str]) ->
     })
 }
 
-#[test]
-fn out_of_descriptors_new_requests_are_busy_and_running_transfers_finish() {
-    let root = TempDir::new("out_of_fds");
+fn out_of_descriptors_new_requests_are_busy_and_running_transfers_finish(backend: Backend) {
+    let root = TempDir::new(&format!("out_of_fds-{backend}"));
     let body = pattern(40 * 512 + 100, 11);
     write_file(root.path(), "f.bin", &body);
     // About a dozen descriptors go to the process itself; the rest to transfer sockets.
@@ -169,8 +176,9 @@ fn out_of_descriptors_new_requests_are_busy_and_running_transfers_finish() {
         root.path(),
         48,
         true,
-        &["--shards", "1", "--max-transfers", "1000"],
+        &backend.with(&["--shards", "1", "--max-transfers", "1000"]),
     );
+    backend.assert_serving(&daemon.log());
     let server = daemon.addr();
     let (holders, refused) =
         Holders::until_refused(server, WireMode::Octet, |_| "f.bin".into(), 60);
@@ -179,27 +187,30 @@ fn out_of_descriptors_new_requests_are_busy_and_running_transfers_finish() {
     let results = holders.finish();
     assert!(
         refused.contains("ERROR 0") && refused.contains("Server busy: out of file descriptors"),
-        "refusal after {held} held transfers: {refused}\n{}",
+        "refusal after {held} held transfers on {backend}: {refused}\n{}",
         daemon.log()
     );
-    assert!(held >= 20, "only {held} transfers before the limit bit");
+    assert!(
+        held >= 20,
+        "only {held} transfers on {backend} before the limit bit"
+    );
     all_exact(results, &body);
     // Descriptors are back: the server serves again.
     fetch_exact(server, "f.bin", &body);
     assert!(daemon.log().contains("out of file descriptors"));
     assert!(!daemon.log().contains("panicked"));
-    println!("descriptor limit 48: {held} transfers held, then \"{refused}\"");
+    println!("descriptor limit 48 on {backend}: {held} transfers held, then \"{refused}\"");
 }
 
-#[test]
-fn out_of_buffer_memory_new_requests_are_busy_and_running_transfers_finish() {
-    let root = TempDir::new("out_of_buffers");
+fn out_of_buffer_memory_new_requests_are_busy_and_running_transfers_finish(backend: Backend) {
+    let root = TempDir::new(&format!("out_of_buffers-{backend}"));
     let body = pattern(100_000, 12);
     write_file(root.path(), "f.bin", &body);
     let text: Vec<u8> = b"line\n".iter().copied().cycle().take(400_000).collect();
     write_file(root.path(), "big.txt", &text);
     // No shared cache, so each transfer holds its own 64 KiB chunk: 1 MiB holds 16.
-    let daemon = Daemon::start(
+    let daemon = Daemon::start_backend(
+        backend,
         root.path(),
         &["--shards", "1", "--cache-mb", "0", "--max-buffer-mb", "1"],
     );
@@ -222,16 +233,16 @@ fn out_of_buffer_memory_new_requests_are_busy_and_running_transfers_finish() {
     let results = holders.finish();
     assert!(
         refused.contains("ERROR 0") && refused.contains("Server busy: out of memory for file data"),
-        "refusal after {held} held transfers: {refused}\n{}",
+        "refusal after {held} held transfers on {backend}: {refused}\n{}",
         daemon.log()
     );
     assert!(
         (8..=20).contains(&held),
-        "{held} transfers held within a 1 MiB budget of 64 KiB chunks"
+        "{held} transfers held on {backend} within a 1 MiB budget of 64 KiB chunks"
     );
     all_exact(results, &body);
     fetch_exact(server, "f.bin", &body);
-    println!("--max-buffer-mb 1: {held} transfers held, then \"{refused}\"");
+    println!("--max-buffer-mb 1 on {backend}: {held} transfers held, then \"{refused}\"");
 }
 
 /// A download paused at block `at` while `change` alters the served file.
@@ -251,12 +262,11 @@ fn download_with_change(
     })
 }
 
-#[test]
-fn a_file_changed_mid_transfer_is_never_served_as_a_mix() {
-    let root = TempDir::new("changed_file");
+fn a_file_changed_mid_transfer_is_never_served_as_a_mix(backend: Backend) {
+    let root = TempDir::new(&format!("changed_file-{backend}"));
     let old = pattern(1 << 20, 21);
     let new = pattern(1 << 20, 22);
-    let daemon = Daemon::start(root.path(), &[]);
+    let daemon = Daemon::start_backend(backend, root.path(), &[]);
     let server = daemon.addr();
     let path = root.join("f.bin");
 
@@ -267,8 +277,12 @@ fn a_file_changed_mid_transfer_is_never_served_as_a_mix() {
         write_file(root.path(), "f.new", &new);
         std::fs::rename(root.join("f.new"), &path).expect("rename");
     })
-    .expect("a renamed-over file is served from the open descriptor");
-    assert_eq!(sha256(&got.data), sha256(&old), "not the snapshot");
+    .unwrap_or_else(|e| panic!("a renamed-over file on {backend}: {e}"));
+    assert_eq!(
+        sha256(&got.data),
+        sha256(&old),
+        "not the snapshot on {backend}"
+    );
     // The next transfer gets the new file, not cached bytes of the old one.
     fetch_exact(server, "f.bin", &new);
 
@@ -279,9 +293,12 @@ fn a_file_changed_mid_transfer_is_never_served_as_a_mix() {
         file.set_len(10_000).expect("truncate");
     });
     match result {
-        Err(e) => assert!(e.contains("File changed while being served"), "{e}"),
+        Err(e) => assert!(
+            e.contains("File changed while being served"),
+            "{backend}: {e}"
+        ),
         Ok(got) => panic!(
-            "a truncated file was served as a success ({} bytes)",
+            "a truncated file was served as a success on {backend} ({} bytes)",
             got.data.len()
         ),
     }
@@ -296,9 +313,12 @@ fn a_file_changed_mid_transfer_is_never_served_as_a_mix() {
         file.write_all_at(&new, 0).expect("rewrite");
     });
     match result {
-        Err(e) => assert!(e.contains("File changed while being served"), "{e}"),
+        Err(e) => assert!(
+            e.contains("File changed while being served"),
+            "{backend}: {e}"
+        ),
         Ok(got) => panic!(
-            "a rewritten file was served as a success ({})",
+            "a rewritten file was served as a success on {backend} ({})",
             if got.data == old {
                 "old bytes"
             } else {

@@ -1,10 +1,13 @@
-//! The server as a whole: many transfers at once, the I/O backends (io_uring by default, epoll
-//! by flag or environment), one main socket per shard, and a graceful stop.
+//! The server as a whole: many transfers at once, the I/O backends (io_uring by default; each
+//! by flag, epoll by environment; what happens where io_uring is blocked), one main socket per
+//! shard, and a graceful stop.
 
 use std::collections::HashSet;
 use std::fs;
 use std::net::{IpAddr, Ipv4Addr};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
+use std::process::Command;
 use std::sync::{mpsc, Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -14,16 +17,22 @@ use ringtftp::packet::Mode as WireMode;
 use crate::util::raw::{self, Peer};
 use crate::util::{
     client, fetch_atftp, fetch_busybox, fetch_curl, fetch_tftp_hpa, pattern, sha256, sha256_file,
-    write_file, Daemon, Mode, TempDir, ATFTP, BUSYBOX, CURL, TFTP_HPA,
+    write_file, Backend, Daemon, Mode, TempDir, ATFTP, BUSYBOX, CURL, TFTP_HPA,
 };
 
-#[test]
-fn two_hundred_concurrent_transfers_are_byte_exact() {
+// Many transfers at once, the backend asked for and a graceful stop are each executor's own.
+backends!(
+    two_hundred_concurrent_transfers_are_byte_exact,
+    the_backend_asked_for_is_named_and_serves_with_a_main_socket_per_shard,
+    sigterm_lets_a_running_transfer_finish_and_refuses_new_ones,
+);
+
+fn two_hundred_concurrent_transfers_are_byte_exact(backend: Backend) {
     // Kept apart from the 10 000-client test, whose clients run on 1 s timers.
     let _alone = crate::util::exclusive();
     const TRANSFERS: usize = 200;
     const FILES: usize = 10;
-    let root = TempDir::new("two_hundred_concurrent_transfers_are_byte_exact");
+    let root = TempDir::new(&format!("two_hundred_concurrent_transfers-{backend}"));
     // 64 KiB to 1 MiB, none a multiple of any block size.
     let files: Arc<Vec<Vec<u8>>> = Arc::new(
         (0..FILES)
@@ -35,7 +44,7 @@ fn two_hundred_concurrent_transfers_are_byte_exact() {
             })
             .collect(),
     );
-    let daemon = Daemon::start(root.path(), &[]);
+    let daemon = Daemon::start_backend(backend, root.path(), &[]);
     let addr = daemon.addr();
     let start_line = Arc::new(Barrier::new(TRANSFERS));
     let start = Instant::now();
@@ -75,7 +84,7 @@ fn two_hundred_concurrent_transfers_are_byte_exact() {
     let failures: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
     assert!(
         failures.is_empty(),
-        "{} of {TRANSFERS} concurrent transfers failed:\n{}",
+        "{} of {TRANSFERS} concurrent transfers on {backend} failed:\n{}",
         failures.len(),
         failures
             .iter()
@@ -85,8 +94,12 @@ fn two_hundred_concurrent_transfers_are_byte_exact() {
     );
     // Each transfer had its own port (RFC 1350 §4).
     let tids: HashSet<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
-    assert_eq!(tids.len(), TRANSFERS, "transfer ports were shared");
-    eprintln!("{TRANSFERS} concurrent transfers in {elapsed:.1?}");
+    assert_eq!(
+        tids.len(),
+        TRANSFERS,
+        "transfer ports were shared on {backend}"
+    );
+    eprintln!("{TRANSFERS} concurrent transfers on {backend} in {elapsed:.1?}");
 }
 
 /// One client's download into a local path.
@@ -148,18 +161,41 @@ fn startup_line(daemon: &Daemon) -> String {
         .unwrap_or_else(|| panic!("no start-up line in the log:\n{}", daemon.log()))
 }
 
-tftptest!(epoll_backend_by_flag_serves_byte_exact, |root| {
-    let daemon = Daemon::start(root.path(), &["--backend", "epoll", "--shards", "2"]);
+/// `--backend io-uring`, `tokio-uring` and `epoll` each start with the line naming it, with
+/// registered buffers where the memlock limit allows them (always as root), one main socket per
+/// shard, and serve. (The real clients fetch from each in clients.rs.)
+fn the_backend_asked_for_is_named_and_serves_with_a_main_socket_per_shard(backend: Backend) {
+    let root = TempDir::new(&format!("backend_by_flag-{backend}"));
+    let daemon = Daemon::start_backend(backend, root.path(), &["--shards", "2"]);
     let line = startup_line(&daemon);
-    assert!(
-        line.contains("with 2 shards (epoll)"),
-        "start-up line should name epoll: {line}"
+    let named = match backend {
+        Backend::IoUring => "io_uring (registered buffers)",
+        Backend::TokioUring => "tokio-uring (registered buffers)",
+        Backend::Epoll => "epoll",
+    };
+    let expected = format!("with 2 shards ({named})");
+    if crate::util::is_root() || backend == Backend::Epoll {
+        assert!(line.contains(&expected), "start-up line: {line}");
+    } else {
+        // Without CAP_IPC_LOCK the buffers may not fit RLIMIT_MEMLOCK: then one warning.
+        assert!(
+            line.contains(&expected) || daemon.log().contains("cannot register"),
+            "start-up line: {line}"
+        );
+    }
+    let others = [Backend::IoUring, Backend::TokioUring, Backend::Epoll]
+        .into_iter()
+        .filter(|&b| b != backend);
+    for other in others {
+        assert!(!line.contains(other.startup()), "{line}");
+    }
+    assert_eq!(
+        main_sockets(&daemon),
+        2,
+        "main sockets with --shards 2 on {backend}"
     );
-    assert!(!line.contains("io_uring"), "{line}");
-    assert_eq!(main_sockets(&daemon), 2, "main sockets with --shards 2");
-    fetch_with_two_clients(&daemon, root.path(), "epoll by flag");
     raw_download_is_exact(&daemon, root.path());
-});
+}
 
 tftptest!(epoll_backend_by_environment_serves_byte_exact, |root| {
     let daemon = Daemon::start_with_env(
@@ -175,6 +211,120 @@ tftptest!(epoll_backend_by_environment_serves_byte_exact, |root| {
     );
     fetch_with_two_clients(&daemon, root.path(), "epoll by environment");
 });
+
+// Where io_uring is blocked (a container's default seccomp profile fails `io_uring_setup`
+// with EPERM), `--backend io-uring` and `--backend tokio-uring` refuse to start, naming the
+// backend and the reason, while `auto` (the default) warns once and serves on epoll. The
+// daemon runs under a seccomp filter of the test's own that blocks just that system call.
+tftptest!(
+    where_io_uring_is_blocked_the_ring_backends_refuse_and_auto_serves_on_epoll,
+    |root| {
+        let ringtftpd = |port: u16, backend: &str| {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringtftpd"));
+            cmd.arg(port.to_string())
+                .args(["--bind", "127.0.0.1", "--directory"])
+                .arg(root.path())
+                .args(["--backend", backend])
+                .env("NO_COLOR", "1");
+            block_io_uring(&mut cmd);
+            cmd
+        };
+        for backend in [Backend::IoUring, Backend::TokioUring] {
+            let done = crate::util::run(ringtftpd(0, backend.value()), Duration::from_secs(10));
+            assert!(
+                done.status.is_some_and(|s| !s.success()),
+                "--backend {backend} with io_uring blocked should exit with an error:\n{}",
+                done.describe()
+            );
+            for needle in [
+                &format!("cannot run the {backend} backend"),
+                "Operation not permitted",
+            ] {
+                assert!(
+                    done.stderr.contains(needle),
+                    "--backend {backend} with io_uring blocked should say {needle:?}:\n{}",
+                    done.describe()
+                );
+            }
+        }
+        let daemon = Daemon::spawn(IpAddr::V4(Ipv4Addr::LOCALHOST), |port| {
+            ringtftpd(port, "auto")
+        });
+        Backend::Epoll.assert_serving(&daemon.log());
+        let warnings = daemon.log().matches("io_uring is unavailable").count();
+        assert_eq!(warnings, 1, "one warning:\n{}", daemon.log());
+        raw_download_is_exact(&daemon, root.path());
+    }
+);
+
+/// Has `cmd` run under a seccomp filter that fails `io_uring_setup` with EPERM, as Docker's
+/// and Podman's default profiles do, and allows everything else.
+fn block_io_uring(cmd: &mut Command) {
+    use libc::{sock_filter, BPF_ABS, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD, BPF_RET, BPF_W};
+    let op = |code: u32, jt: u8, jf: u8, k: u32| sock_filter {
+        code: code as u16,
+        jt,
+        jf,
+        k,
+    };
+    let filter = [
+        // The system call's number: `seccomp_data.nr`, at offset 0.
+        op(BPF_LD | BPF_W | BPF_ABS, 0, 0, 0),
+        op(
+            BPF_JMP | BPF_JEQ | BPF_K,
+            0,
+            1,
+            libc::SYS_io_uring_setup as u32,
+        ),
+        op(
+            BPF_RET | BPF_K,
+            0,
+            0,
+            libc::SECCOMP_RET_ERRNO | libc::EPERM as u32,
+        ),
+        op(BPF_RET | BPF_K, 0, 0, libc::SECCOMP_RET_ALLOW),
+    ];
+    // SAFETY: prctl is async-signal-safe; the filter is the child's own copy, alive until exec
+    // (the kernel copies it at PR_SET_SECCOMP).
+    unsafe {
+        cmd.pre_exec(move || {
+            let program = libc::sock_fprog {
+                len: filter.len() as u16,
+                filter: filter.as_ptr().cast_mut(),
+            };
+            // Required to install a filter without CAP_SYS_ADMIN; harmless with it.
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER,
+                    &program as *const libc::sock_fprog,
+                ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+// clap reads RINGTFTP_BACKEND when --backend is not given; the flag wins over it.
+backends!(the_backend_flag_wins_over_the_environment);
+
+fn the_backend_flag_wins_over_the_environment(backend: Backend) {
+    let root = TempDir::new(&format!("backend_flag_over_env-{backend}"));
+    let other = match backend {
+        Backend::Epoll => "tokio-uring",
+        _ => "epoll",
+    };
+    let daemon = Daemon::start_with_env(
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        root.path(),
+        &backend.args(),
+        &[("RINGTFTP_BACKEND", other)],
+    );
+    backend.assert_serving(&daemon.log());
+    raw_download_is_exact(&daemon, root.path());
+}
 
 /// A lock-step download with large blocks, through the raw client, compared byte for byte.
 fn raw_download_is_exact(daemon: &Daemon, root: &Path) {
@@ -293,15 +443,14 @@ tftptest!(
 );
 
 /// SIGTERM stops new requests at once but lets a running transfer finish, then exits 0.
-#[test]
-fn sigterm_lets_a_running_transfer_finish_and_refuses_new_ones() {
+fn sigterm_lets_a_running_transfer_finish_and_refuses_new_ones(backend: Backend) {
     const LEN: usize = 40 << 20;
-    let root = TempDir::new("sigterm_lets_a_running_transfer_finish_and_refuses_new_ones");
+    let root = TempDir::new(&format!("sigterm_lets_a_running_transfer_finish-{backend}"));
     let bytes = Arc::new(pattern(LEN, 4040));
     write_file(root.path(), "big", &bytes);
     write_file(root.path(), "small", b"small file\n");
     // A generous grace: a loaded CI machine must not turn this into a timing test.
-    let mut daemon = Daemon::start(root.path(), &["--grace", "60"]);
+    let mut daemon = Daemon::start_backend(backend, root.path(), &["--grace", "60"]);
     let addr = daemon.addr();
     let (started, running) = mpsc::channel();
     let downloader = thread::spawn(move || {
@@ -321,7 +470,7 @@ fn sigterm_lets_a_running_transfer_finish_and_refuses_new_ones() {
     thread::sleep(Duration::from_millis(200));
     assert!(
         daemon.exit_status().is_none(),
-        "the daemon exited while a transfer was running; log:\n{}",
+        "the daemon on {backend} exited while a transfer was running; log:\n{}",
         daemon.log()
     );
     // A new request now gets no answer at all.
@@ -329,20 +478,25 @@ fn sigterm_lets_a_running_transfer_finish_and_refuses_new_ones() {
     late.send_to(&raw::rrq("small", WireMode::Octet, &[]), addr);
     if let Some((reply, from)) = late.recv(Duration::from_millis(500)) {
         panic!(
-            "an RRQ after SIGTERM got {} from {from}",
+            "an RRQ after SIGTERM on {backend} got {} from {from}",
             raw::describe(&reply)
         );
     }
     let got = downloader
         .join()
         .expect("downloader panicked")
-        .unwrap_or_else(|e| panic!("the running transfer broke off after SIGTERM: {e}"));
+        .unwrap_or_else(|e| {
+            panic!("the running transfer broke off after SIGTERM on {backend}: {e}")
+        });
     assert_eq!(got.data.len(), LEN);
-    assert!(got.data == *bytes, "the 40 MiB download differs");
+    assert!(
+        got.data == *bytes,
+        "the 40 MiB download on {backend} differs"
+    );
     let status = daemon.wait_exit();
     assert!(
         status.success(),
-        "daemon exit after SIGTERM: {status}; log:\n{}",
+        "daemon exit after SIGTERM on {backend}: {status}; log:\n{}",
         daemon.log()
     );
 }

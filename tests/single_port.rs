@@ -12,7 +12,7 @@ use ringtftp::packet::Mode as WireMode;
 use crate::util::raw::{ack, data, parse_error, rrq, Peer};
 use crate::util::{
     client, fetch_atftp, fetch_busybox, fetch_curl, fetch_tftp_hpa, pattern, sha256, sha256_file,
-    write_file, Daemon, Mode, TempDir, ATFTP, BUSYBOX, CURL, TFTP_HPA,
+    write_file, Backend, Daemon, Mode, TempDir, ATFTP, BUSYBOX, CURL, TFTP_HPA,
 };
 
 /// A lock-step download of `name` (no options: 512-byte blocks) that insists every reply comes
@@ -58,20 +58,18 @@ fn download_from_main_port(peer: &Peer, server: SocketAddr, name: &str) -> Resul
     }
 }
 
-#[test]
-fn real_clients_are_served_from_the_main_port() {
-    real_clients_from_the_main_port(&["--single-port"]);
-}
+// Each executor routes a shared main socket's datagrams to its transfers its own way. epoll
+// matters most: it runs where io_uring is blocked (a container's default seccomp profile),
+// which is where single-port mode is most needed.
+backends!(
+    real_clients_are_served_from_the_main_port,
+    shards_keep_each_client_on_its_shard,
+    a_client_asking_again_from_its_port_gets_its_new_file,
+    strays_on_the_main_port_never_disturb_a_transfer,
+);
 
-#[test]
-fn the_epoll_backend_serves_single_port_too() {
-    // Where io_uring is blocked (a container's default seccomp profile), which is where
-    // single-port mode is most needed.
-    real_clients_from_the_main_port(&["--single-port", "--backend", "epoll"]);
-}
-
-fn real_clients_from_the_main_port(args: &[&str]) {
-    let root = TempDir::new("single_port_real_clients");
+fn real_clients_are_served_from_the_main_port(backend: Backend) {
+    let root = TempDir::new(&format!("single_port_real_clients-{backend}"));
     let sizes = [0usize, 513, 1 << 20];
     let files: Vec<(String, Vec<u8>)> = sizes
         .iter()
@@ -82,7 +80,7 @@ fn real_clients_from_the_main_port(args: &[&str]) {
             (name, bytes)
         })
         .collect();
-    let daemon = Daemon::start(root.path(), args);
+    let daemon = Daemon::start_backend(backend, root.path(), &["--single-port"]);
     let addr = daemon.addr();
     // The first reply comes from the main port itself.
     let peer = Peer::new(addr);
@@ -118,7 +116,7 @@ fn real_clients_from_the_main_port(args: &[&str]) {
             fetched.push(("busybox", sha256_file(&out)));
         }
         for (who, sha) in fetched {
-            assert_eq!(sha, want, "{who} fetched {name}");
+            assert_eq!(sha, want, "{who} fetched {name} on {backend}");
         }
     }
     assert!(
@@ -128,26 +126,14 @@ fn real_clients_from_the_main_port(args: &[&str]) {
     );
 }
 
-#[test]
-fn shards_keep_each_client_on_its_shard() {
-    // The SO_REUSEPORT hash is over the whole address pair, so a client's ACKs reach the shard
-    // that took its request: were they spread, transfers would stall on the other shard.
-    many_clients_on_two_shards(&[]);
-}
-
-#[test]
-fn shards_keep_each_client_on_its_shard_with_epoll() {
-    many_clients_on_two_shards(&["--backend", "epoll"]);
-}
-
-fn many_clients_on_two_shards(args: &[&str]) {
+/// The SO_REUSEPORT hash is over the whole address pair, so a client's ACKs reach the shard
+/// that took its request: were they spread, transfers would stall on the other shard.
+fn shards_keep_each_client_on_its_shard(backend: Backend) {
     const CLIENTS: usize = 64;
-    let root = TempDir::new("single_port_shards");
+    let root = TempDir::new(&format!("single_port_shards-{backend}"));
     let body = pattern(300 * 1024 + 11, 3);
     write_file(root.path(), "f", &body);
-    let mut all = vec!["--single-port", "--shards", "2"];
-    all.extend_from_slice(args);
-    let daemon = Daemon::start(root.path(), &all);
+    let daemon = Daemon::start_backend(backend, root.path(), &["--single-port", "--shards", "2"]);
     let addr = daemon.addr();
     let line = Arc::new(Barrier::new(CLIENTS));
     let clients: Vec<_> = (0..CLIENTS)
@@ -164,10 +150,10 @@ fn many_clients_on_two_shards(args: &[&str]) {
         let got = c
             .join()
             .expect("client thread")
-            .unwrap_or_else(|e| panic!("client {i}: {e}"));
+            .unwrap_or_else(|e| panic!("client {i} on {backend}: {e}"));
         assert!(
             got == body,
-            "client {i}: {} bytes, not byte-exact",
+            "client {i} on {backend}: {} bytes, not byte-exact",
             got.len()
         );
     }
@@ -183,25 +169,13 @@ fn many_clients_on_two_shards(args: &[&str]) {
     assert_eq!(log.matches("transfer complete").count(), CLIENTS, "{log}");
 }
 
-#[test]
-fn a_client_asking_again_from_its_port_gets_its_new_file() {
-    asking_again(&[]);
-}
-
-#[test]
-fn a_client_asking_again_from_its_port_gets_its_new_file_with_epoll() {
-    asking_again(&["--backend", "epoll"]);
-}
-
-fn asking_again(args: &[&str]) {
-    let root = TempDir::new("single_port_again");
+fn a_client_asking_again_from_its_port_gets_its_new_file(backend: Backend) {
+    let root = TempDir::new(&format!("single_port_again-{backend}"));
     let first = pattern(100 * 1024, 1);
     let second = pattern(2000, 2);
     write_file(root.path(), "first", &first);
     write_file(root.path(), "second", &second);
-    let mut all = vec!["--single-port"];
-    all.extend_from_slice(args);
-    let daemon = Daemon::start(root.path(), &all);
+    let daemon = Daemon::start_backend(backend, root.path(), &["--single-port"]);
     let addr = daemon.addr();
     let peer = Peer::new(addr);
     peer.send_to(&rrq("first", WireMode::Octet, &[]), addr);
@@ -221,12 +195,11 @@ fn asking_again(args: &[&str]) {
     assert!(log.contains("asked again from the same port"), "{log}");
 }
 
-#[test]
-fn strays_on_the_main_port_never_disturb_a_transfer() {
-    let root = TempDir::new("single_port_strays");
+fn strays_on_the_main_port_never_disturb_a_transfer(backend: Backend) {
+    let root = TempDir::new(&format!("single_port_strays-{backend}"));
     let body = pattern(64 * 1024 + 3, 9);
     write_file(root.path(), "f", &body);
-    let daemon = Daemon::start(root.path(), &["--single-port"]);
+    let daemon = Daemon::start_backend(backend, root.path(), &["--single-port"]);
     let addr = daemon.addr();
     let client = Peer::new(addr);
     let stray = Peer::new(addr);
@@ -259,5 +232,5 @@ fn strays_on_the_main_port_never_disturb_a_transfer() {
             break;
         }
     }
-    assert!(got == body, "byte-exact after the strays");
+    assert!(got == body, "byte-exact after the strays on {backend}");
 }

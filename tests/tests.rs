@@ -19,54 +19,90 @@ macro_rules! tftptest {
     };
 }
 
-// Scratch directories, file contents, SHA-256, the daemon under test, the real clients and a raw
-// TFTP peer on a UDP socket (util/raw.rs: hand-made packets and a lock-step downloader).
+/// A scenario run on every executor. Every backend executes the same sans-IO session, so what
+/// differs between them is I/O: receives, sends, timers, reads, descriptors, stopping. Beside
+/// `fn name(backend: Backend)` (which starts its daemon with `--backend`, usually through
+/// `Daemon::start_backend`), `backends!(name);` stamps out one `#[test]` per backend in a
+/// module of the same name: `name::io_uring`, `name::tokio_uring` and `name::epoll`. So
+/// `cargo test name` runs the scenario everywhere and `cargo test epoll` runs every scenario on
+/// epoll. Where the host blocks io_uring the first two skip, saying so (util/backend.rs).
+macro_rules! backends {
+    ($($scenario:ident),+ $(,)?) => {$(
+        mod $scenario {
+            #[test]
+            fn io_uring() {
+                $crate::util::Backend::IoUring.run(super::$scenario);
+            }
+
+            #[test]
+            fn tokio_uring() {
+                $crate::util::Backend::TokioUring.run(super::$scenario);
+            }
+
+            #[test]
+            fn epoll() {
+                $crate::util::Backend::Epoll.run(super::$scenario);
+            }
+        }
+    )+};
+}
+
+// Scratch directories, file contents, SHA-256, the daemon under test and its backends, the real
+// clients and a raw TFTP peer on a UDP socket (util/raw.rs: hand-made packets and a lock-step
+// downloader).
 mod util;
 
-// Downloads with Debian's real clients (tftp-hpa, atftp, curl, busybox), compared by SHA-256:
-// every client (plain and with its options) x sizes 0, 1, 511, 512, 513 and 1 MiB; atftp
-// windowsize 4/16/64 x blksize 1468/8192 (and the log shows the window granted); 40 MiB with
-// atftp at 64 x 8 KiB windows, more than its socket buffer holds; 40 MiB at 512-byte blocks
-// (block number rollover); netascii (tftp-hpa decodes it back to the original,
-// curl keeps the wire bytes, tsize announces the encoded length); IPv6 ::1 with every client.
+// Downloads with Debian's real clients (tftp-hpa, atftp, curl, busybox), compared by SHA-256,
+// on every backend: every client (plain, with its options, atftp with 16-block windows) x sizes
+// 0, 1, 511, 512, 513, 2 x 1468 and 1 MiB; atftp windowsize 4/16/64 x blksize 1468/8192 (and
+// the log shows the window granted); 40 MiB with atftp at 64 x 8 KiB windows, more than its
+// socket buffer holds; 40 MiB at 512-byte blocks (block number rollover); netascii (tftp-hpa
+// decodes it back to the original, curl keeps the wire bytes); IPv6 ::1 with every client. And
+// once: tsize announces netascii's encoded length.
 mod clients;
 
 // What must be refused or ignored: a missing file (ERROR 1 as each client reports it); `..`,
 // symlinks and absolute paths out of the root (ERROR 2 / never served, no server path in the
 // message); directories; WRQ (raw, tftp-hpa, curl, atftp, busybox: ERROR 2 "read-only" and
 // the root unchanged); DATA/ACK/OACK on the main port (ERROR 4); ERROR on the main port (no
-// reply); a repeated RRQ (one transfer, one port).
+// reply); a repeated RRQ (one transfer, one port; on every backend).
 mod errors;
 
 // The server as a whole: 200 concurrent lock-step transfers from threads, all byte-exact on
-// their own ports; the epoll backend by `--backend epoll` and by RINGTFTP_BACKEND=epoll;
-// io_uring by default with one SO_REUSEPORT main socket per shard (/proc/net/udp and ss);
-// SIGTERM during a 40 MiB transfer (it finishes, new requests get no answer, exit 0); SIGHUP
-// logged and ignored.
+// their own ports; each --backend named in the start-up line (registered buffers as root) with
+// one SO_REUSEPORT main socket per shard; RINGTFTP_BACKEND=epoll, and --backend winning over
+// it; io_uring by default (/proc/net/udp and ss); with io_uring blocked by a seccomp filter,
+// io-uring and tokio-uring refuse to start and auto serves on epoll; SIGTERM during a 40 MiB
+// transfer (it finishes, new requests get no answer, exit 0); SIGHUP logged and ignored. The
+// concurrent transfers and SIGTERM run on every backend.
 mod server;
 
-// --single-port: real clients (curl, tftp-hpa, atftp with 16-block windows, busybox) byte-exact
-// with every reply from the main port; 64 clients on two shards (SO_REUSEPORT keeps each client
-// on its shard); a client asking again from the same port gets its new file; stray ACKs are
-// not answered and stray DATA gets ERROR 4, without disturbing a transfer; the same on the epoll
-// backend.
+// --single-port, every test on every backend: real clients (curl, tftp-hpa, atftp with 16-block
+// windows, busybox) byte-exact with every reply from the main port; 64 clients on two shards
+// (SO_REUSEPORT keeps each client on its shard); a client asking again from the same port gets
+// its new file; stray ACKs are not answered and stray DATA gets ERROR 4, without disturbing a
+// transfer.
 mod single_port;
 
 // The command line: port in use, port 69 without CAP_NET_BIND_SERVICE (as nobody through
-// setpriv), a missing directory, a file as --directory (each a clear error and a non-zero
-// exit), and --help.
+// setpriv), a missing directory, a file as --directory, an unknown --backend or
+// RINGTFTP_BACKEND (each a clear error and a non-zero exit), and --help.
 mod cli;
 
 // Hostile input against the real daemon: a corpus of malformed, illegal and abusive datagrams
 // on the main port (each an ERROR or silence, no path in any message, nothing from outside the
-// root), a stray transfer ID during a transfer, a garbage flood, and a client that vanishes
-// mid-transfer (given up, descriptors released); a normal transfer works after each.
+// root); on every backend, a stray transfer ID during a transfer, a garbage flood, a client
+// that vanishes mid-transfer (given up after 12 s, descriptors released) and one that closes
+// its port (ICMP port unreachable: ended at once as "unreachable"); a normal transfer works
+// after each.
 mod hostile;
 
 // Real packet loss on a real path: a network namespace pair joined by a veth pair, nftables
-// dropping 1 %, 5 % or 20 % of UDP each way; curl, atftp and tftp-hpa (1 %, 5 %) and loadgen
-// (20 %, 4 transfers at once) fetch 1 MiB byte-exact; completion times and the server's retransmits
-// printed and bounded. Needs root, ip and nft (skipped otherwise unless CI requires them).
+// dropping 1 %, 5 %, 10 % or 20 % of UDP each way; curl, atftp and tftp-hpa fetch 1 MiB at
+// 1 % and 5 %, and loadgen 128 KiB in windows, 2 transfers at once, at 20 %; on every backend,
+// the real clients 128 KiB at 5 % and loadgen at 10 %; all byte-exact, completion times and
+// the server's retransmits printed and bounded. Needs root, ip and nft (skipped otherwise
+// unless CI requires them).
 mod faults;
 
 // A server behind a destination-NAT virtual address (nftables in a namespace): with
@@ -88,8 +124,8 @@ mod files;
 // Resources running out and files changing: a descriptor limit (new requests "Server busy",
 // held transfers finish byte-exact, service resumes), the --max-buffer-mb budget (the same, and
 // a netascii encoding that does not fit), a file renamed over (the snapshot is served),
-// truncated or rewritten in place (ERROR, never a mix as success), and 10 000 loadgen clients at
-// once (all byte-exact, the daemon's peak RSS bounded).
+// truncated or rewritten in place (ERROR, never a mix as success) — those on every backend —
+// and 10 000 loadgen clients at once (all byte-exact, the daemon's peak RSS bounded).
 mod resources;
 
 // Operations: --user nobody started as root (served byte-exact; every task of /proc/PID/task
@@ -100,5 +136,6 @@ mod resources;
 // (one shard); READY=1 before the first answer and STOPPING=1 on SIGTERM over a NOTIFY_SOCKET of
 // the test's own; the units of dist/systemd pass systemd-analyze verify; --metrics after a
 // transfer, a missing file, a busy refusal and a client gone silent (counters, histogram, and a
-// parser of the text format).
+// parser of the text format); on every backend, a UEFI tsize probe (OACK answered with ERROR 8)
+// counted as outcome "probe", not "client_error", and logged at debug level only.
 mod ops;

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::TempDir;
+use super::{Backend, TempDir};
 
 /// How long a server may take to answer its first probe.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -39,6 +39,14 @@ impl Daemon {
     /// and returns once it answers a probe RRQ.
     pub fn start(dir: &Path, extra_args: &[&str]) -> Daemon {
         Daemon::start_on(IpAddr::V4(Ipv4Addr::LOCALHOST), dir, extra_args)
+    }
+
+    /// [`Daemon::start`] with `--backend BACKEND` before `extra_args`; panics unless the
+    /// start-up line names that backend.
+    pub fn start_backend(backend: Backend, dir: &Path, extra_args: &[&str]) -> Daemon {
+        let daemon = Daemon::start(dir, &backend.with(extra_args));
+        backend.assert_serving(&daemon.log());
+        daemon
     }
 
     /// [`Daemon::start`] bound to `ip` (e.g. `::1`).

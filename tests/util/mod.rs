@@ -1,10 +1,11 @@
 //! Helpers shared by every integration test: scratch directories, deterministic file contents,
-//! SHA-256, the daemon under test ([`Daemon`]), the real TFTP clients (`clients.rs`) and a raw
-//! TFTP peer on a UDP socket (`raw.rs`).
+//! SHA-256, the daemon under test ([`Daemon`]) on each of its executors ([`Backend`]), the real
+//! TFTP clients (`clients.rs`) and a raw TFTP peer on a UDP socket (`raw.rs`).
 
 // Not every helper has a caller yet: the test modules that use them are still being written.
 #![allow(dead_code)]
 
+mod backend;
 mod clients;
 mod daemon;
 mod process;
@@ -19,6 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use sha2::{Digest, Sha256};
 
 // Re-exported so tests say `util::Daemon`; unused until the test modules arrive.
+pub use backend::Backend;
 #[allow(unused_imports)]
 pub use clients::{
     client, fetch_atftp, fetch_busybox, fetch_curl, fetch_curl_with, fetch_tftp_hpa, CurlOptions,
