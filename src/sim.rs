@@ -1,16 +1,23 @@
 //! Test support, shared by the core's unit tests, its property tests and the fuzz targets
 //! (compiled for `cfg(test)` and with the `sim` feature, hidden from the documentation):
 //!
-//! - [`Rng`], the one seeded generator;
-//! - [`Pair`], the server [`Transfer`] and the real [`Client`] over a lossy in-memory [`Link`]
-//!   on a virtual clock that jumps to the earliest wake-up (quinn-proto's `Pair` is the model),
-//!   with the server's main port played by [`transfer::inbound`] and
+//! - [`Rng`], the one seeded generator, and [`pattern`], the bytes of every simulated file;
+//! - [`Pair`], the protocol's [`Transfer`] and the real [`Client`] over a lossy in-memory
+//!   [`Link`] on a virtual clock that jumps to the earliest wake-up (quinn-proto's `Pair` is the
+//!   model), with the server's main port played by [`transfer::inbound`] and
 //!   [`Negotiated::negotiate`];
-//! - [`Checked`], a driver of one `Transfer` that checks the transfer's invariants after every
-//!   [`Event`]: the one invariant checker of the property test and the `transfer_events` fuzz
-//!   target.
+//! - [`Shard`], the server's real sessions (`server::session`), as many as a [`Storm`] asks,
+//!   sharing one pace and executed exactly as the session's module doc says, against as many
+//!   real clients over a [`Net`]: per direction a lossy link behind a bottleneck queue whose
+//!   delay grows with the load ([`Path`]), and a client CPU that serves every client in late
+//!   batches ([`Lag`]); its [`StormReport`] says whether every byte arrived once and in order,
+//!   how much DATA went twice, how long losses held transfers up, and how each one ended;
+//! - [`Checked`] and [`CheckedSession`], drivers of one `Transfer` and of one server session
+//!   that check their invariants after every [`Event`] or [`SessionEvent`]: the invariant
+//!   checkers of the property tests and of the `transfer_events` fuzz target.
 //!
-//! Nothing here is part of the library's API; it may change with any commit.
+//! A seed fixes everything random, so a run reproduces exactly. Nothing here is part of the
+//! library's API; it may change with any commit.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -54,7 +61,12 @@ impl Rng {
 
 /// The file's bytes: a position hash, so a misplaced block shows.
 pub fn pattern(len: usize) -> Vec<u8> {
-    (0..len as u64)
+    pattern_at(0, len)
+}
+
+/// `len` bytes of [`pattern`] from offset `from`, for files too large to hold.
+pub fn pattern_at(from: u64, len: usize) -> Vec<u8> {
+    (from..from + len as u64)
         .map(|i| (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8)
         .collect()
 }
@@ -367,4 +379,13 @@ impl Pair {
 }
 
 mod checked;
+mod checked_session;
+mod net;
+mod shard;
 pub use checked::{Checked, Event, RUN_BUDGET};
+pub use checked_session::{CheckedSession, SessionEvent, Store, MEMORY_MAX};
+pub use net::{Lag, Net, Path};
+pub use shard::{Recovery, Shard, Storm, StormReport};
+
+#[cfg(test)]
+mod tests;

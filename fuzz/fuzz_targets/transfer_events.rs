@@ -2,6 +2,12 @@
 //! invariants whatever the client (or a forger) sends and however the driver interleaves events.
 //! The invariants and the driver that checks them are `ringtftp::sim::Checked`, shared with the
 //! core's property test; this target only turns fuzz input into a transfer and its events.
+//!
+//! The same input then drives the server's session around such a transfer twice, checked by
+//! `ringtftp::sim::CheckedSession` (the session's property test's checker): from a file read in
+//! chunks on a socket with GSO, and from memory without. Each event means what it means to a
+//! transfer, and what the driver's side of it means to an executor (see `session_event`), so
+//! the committed seeds and regressions decode as before and reach the session too.
 #![no_main]
 
 use std::sync::OnceLock;
@@ -11,7 +17,7 @@ use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use ringtftp::options::{Limits, Negotiated};
 use ringtftp::packet::Options;
-use ringtftp::sim::{self, Checked};
+use ringtftp::sim::{self, Checked, CheckedSession, SessionEvent, Store};
 use ringtftp::transfer::Config;
 
 /// The options of the request, built as text so every legal value (and some illegal ones) can
@@ -160,6 +166,44 @@ impl<'a> From<Event<'a>> for sim::Event<'a> {
     }
 }
 
+/// The fuzzed event as an executor's: the client's datagrams and the timers as they are; the
+/// driver's own events become its I/O completing. An abort's code picks a send's result (`Ok`,
+/// `Refused`, `Rejected`, `Failed`), a failed read, a file changing, the client's port taken by
+/// a new request, or a port-unreachable; an ERROR not sent as a datagram is a port-unreachable;
+/// a single poll completes one send or read, a drain all of them.
+fn session_event<'a>(event: &Event<'a>) -> SessionEvent<'a> {
+    match *event {
+        Event::Datagram(bytes) => SessionEvent::Datagram(bytes),
+        Event::AckNearAcked(delta) => SessionEvent::AckNearAcked(delta),
+        Event::AckNearSent(delta) => SessionEvent::AckNearSent(delta),
+        Event::Ack(block) => SessionEvent::Ack(block),
+        Event::Error {
+            code,
+            datagram: true,
+        } => SessionEvent::Error(code),
+        Event::Error {
+            datagram: false, ..
+        } => SessionEvent::Refused,
+        Event::Timeout => SessionEvent::Timeout,
+        Event::EarlyTimeout => SessionEvent::EarlyTimeout,
+        Event::Advance(us) => SessionEvent::Advance(us),
+        Event::Repeat => SessionEvent::Repeat,
+        Event::Abort(code) => match code % 8 {
+            kind @ 0..=3 => SessionEvent::Sent(kind as u8),
+            4 => SessionEvent::Read {
+                pick: (code >> 3) as u8,
+                ok: false,
+            },
+            5 => SessionEvent::Change,
+            6 => SessionEvent::Replace,
+            _ => SessionEvent::Refused,
+        },
+        Event::Drain => SessionEvent::Settle,
+        Event::PollOne => SessionEvent::Next,
+        Event::Run(rounds) => SessionEvent::Run(rounds),
+    }
+}
+
 fuzz_target!(|input: Input<'_>| {
     let raw = options(&input.request);
     let limits = Limits {
@@ -177,10 +221,19 @@ fuzz_target!(|input: Input<'_>| {
         }
         Len::Any(n) => n,
     };
-    let mut checked = Checked::new(base(), opts, len, config(&input.settings));
+    let config = config(&input.settings);
+    let session_events: Vec<SessionEvent<'_>> = input.events.iter().map(session_event).collect();
+    let mut checked = Checked::new(base(), opts, len, config);
     for event in input.events {
         checked.apply(event.into());
     }
     checked.drain();
     checked.check();
+    for (store, gso) in [(Store::File, true), (Store::Memory, false)] {
+        let mut session = CheckedSession::new(base(), opts, len, config, store, gso);
+        for &event in &session_events {
+            session.apply(event);
+        }
+        session.finish();
+    }
 });

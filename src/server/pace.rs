@@ -16,6 +16,16 @@
 //! burst of other work on the machine, must not hold up the repair of every other transfer's
 //! losses; under random loss with no queueing (2 % loss, tens of clients) the floor stays at a
 //! few milliseconds, far under the transfers' own 20 ms minimum.
+//!
+//! The floor learns from round trips that came back; at the very start of a storm, when every
+//! client asks at once, none has come back yet and every transfer's first window may wait in
+//! the same queue. So the shard also keeps a budget of retransmissions: in any
+//! [`BUDGET_PERIOD`] it acts on at most [`BUDGET_MIN`] timeouts plus one for every
+//! [`BUDGET_SHARE`] ACKs that made progress in it and the period before; the other timeouts wait
+//! a period and are tried again (their ACK usually comes first). Independent losses time out
+//! a few windows among many ACKs and never meet the budget; a shared delay times out many at
+//! once with few ACKs, and only a handful of them are resent. A real outage of every client
+//! is then repaired at a pace that grows with the ACKs coming back, as TCP's slow start does.
 
 use std::cell::Cell;
 use std::time::{Duration, Instant};
@@ -40,6 +50,13 @@ const BUCKETS: usize = 26 * 4;
 /// few samples: after one sample in sixteen of those it was computed from.)
 const RECOMPUTE_EVERY: u64 = 64;
 
+/// How long one period of the retransmission budget covers.
+const BUDGET_PERIOD: Duration = Duration::from_millis(20);
+/// Timeouts acted on in a period whatever the ACKs.
+const BUDGET_MIN: u32 = 4;
+/// ACKs that made progress per timeout acted on beyond [`BUDGET_MIN`].
+const BUDGET_SHARE: u32 = 8;
+
 /// A shard's recent round trips, as the floor of its transfers' timeouts.
 #[derive(Debug, Clone)]
 pub(crate) struct Pace {
@@ -51,6 +68,11 @@ pub(crate) struct Pace {
     /// The floor as last computed, the period it was computed in, the samples it was computed
     /// from and the samples since.
     cached: Cell<Cached>,
+    /// The retransmission budget's period, and its ACKs and timeouts acted on in this period
+    /// and the one before.
+    budget_period: u64,
+    acks: [u32; 2],
+    fired: [u32; 2],
 }
 
 impl Pace {
@@ -60,11 +82,16 @@ impl Pace {
             period: 0,
             slots: [[0; BUCKETS]; SLOTS],
             cached: Cell::new(Cached::default()),
+            budget_period: 0,
+            acks: [0; 2],
+            fired: [0; 2],
         }
     }
 
     /// A transfer measured a round trip of `rtt` (an ACK for a block sent once).
     pub(crate) fn sample(&mut self, now: Instant, rtt: Duration) {
+        self.roll_budget(now);
+        self.acks[1] = self.acks[1].saturating_add(1);
         let period = self.advance(now);
         self.slots[period as usize % SLOTS][bucket(rtt)] += 1;
         let mut cached = self.cached.get();
@@ -116,6 +143,40 @@ impl Pace {
             }
         }
         (MAX, total)
+    }
+
+    /// Whether a transfer whose timeout is due at `now` may retransmit now (and counts it),
+    /// or must wait [`Pace::deferral`] and ask again.
+    pub(crate) fn retransmit(&mut self, now: Instant) -> bool {
+        self.roll_budget(now);
+        let allowed = BUDGET_MIN + (self.acks[0] + self.acks[1]) / BUDGET_SHARE;
+        if self.fired[0] + self.fired[1] >= allowed {
+            return false;
+        }
+        self.fired[1] += 1;
+        true
+    }
+
+    /// How long a timeout the budget refused waits.
+    pub(crate) fn deferral() -> Duration {
+        BUDGET_PERIOD
+    }
+
+    fn roll_budget(&mut self, now: Instant) {
+        let since = now.saturating_duration_since(self.origin);
+        let period = (since.as_micros() / BUDGET_PERIOD.as_micros()) as u64;
+        match period.saturating_sub(self.budget_period) {
+            0 => return,
+            1 => {
+                self.acks = [self.acks[1], 0];
+                self.fired = [self.fired[1], 0];
+            }
+            _ => {
+                self.acks = [0; 2];
+                self.fired = [0; 2];
+            }
+        }
+        self.budget_period = period;
     }
 
     fn period_of(&self, now: Instant) -> u64 {
@@ -225,6 +286,25 @@ mod tests {
         }
         let floor = pace.floor(t0);
         assert!(floor <= ms(6), "{floor:?}");
+    }
+
+    #[test]
+    fn timeouts_beyond_the_acks_wait() {
+        let t0 = Instant::now();
+        let mut pace = Pace::new(t0);
+        // Many timeouts at once with no ACK: a handful act, the rest wait.
+        let acted = (0..300).filter(|_| pace.retransmit(t0)).count();
+        assert_eq!(acted, BUDGET_MIN as usize);
+        // With ACKs flowing, scattered timeouts all act.
+        let later = t0 + Duration::from_secs(1);
+        for _ in 0..400 {
+            pace.sample(later, ms(2));
+        }
+        let acted = (0..40).filter(|_| pace.retransmit(later)).count();
+        assert_eq!(acted, 40);
+        // The budget renews with time.
+        let much_later = later + Duration::from_secs(1);
+        assert!(pace.retransmit(much_later));
     }
 
     #[test]

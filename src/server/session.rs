@@ -135,6 +135,8 @@ pub(crate) struct Session<F> {
     spare: Vec<Piece>,
     /// The instant last handed out with [`Io::Arm`] and not yet handled.
     armed: Option<Instant>,
+    /// A due timeout the shard's retransmission budget put off until then.
+    deferred: Option<Instant>,
     refused: u32,
     answered: bool,
     /// Whether any DATA has gone out (a client's ERROR 8 before it is a `tsize` probe).
@@ -162,6 +164,7 @@ impl<F: FileHandle> Session<F> {
             gso: false,
             spare: Vec::new(),
             armed: None,
+            deferred: None,
             refused: 0,
             answered: false,
             data_sent: false,
@@ -210,9 +213,15 @@ impl<F: FileHandle> Session<F> {
         }
         self.refused = 0;
         self.answered = true;
+        let acked = self.t.acked();
         self.t.handle_datagram(now, datagram);
         if let Some(rtt) = self.t.take_rtt_sample() {
             pace.sample(now, rtt);
+        }
+        if self.t.acked() > acked {
+            // The transfer queued the window after the new ACK, which supersedes the rest of
+            // a run not sent yet (a window too large for one GSO send, or waiting for chunks).
+            self.stalled = None;
         }
     }
 
@@ -235,20 +244,31 @@ impl<F: FileHandle> Session<F> {
     /// for an earlier instant fires before it): then, and only then, an executor that can
     /// see more datagrams waiting hands them in before [`Session::handle_timeout`].
     pub(crate) fn due(&self, now: Instant) -> bool {
-        self.t
-            .poll_timeout()
-            .is_some_and(|deadline| deadline <= now)
+        self.deadline().is_some_and(|deadline| deadline <= now)
+    }
+
+    /// When the transfer's timer is due: its retransmission deadline, or later if the shard's
+    /// budget put it off.
+    fn deadline(&self) -> Option<Instant> {
+        let deadline = self.t.poll_timeout()?;
+        Some(self.deferred.map_or(deadline, |at| at.max(deadline)))
     }
 
     /// The instant last given with [`Io::Arm`] came; `now` is a time by which every datagram
     /// the client sent before it has been handed in.
-    pub(crate) fn handle_timeout(&mut self, now: Instant) {
+    pub(crate) fn handle_timeout(&mut self, now: Instant, pace: &mut Pace) {
         self.armed = None;
-        match self.t.poll_timeout() {
+        match self.deadline() {
             // Armed for an earlier deadline that progress has moved on: armed again at
             // the next poll.
             Some(deadline) if deadline > now => {}
-            Some(_) => self.t.handle_timeout(now),
+            Some(_) if pace.retransmit(now) => {
+                self.deferred = None;
+                self.t.handle_timeout(now);
+            }
+            // Many timeouts at once and few ACKs: a delay the shard shares, not a loss. This
+            // one waits a little, and its ACK usually comes first.
+            Some(_) => self.deferred = Some(now + Pace::deferral()),
             None => {}
         }
     }
@@ -379,7 +399,7 @@ impl<F: FileHandle> Session<F> {
         if let Some(index) = self.to_read.pop() {
             return Some(Io::Read(index));
         }
-        let deadline = self.t.poll_timeout()?;
+        let deadline = self.deadline()?;
         // Only ever earlier: nearly every ACK moves the deadline later, and a timer that fires
         // before it costs one wake-up where moving it would cost one per packet.
         if self.armed.is_none_or(|at| deadline < at) {

@@ -386,7 +386,10 @@ async fn run<I: Io>(state: &State<I>, client: &Client<I::File>, socket: I::Socke
                     drain::<I>(state, client, &socket, &mut scratch);
                 }
                 timer.as_mut().reset((Instant::now() + UNSET).into());
-                client.session.borrow_mut().handle_timeout(Instant::now());
+                client
+                    .session
+                    .borrow_mut()
+                    .handle_timeout(Instant::now(), &mut state.pace.borrow_mut());
             }
             () = client.wake.notified() => {}
         }

@@ -585,9 +585,10 @@ impl Transfer {
         self.rto_floor = floor;
     }
 
-    /// The round trip the last ACK measured for a block sent once (Karn's rule), once: for a
-    /// driver that learns from many transfers together what
-    /// [`set_rto_floor`](Self::set_rto_floor) should be. The round trip a spurious timeout
+    /// The round trip the last ACK measured, once: for a driver that learns from many
+    /// transfers together what [`set_rto_floor`](Self::set_rto_floor) should be. It is exact
+    /// for a block sent once (Karn's rule) and otherwise a lower bound (the time since the last
+    /// send): never longer than a round trip that happened. The round trip a spurious timeout
     /// revealed is used by this transfer only (it may be a loss misjudged).
     pub fn take_rtt_sample(&mut self) -> Option<Duration> {
         self.sample.take()
@@ -708,14 +709,18 @@ impl Transfer {
                 sample_from = Some(undo.orig_at);
             }
         }
+        // What leaves the transfer is never longer than a round trip that really happened:
+        // the sample of a block sent once, else the time since the last send (whichever copy
+        // the ACK answers left then or earlier). The round trip a spurious timeout revealed
+        // may be a loss misjudged, about as long as the timeout itself: fed into a floor under
+        // every transfer's timeout, it would raise that floor each time it fired.
+        self.sample = Some(now.saturating_duration_since(self.sent_at));
         if let Some(at) = sample_from {
             let rtt = now.saturating_duration_since(at);
             self.rtt.sample(rtt);
-            // Only an unambiguous sample leaves the transfer: the one a spurious timeout
-            // revealed may be a real loss misjudged, about as long as the timeout itself, and
-            // fed into a floor under every transfer's timeout it would raise that floor each
-            // time it fired, loss after loss.
-            self.sample = fresh.map(|_| rtt);
+            if fresh.is_some() {
+                self.sample = Some(rtt);
+            }
             self.backoff = 0;
         }
         self.tries = 0;

@@ -544,7 +544,7 @@ impl Engine {
             // datagram that arrived before `due` has been handed in.
             if conn.timer_at == Some(tick) {
                 conn.timer_at = None;
-                conn.session.handle_timeout(due);
+                conn.session.handle_timeout(due, &mut self.pace);
                 self.mark(&mut conn, slot);
             }
             self.put_conn(slot, conn);

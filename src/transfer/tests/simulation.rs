@@ -8,7 +8,7 @@ use super::*;
 use crate::client;
 use crate::options::Negotiated;
 use crate::packet::{self, Options};
-use crate::sim::{self, Checked, Event};
+use crate::sim::{self, Checked, CheckedSession, Event, SessionEvent, Store};
 
 /// The most retransmissions a case may take: a window's worth per lost block, four times
 /// over, plus slack for a small file.
@@ -236,6 +236,78 @@ proptest! {
         checked.check();
         let t = checked.transfer();
         prop_assert!(t.acked() <= t.last_block());
+    }
+}
+
+/// What the session's property test feeds: the checker's events, with datagrams owned.
+#[derive(Debug, Clone)]
+enum FedSession {
+    Datagram(Vec<u8>),
+    Event(SessionEvent<'static>),
+}
+
+fn fed_session() -> impl Strategy<Value = FedSession> {
+    let e = |event: SessionEvent<'static>| FedSession::Event(event);
+    prop_oneof![
+        8 => (-3i8..70).prop_map(move |d| e(SessionEvent::AckNearAcked(d))),
+        2 => (-3i8..3).prop_map(move |d| e(SessionEvent::AckNearSent(d))),
+        1 => any::<u16>().prop_map(move |b| e(SessionEvent::Ack(b))),
+        1 => any::<u16>().prop_map(move |code| e(SessionEvent::Error(code))),
+        4 => Just(e(SessionEvent::Timeout)),
+        1 => Just(e(SessionEvent::EarlyTimeout)),
+        2 => (0u32..3_000_000).prop_map(move |us| e(SessionEvent::Advance(us))),
+        1 => Just(e(SessionEvent::Repeat)),
+        1 => Just(e(SessionEvent::Refused)),
+        1 => Just(e(SessionEvent::Replace)),
+        // Ok, Refused, Rejected, Failed: mostly Ok.
+        8 => prop_oneof![5 => Just(0u8), 1 => Just(1), 1 => Just(2), 1 => Just(3)]
+            .prop_map(move |k| e(SessionEvent::Sent(k))),
+        6 => (any::<u8>(), prop::bool::weighted(0.95))
+            .prop_map(move |(pick, ok)| e(SessionEvent::Read { pick, ok })),
+        1 => Just(e(SessionEvent::Change)),
+        4 => Just(e(SessionEvent::Next)),
+        4 => Just(e(SessionEvent::Settle)),
+        1 => (0u16..20).prop_map(move |r| e(SessionEvent::Run(r))),
+        1 => prop::collection::vec(any::<u8>(), 0..12).prop_map(FedSession::Datagram),
+    ]
+}
+
+proptest! {
+    /// The server's session under arbitrary datagrams, timers, send completions (GSO refused,
+    /// the port closed, a full buffer), reads (out of order, failing), file changes and
+    /// replacements, checked by [`sim::CheckedSession`], the fuzz target's checker.
+    #[test]
+    fn arbitrary_session_events_never_panic_and_keep_the_invariants(
+        blksize in prop_oneof![Just(8u16), Just(512), Just(1468)],
+        windowsize in prop_oneof![Just(1u16), Just(4), Just(64)],
+        len in prop_oneof![0u64..3000, 60_000u64..300_000],
+        retries in 0u32..6,
+        file in any::<bool>(),
+        gso in any::<bool>(),
+        events in prop::collection::vec(fed_session(), 0..200),
+    ) {
+        let mut raw = [0u8; 128];
+        let mut n = 0;
+        if blksize != 512 {
+            packet::push_option(&mut raw, &mut n, "blksize", &blksize.to_string()).unwrap();
+        }
+        if windowsize != 1 {
+            packet::push_option(&mut raw, &mut n, "windowsize", &windowsize.to_string())
+                .unwrap();
+        }
+        let opts = Negotiated::negotiate(&Options::parse(&raw[..n]), &sim::UNCAPPED, || Some(len))
+            .unwrap();
+        let config = Config { retries, ..Config::default() };
+        let store = if file { Store::File } else { Store::Memory };
+        let mut checked = CheckedSession::new(Instant::now(), opts, len, config, store, gso);
+        for fed in &events {
+            match fed {
+                FedSession::Datagram(bytes) => checked.apply(SessionEvent::Datagram(bytes)),
+                FedSession::Event(event) => checked.apply(*event),
+            }
+        }
+        prop_assert!(checked.transfer().acked() <= checked.transfer().last_block());
+        checked.finish();
     }
 }
 
