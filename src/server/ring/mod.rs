@@ -62,14 +62,17 @@ use timer::Wheel;
 /// Submission queue entries; a full queue is submitted early, so this bounds nothing.
 const SQ_ENTRIES: u32 = 4096;
 /// Completion queue entries: sends, reads and receives of thousands of transfers between two
-/// waits. The kernel keeps overflowing completions rather than dropping them (FEAT_NODROP).
-const CQ_ENTRIES: u32 = 65536;
+/// waits (about two per transfer in a lock-step storm). The kernel keeps overflowing
+/// completions rather than dropping them (FEAT_NODROP), and the engine produces those before
+/// any timer fires.
+const CQ_ENTRIES: u32 = 32768;
 /// Receive buffers in the provided ring: datagrams taken between two waits before receives
 /// run short (they then wait in their sockets, see [`RecvRing`]).
 const RECV_ENTRIES: u16 = 4096;
 /// Bytes per receive buffer: an ACK is 4, an ERROR at most 516 (RFC 1350 §5); a longer
-/// datagram is cut, which no valid packet is.
-const RECV_SIZE: usize = 1024;
+/// datagram is cut, which no valid packet is. Every buffer of the ring is touched in a storm,
+/// so this is memory the shard holds (2.25 MiB), kept a multiple of 64 for alignment.
+const RECV_SIZE: usize = 576;
 /// The receive buffer group.
 const BGID: u16 = 0;
 /// The longest a shard sleeps, so a stop is seen promptly.
