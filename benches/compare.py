@@ -40,7 +40,7 @@ What it does:
    table (peak memory at 2000 lock-step transfers in flight).
 
 Every transfer is verified (`--sha256`) and loadgen spreads its clients over
-`--sources 127.0.0.1-127.0.0.64` (ringtftpd caps concurrent transfers per client address at 256).
+`--sources 127.0.0.1-127.0.0.64` (ringtftpd caps concurrent transfers per client address at 4096, `--max-per-client`).
 
 Peers: `apt-get install tftpd-hpa dnsmasq-base` (with a /usr/sbin/policy-rc.d that exits 101 so
 no service starts). atftpd conflicts with tftpd-hpa: `apt-get download atftpd` and
