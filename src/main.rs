@@ -435,8 +435,18 @@ fn parse_range(s: &str) -> Result<(u16, u16), String> {
 /// `LimitNOFILE=`, `ulimit -Hn`), and keep the default `--max-transfers` within it. An explicit
 /// `--max-transfers` is kept; past the limit, requests get "Server busy" ERRORs.
 fn raise_fd_limit(config: &mut Config, explicit: bool) {
-    /// Descriptors kept for everything but transfer sockets: main sockets, rings, files.
-    const RESERVED: usize = 256;
+    // Descriptors kept for everything but transfer sockets: the process's own (standard
+    // streams, the signal and metrics threads), and per shard its main socket, its ring or its
+    // epoll instance with an eventfd and a timer, and the files its transfers are reading
+    // (shared by every transfer of one file; a storm reads few). A fixed reserve of 256 left a
+    // server under `ulimit -n 256` one transfer at a time. A transfer of a file no other
+    // transfer holds takes a second descriptor; where those run out, requests get "Server busy:
+    // out of file descriptors" and running transfers go on.
+    let shards = match config.shards {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let reserved = 32 + 8 * shards;
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -457,7 +467,7 @@ fn raise_fd_limit(config: &mut Config, explicit: bool) {
         }
     }
     let fds = usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX);
-    let fit = fds.saturating_sub(RESERVED).max(1);
+    let fit = fds.saturating_sub(reserved).max(1);
     if config.max_transfers > fit {
         if explicit {
             tracing::warn!(

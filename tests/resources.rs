@@ -166,6 +166,29 @@ fn daemon_with_fd_limit(dir: &Path, fds: u64, required: bool, extra: &[&str]) ->
     })
 }
 
+/// A small descriptor limit (some container runtimes and old init systems give 256) still
+/// serves many transfers at once: only a few descriptors per shard are kept back.
+#[test]
+fn a_small_descriptor_limit_still_serves_many_transfers_at_once() {
+    let root = TempDir::new("small_fd_limit");
+    let body = pattern(40 * 512 + 100, 12);
+    write_file(root.path(), "f.bin", &body);
+    let daemon = daemon_with_fd_limit(root.path(), 256, true, &["--shards", "2"]);
+    let server = daemon.addr();
+    let (holders, refused) =
+        Holders::until_refused(server, WireMode::Octet, |_| "f.bin".into(), 150);
+    let held = holders.len();
+    let results = holders.finish();
+    assert!(
+        refused.is_none(),
+        "refused after {held} transfers at ulimit -n 256: {refused:?}\n{}",
+        daemon.log()
+    );
+    assert_eq!(held, 150);
+    all_exact(results, &body);
+    assert!(!daemon.log().contains("allows only 1 "), "{}", daemon.log());
+}
+
 fn out_of_descriptors_new_requests_are_busy_and_running_transfers_finish(backend: Backend) {
     let root = TempDir::new(&format!("out_of_fds-{backend}"));
     let body = pattern(40 * 512 + 100, 11);
