@@ -635,6 +635,45 @@ fn a_uefi_tsize_probe_is_counted_as_a_probe_and_logged_at_debug_only(backend: ut
     }
 }
 
+/// `--metrics` is bounded whatever connects to it: hundreds of idle connections (a port scan,
+/// a scraper that never sends its request) start no thread each, and once they are gone a
+/// scrape is answered again.
+#[test]
+fn idle_metrics_connections_take_no_thread_each() {
+    let (dir, _) = served("metrics-idle", "pxelinux.0");
+    let daemon = Daemon::start(dir.path(), &["--metrics", "127.0.0.1:0", "--shards", "2"]);
+    let addr = metrics_addr(&daemon);
+    let threads = || {
+        std::fs::read_dir(format!("/proc/{}/task", daemon.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let before = threads();
+    let idle: Vec<std::net::TcpStream> = (0..300)
+        .filter_map(|_| std::net::TcpStream::connect(addr).ok())
+        .collect();
+    assert!(idle.len() >= 250, "only {} connections", idle.len());
+    std::thread::sleep(Duration::from_millis(500));
+    let during = threads();
+    assert!(
+        during <= before + 2,
+        "{during} threads with {} idle connections (before: {before})",
+        idle.len()
+    );
+    drop(idle);
+    // The queued idle connections time out (2 s each, two at a time); then scrapes answer.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let answered = std::panic::catch_unwind(|| scrape(addr));
+        if answered.is_ok() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no scrape answered");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(daemon.stop().success());
+}
+
 /// The address `--metrics 127.0.0.1:0` bound, from the daemon's log.
 fn metrics_addr(daemon: &Daemon) -> SocketAddr {
     let line = daemon
