@@ -327,19 +327,36 @@ fn a_file_changed_mid_transfer_is_never_served_as_a_mix(backend: Backend) {
     }
 
     // Rewritten in place, same size: the bytes after the change are new, so the transfer must
-    // not end as a success.
+    // not end as a success, and must end when the next chunk of the file comes in (64 KiB:
+    // block 128 at 512 bytes), not before the last block: a client writing to flash as it
+    // receives has not taken megabytes of the wrong file by then.
     write_file(root.path(), "f.bin", &old);
     thread::sleep(Duration::from_millis(20));
-    let result = download_with_change(server, "f.bin", 50, || {
+    let mut last = 0;
+    let mut change = Some(|| {
         use std::os::unix::fs::FileExt;
         let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         file.write_all_at(&new, 0).expect("rewrite");
     });
+    let result = raw::download(server, "f.bin", WireMode::Octet, &[], |block| {
+        last = last.max(block);
+        if block == 50 {
+            if let Some(change) = change.take() {
+                change();
+            }
+        }
+    });
     match result {
-        Err(e) => assert!(
-            e.contains("File changed while being served"),
-            "{backend}: {e}"
-        ),
+        Err(e) => {
+            assert!(
+                e.contains("File changed while being served"),
+                "{backend}: {e}"
+            );
+            assert!(
+                last <= 2 * 128,
+                "{backend}: {last} blocks of 2048 went out before the rewrite was caught"
+            );
+        }
         Ok(got) => panic!(
             "a rewritten file was served as a success on {backend} ({})",
             if got.data == old {

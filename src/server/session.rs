@@ -311,7 +311,18 @@ impl<F: FileHandle> Session<F> {
             return;
         }
         match chunk {
-            Ok(chunk) => self.window.insert(index, chunk),
+            Ok(chunk) => {
+                // A file rewritten in place gives new bytes to every read after the change:
+                // checked as each chunk comes in (one fstat per 64 KiB), so the client never gets
+                // more than the chunks it already had of the old version, rather than learning
+                // of it only before the last block.
+                if let Data::File(file, id) = &self.data {
+                    if !file.unchanged(id) {
+                        return self.abort(now, Ending::FileChanged);
+                    }
+                }
+                self.window.insert(index, chunk)
+            }
             // The file shrank under the transfer or cannot be read; trying again would only
             // fail again. The read-ahead's failure too: the block will be needed.
             Err(e) => self.abort(now, Ending::from(e)),
