@@ -1,7 +1,7 @@
 //! The main port's first step (RFC 1350 §4, §7): what a datagram that arrived there asks for,
 //! from its bytes and from whether its sender has a transfer still waiting for its first answer
 //! — no sockets, files or limits. What this cannot decide (the server's limits, the file, the
-//! options) follows in [`super::shard::decide`], which only carries out what is decided here.
+//! options) follows in [`super::admit::decide`], which only carries out what is decided here.
 //!
 //! A refusal is a [`Refusal`], which says its ERROR and its metric label.
 
