@@ -22,7 +22,7 @@
 //! # Probes
 //!
 //! A [`Config::probe`] transfer only learns the file's size, as UEFI edk2 does before every
-//! download (`../shared/notes/firmware.md`): it answers the server's first reply (the OACK, or
+//! download (`loadgen/FIRMWARE.md`): it answers the server's first reply (the OACK, or
 //! DATA 1 from a server that ignores options) with ERROR 8 instead of an ACK and ends there,
 //! successfully. The driver then fetches the file with a new transfer from a new port.
 

@@ -2,7 +2,7 @@
 //! run can speak like one.
 //!
 //! Each profile is what the firmware's own source sends (cited beside it) or, for iPXE and
-//! edk2, what was captured from it booting in QEMU (`../shared/notes/firmware.md`). The order
+//! edk2, what was captured from it booting in QEMU (`loadgen/FIRMWARE.md`). The order
 //! of the options in the RRQ is the core's (`blksize`, `tsize`, `timeout`, `windowsize`), not
 //! necessarily the firmware's; no server may depend on it (RFC 2347).
 //!
@@ -56,7 +56,7 @@ pub struct Overrides {
 }
 
 /// How long edk2 waits between the probe's ERROR 8 and the download's RRQ. Captured: "within
-/// 100 ms" (`../shared/notes/firmware.md`); edk2 sends the second RRQ as soon as the first
+/// 100 ms" (`loadgen/FIRMWARE.md`); edk2 sends the second RRQ as soon as the first
 /// Mtftp4 instance is torn down, so a few milliseconds.
 pub const PROBE_GAP: Duration = Duration::from_millis(5);
 
