@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::cache::{Lease, CHUNK};
+use super::cache::{ChunkCache, Lease, CHUNK};
 use super::ending::{Busy, ErrorReply, Refusal};
 use super::request::{self, Admission};
 use super::session::Meta;
@@ -66,18 +66,19 @@ pub(crate) struct Prepared {
     pub slot: Slot,
 }
 
-/// Decides what to do with one datagram on the main port (RFC 1350 §4): `repeat_of` says
-/// whether it repeats the request of a transfer still waiting for its client's first answer,
-/// `shed` frees idle cached chunks before a request would be refused for memory. Every backend
-/// comes through here, so requests are counted here for the metrics.
+/// Decides what to do with one datagram on the main port (RFC 1350 §4): `repeat_of(filename)`
+/// says whether it repeats the request of the sender's transfer still waiting for its client's
+/// first answer; the shard's `cache` gives up its idle chunks before a request would be refused
+/// for memory. Every executor comes through here, so requests are counted here for the
+/// metrics.
 pub(crate) fn decide(
     shared: &Arc<Shared>,
     peer: SocketAddr,
     (local, scope): (Option<IpAddr>, u32),
     bytes: &[u8],
     truncated: bool,
-    repeat_of: impl FnOnce(&SocketAddr, &str) -> bool,
-    shed: impl FnOnce(),
+    repeat_of: impl FnOnce(&str) -> bool,
+    cache: &ChunkCache,
 ) -> Decision {
     // A server started held answers nothing until it is released (or stopped).
     if !shared.gate.pass() {
@@ -90,7 +91,7 @@ pub(crate) fn decide(
         bytes,
         truncated,
         repeat_of,
-        shed,
+        cache,
     );
     // Requests only: a DATA or ACK on the main port (tftp-hpa ACKs the ERROR that ends a
     // refused request) is neither a request nor a refusal.
@@ -114,10 +115,10 @@ fn admit(
     (local, scope): (Option<IpAddr>, u32),
     bytes: &[u8],
     truncated: bool,
-    repeat_of: impl FnOnce(&SocketAddr, &str) -> bool,
-    shed: impl FnOnce(),
+    repeat_of: impl FnOnce(&str) -> bool,
+    cache: &ChunkCache,
 ) -> Decision {
-    let request = match request::admit(bytes, truncated, |filename| repeat_of(&peer, filename)) {
+    let request = match request::admit(bytes, truncated, repeat_of) {
         Admission::New(request) => request,
         Admission::Repeat => {
             tracing::debug!(%peer, "repeated request");
@@ -138,7 +139,7 @@ fn admit(
     };
     if shared.budget.exceeded_by(CHUNK) {
         // Idle cached chunks give way before a request is refused.
-        shed();
+        cache.shed_idle();
         if shared.budget.exceeded_by(CHUNK) {
             tracing::warn!(%peer, file = request.filename, held = shared.budget.used(), "file data in memory is at --max-buffer-mb; request refused");
             return Decision::Reject(Refusal::Busy(Busy::Memory));

@@ -126,18 +126,21 @@ impl Pace {
         // Slots older than the window were cleared when it moved; those it has not reached yet
         // (the periods between the newest sample and now) are empty.
         let stale = (period - self.period.min(period)) as usize;
-        let slots: Vec<&[u32; BUCKETS]> = (0..SLOTS - stale.min(SLOTS))
-            .map(|age| &self.slots[(self.period as usize + SLOTS - age) % SLOTS])
-            .collect();
-        let count = |b: usize| slots.iter().map(|s| u64::from(s[b])).sum::<u64>();
-        let total: u64 = (0..BUCKETS).map(count).sum();
+        let mut merged = [0u64; BUCKETS];
+        for age in 0..SLOTS - stale.min(SLOTS) {
+            let slot = &self.slots[(self.period as usize + SLOTS - age) % SLOTS];
+            for (sum, &n) in merged.iter_mut().zip(slot) {
+                *sum += u64::from(n);
+            }
+        }
+        let total: u64 = merged.iter().sum();
         if total == 0 {
             return (Duration::ZERO, 0);
         }
         let want = (total * QUANTILE).div_ceil(1000);
         let mut seen = 0;
-        for b in 0..BUCKETS {
-            seen += count(b);
+        for (b, &n) in merged.iter().enumerate() {
+            seen += n;
             if seen >= want {
                 return ((upper(b) * MARGIN).min(MAX), total);
             }

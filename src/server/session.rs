@@ -374,7 +374,7 @@ impl<F: FileHandle> Session<F> {
                     match self.t.emit_oack(&mut oack) {
                         Ok(n) => {
                             oack.truncate(n);
-                            return Some(self.send_small(oack, None));
+                            return Some(self.send_small(oack));
                         }
                         // Cannot happen with the options this server grants; never leave the
                         // client waiting if it does.
@@ -385,7 +385,7 @@ impl<F: FileHandle> Session<F> {
                     let mut error = vec![0; SMALL_PACKET];
                     let n = packet::emit_error(code, message, &mut error).unwrap_or(0);
                     error.truncate(n);
-                    return Some(self.send_small(error, None));
+                    return Some(self.send_small(error));
                 }
                 Transmit::Blocks(run) => self.stalled = Some(run),
             }
@@ -474,12 +474,16 @@ impl<F: FileHandle> Session<F> {
         }))
     }
 
-    fn send_small(&mut self, bytes: Vec<u8>, segment: Option<u16>) -> Io {
+    /// An OACK or an ERROR: one datagram.
+    fn send_small(&mut self, bytes: Vec<u8>) -> Io {
         let mut pieces = std::mem::take(&mut self.spare);
         pieces.push(Piece::Owned(bytes));
         self.sending = true;
         self.in_flight = None;
-        Io::Send(Datagrams { pieces, segment })
+        Io::Send(Datagrams {
+            pieces,
+            segment: None,
+        })
     }
 
     /// Makes sure the chunks covering blocks `acked + 1 ..= upto` are held, asking for those
@@ -492,10 +496,8 @@ impl<F: FileHandle> Session<F> {
             return true;
         };
         for index in (first..=last).rev() {
-            if self.window.get(index).is_none()
-                && !self.reading.contains(&index)
-                && !self.to_read.contains(&index)
-            {
+            // Every chunk still to ask for is also in `reading`.
+            if self.window.get(index).is_none() && !self.reading.contains(&index) {
                 self.reading.push(index);
                 // Popped from the end: the first chunk is asked for first.
                 self.to_read.push(index);

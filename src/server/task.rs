@@ -224,15 +224,12 @@ fn handle<I: Io>(
     bytes: &[u8],
     truncated: bool,
 ) {
-    let repeat_of = |peer: &SocketAddr, filename: &str| {
+    let repeat_of = |filename: &str| {
         state
             .active
             .borrow()
-            .get(peer)
+            .get(&peer)
             .is_some_and(|c| c.session.borrow().repeats(filename))
-    };
-    let shed = || {
-        state.cache.shed_idle();
     };
     let decision = admit::decide(
         shared,
@@ -241,7 +238,7 @@ fn handle<I: Io>(
         bytes,
         truncated,
         repeat_of,
-        shed,
+        &state.cache,
     );
     match decision {
         Decision::Ignore => {}

@@ -649,16 +649,13 @@ impl Engine {
         truncated: bool,
         now: Instant,
     ) {
-        let (conns, active, cache) = (&self.conns, &self.active, &self.cache);
-        let repeat_of = |peer: &SocketAddr, filename: &str| {
-            active.get(peer).is_some_and(|&(slot, gen)| {
+        let (conns, active) = (&self.conns, &self.active);
+        let repeat_of = |filename: &str| {
+            active.get(&peer).is_some_and(|&(slot, gen)| {
                 conns[slot as usize]
                     .as_deref()
                     .is_some_and(|c| c.gen == gen && c.session.repeats(filename))
             })
-        };
-        let shed = || {
-            cache.shed_idle();
         };
         match admit::decide(
             &self.shared,
@@ -667,7 +664,7 @@ impl Engine {
             bytes,
             truncated,
             repeat_of,
-            shed,
+            &self.cache,
         ) {
             Decision::Ignore => {}
             Decision::Repeat => {
