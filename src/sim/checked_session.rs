@@ -14,7 +14,8 @@
 //!   [`Ending`] agrees with what happened (the final ACK, an ERROR, three refusals in a row, a
 //!   replacement, a changed file, a failed read);
 //! - a session that has not ended always waits on something: a send, a read, or a timer it
-//!   armed, and that timer is never later than its transfer's deadline (it cannot hang);
+//!   armed, and that timer is never later than its transfer's deadline, or one deferral of the
+//!   shard's retransmission budget from now (it cannot hang);
 //! - without progress the timer fires a bounded number of times, a client that never answers
 //!   draws a bounded number of datagrams, and what left is never more than the transfer counted;
 //! - once the session is dropped every chunk it held is given back to the budget.
@@ -285,10 +286,9 @@ impl CheckedSession {
             }
             SessionEvent::Timeout => self.fire(),
             SessionEvent::EarlyTimeout => {
-                self.count_fire();
                 // The session forgets the instant it armed and arms again when polled.
                 self.armed = None;
-                self.s.handle_timeout(self.now, &mut self.pace);
+                self.timeout();
             }
             SessionEvent::Advance(us) => self.now += Duration::from_micros(u64::from(us)),
             SessionEvent::Repeat => {
@@ -369,7 +369,10 @@ impl CheckedSession {
                 assert_eq!(t.outcome(), None, "over and not closed");
                 let armed = self.armed.expect("a live session without a timer");
                 if let Some(deadline) = t.poll_timeout() {
-                    assert!(armed <= deadline, "armed {armed:?} past {deadline:?}");
+                    // A timeout the shard's budget put off waits one deferral from when it
+                    // came, and no more.
+                    let bound = deadline.max(self.now + Pace::deferral());
+                    assert!(armed <= bound, "armed {armed:?} past {deadline:?}");
                 }
             }
         }
@@ -607,13 +610,16 @@ impl CheckedSession {
             return;
         };
         self.now = self.now.max(at);
-        self.count_fire();
-        self.s.handle_timeout(self.now, &mut self.pace);
+        self.timeout();
     }
 
-    fn count_fire(&mut self) {
+    /// `handle_timeout` now, counting a fire the transfer acted on: one that ended it or moved
+    /// its deadline. A timeout the shard's retransmission budget put off is not one.
+    fn timeout(&mut self) {
+        let before = self.s.transfer().poll_timeout();
+        self.s.handle_timeout(self.now, &mut self.pace);
         let t = self.s.transfer();
-        if t.outcome().is_none() && t.poll_timeout().is_some_and(|d| d <= self.now) {
+        if before.is_some_and(|d| d <= self.now) && t.poll_timeout() != before {
             self.fires += 1;
         }
     }
