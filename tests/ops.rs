@@ -13,10 +13,12 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use ringtftp::packet::{ErrorCode, Mode as WireMode};
+
 use crate::server::udp_inodes_on_port;
 use crate::util::{
-    self, client, fetch_curl, free_udp_port, pattern, run, sha256, sha256_file, write_file, Daemon,
-    TempDir, CURL,
+    self, client, fetch_curl, free_udp_port, pattern, raw, run, sha256, sha256_file, write_file,
+    Daemon, TempDir, CURL,
 };
 
 const REQUIRE: &str = "RINGTFTP_REQUIRE_CLIENTS";
@@ -197,6 +199,67 @@ fn serves_through_a_socket_passed_by_systemd_socket_activate() {
     assert_eq!(sockets.len(), 1, "one socket on the port: {sockets:?}");
     let status = daemon.stop();
     assert!(status.success(), "exit status {status}");
+}
+
+/// Every shard reads the one socket passed, so a client's repeated request reaches whichever
+/// shard is free: it must still be a repeat there, never a second transfer (which the client
+/// would meet as a stray transfer ID). 200 clients each send their RRQ twice from one port;
+/// before the shards shared what they had started, about one in ten got two transfers. Then
+/// 64 downloads at once through the same socket, each byte-exact.
+#[test]
+fn a_repeated_request_on_a_shared_passed_socket_never_starts_a_second_transfer() {
+    let Some(activate) = client("systemd-socket-activate") else {
+        return;
+    };
+    let (dir, bytes) = served("socket_activate_repeat", "kernel");
+    let daemon = Daemon::spawn(Ipv4Addr::LOCALHOST.into(), |port| {
+        let mut cmd = Command::new(&activate);
+        cmd.args(["--datagram", "-l", &format!("127.0.0.1:{port}")])
+            .arg(env!("CARGO_BIN_EXE_ringtftpd"))
+            .args(["--shards", "2", "--directory"])
+            .arg(dir.path())
+            .env("NO_COLOR", "1");
+        cmd
+    });
+    assert!(daemon.log().contains("every shard reads the one passed"));
+    let request = raw::rrq("kernel", WireMode::Octet, &[]);
+    let mut doubled = 0;
+    for _ in 0..200 {
+        let peer = raw::Peer::new(daemon.addr());
+        peer.send_to(&request, daemon.addr());
+        peer.send_to(&request, daemon.addr());
+        let mut tids = Vec::new();
+        // The first DATA, then anything else the two requests drew.
+        if let Some((_, from)) = peer.recv(Duration::from_secs(2)) {
+            tids.push(from);
+        }
+        for (_, from) in peer.collect(Duration::from_millis(30)) {
+            if !tids.contains(&from) {
+                tids.push(from);
+            }
+        }
+        assert!(!tids.is_empty(), "no answer to a request");
+        doubled += usize::from(tids.len() > 1);
+        for tid in tids {
+            peer.send_to(&raw::error(ErrorCode::Undefined, "done"), tid);
+        }
+    }
+    assert_eq!(
+        doubled, 0,
+        "{doubled} of 200 repeated requests started a second transfer"
+    );
+
+    let downloads: Vec<_> = (0..64)
+        .map(|_| {
+            let addr = daemon.addr();
+            std::thread::spawn(move || raw::download(addr, "kernel", WireMode::Octet, &[], |_| {}))
+        })
+        .collect();
+    for d in downloads {
+        let got = d.join().expect("a download thread").expect("a download");
+        assert_eq!(sha256(&got.data), sha256(&bytes), "a download differs");
+    }
+    assert!(daemon.stop().success());
 }
 
 /// Single-port mode on a socket the shards cannot each join: a transfer's ACKs come to that

@@ -3,9 +3,10 @@
 //! (RFC 2347–2349, RFC 7440, capped by the link's MTU) and the transfer's own socket (the
 //! server's transfer ID). Every executor comes through [`decide`], so requests are counted here.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::cache::{ChunkCache, Lease, CHUNK};
@@ -137,6 +138,18 @@ fn admit(
         }
         Admission::Ignore => return Decision::Ignore,
     };
+    // Where the shards read one socket, the shard that has this client's transfer may be
+    // another one.
+    let claim = match &shared.unanswered {
+        Some(unanswered) => match Unanswered::claim(unanswered, peer, request.filename) {
+            Some(claim) => Some(claim),
+            None => {
+                tracing::debug!(%peer, "repeated request, reached another shard");
+                return Decision::Repeat;
+            }
+        },
+        None => None,
+    };
     if shared.budget.exceeded_by(CHUNK) {
         // Idle cached chunks give way before a request is refused.
         cache.shed_idle();
@@ -145,7 +158,7 @@ fn admit(
             return Decision::Reject(Refusal::Busy(Busy::Memory));
         }
     }
-    let slot = match Slot::take(shared, peer.ip()) {
+    let slot = match Slot::take(shared, peer.ip(), claim) {
         Ok(slot) => slot,
         Err(busy) => return Decision::Reject(Refusal::Busy(busy)),
     };
@@ -174,15 +187,83 @@ fn refusing(warned: &AtomicBool, client: IpAddr, flag: &str, cap: usize) {
     }
 }
 
+/// The transfers whose client has not answered yet, by client transfer ID, for a server whose
+/// shards read one socket: the kernel hands each datagram to whichever shard is free, so a
+/// client's repeated request (RFC 1350 §4: it has heard nothing and asks again) can reach a
+/// shard other than its transfer's, which must know it for a repeat. Taken once per request,
+/// never on the data path.
+#[derive(Default)]
+pub(crate) struct Unanswered(Mutex<HashMap<SocketAddr, Waiting>>);
+
+struct Waiting {
+    filename: Box<str>,
+    /// Set by the transfer's session at its client's first datagram.
+    answered: Arc<AtomicBool>,
+}
+
+impl Unanswered {
+    /// A place for a new transfer from `peer`, or `None` when the request repeats that of a
+    /// transfer still waiting for this client. A transfer the client has answered, or one for
+    /// another file, gives way: the client has moved on.
+    fn claim(this: &Arc<Self>, peer: SocketAddr, filename: &str) -> Option<Claim> {
+        let mut waiting = this.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(w) = waiting.get(&peer) {
+            if *w.filename == *filename && !w.answered.load(Ordering::Relaxed) {
+                return None;
+            }
+        }
+        let answered = Arc::new(AtomicBool::new(false));
+        waiting.insert(
+            peer,
+            Waiting {
+                filename: filename.into(),
+                answered: answered.clone(),
+            },
+        );
+        Some(Claim {
+            table: this.clone(),
+            peer,
+            answered,
+        })
+    }
+}
+
+/// A transfer's entry in [`Unanswered`], removed when the transfer ends (or is never started).
+pub(crate) struct Claim {
+    table: Arc<Unanswered>,
+    peer: SocketAddr,
+    answered: Arc<AtomicBool>,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        let mut waiting = self.table.0.lock().unwrap_or_else(|e| e.into_inner());
+        // A later transfer from the same port may have taken the entry over.
+        if waiting
+            .get(&self.peer)
+            .is_some_and(|w| Arc::ptr_eq(&w.answered, &self.answered))
+        {
+            waiting.remove(&self.peer);
+        }
+    }
+}
+
 /// A transfer's place in the server-wide limits, given back when dropped.
 pub(crate) struct Slot {
     shared: Arc<Shared>,
     client: IpAddr,
+    claim: Option<Claim>,
 }
 
 impl Slot {
+    /// The flag the transfer's session sets when its client first answers, where the shards
+    /// share one socket (see [`Unanswered`]).
+    pub(crate) fn answered(&self) -> Option<Arc<AtomicBool>> {
+        self.claim.as_ref().map(|c| c.answered.clone())
+    }
+
     /// Takes a place within `--max-transfers` and the per-client cap.
-    fn take(shared: &Arc<Shared>, client: IpAddr) -> Result<Slot, Busy> {
+    fn take(shared: &Arc<Shared>, client: IpAddr, claim: Option<Claim>) -> Result<Slot, Busy> {
         if shared.running.fetch_add(1, Ordering::AcqRel) >= shared.config.max_transfers {
             shared.running.fetch_sub(1, Ordering::AcqRel);
             refusing(
@@ -212,6 +293,7 @@ impl Slot {
         Ok(Slot {
             shared: shared.clone(),
             client,
+            claim,
         })
     }
 }

@@ -266,6 +266,9 @@ pub(crate) struct Shared {
     running: AtomicUsize,
     /// Transfers running per client address, for `max_per_client`.
     clients: Mutex<HashMap<IpAddr, usize>>,
+    /// Where the shards read one socket: the transfers not yet answered by their client, so
+    /// a repeated request that reaches another shard is known as one.
+    unanswered: Option<Arc<admit::Unanswered>>,
     /// Spreads transfer sockets over `--port-range`.
     port_hint: AtomicU32,
     /// The effective ports policy.
@@ -314,7 +317,9 @@ impl Server {
         for _ in 1..shards {
             sockets.push(socket::bind_main(local, config.recv_buffer)?);
         }
-        Ok(Server::with_sockets(sockets, local, resolver, config))
+        Ok(Server::with_sockets(
+            sockets, local, resolver, config, false,
+        ))
     }
 
     /// Serves on a UDP socket bound by someone else, such as the one systemd passes to a
@@ -324,11 +329,12 @@ impl Server {
     /// user that created the socket, and `CAP_NET_BIND_SERVICE` below 1024), the other shards
     /// each bind their own socket on its address, as [`Server::bind`] does. Elsewhere (systemd
     /// creates the socket as root and the service runs as another user) every shard reads the
-    /// one socket passed: each request still goes to exactly one shard, but to whichever is
-    /// free rather than by the client's address, so a client's repeated request can reach a
-    /// shard other than its transfer's and start a second transfer, which the client ends
-    /// with an ERROR as a stray transfer ID (RFC 1350 §4). In single-port mode, where a
-    /// transfer's ACKs arrive on that socket too, one shard serves instead.
+    /// one socket passed: each request goes to exactly one shard, but to whichever is free
+    /// rather than by the client's address, so the shards share a table of the transfers not
+    /// yet answered, and a client's repeated request that reaches a shard other than its
+    /// transfer's is known as a repeat there, never a second transfer (RFC 1350 §4). In
+    /// single-port mode, where a transfer's ACKs arrive on that socket too, one shard serves
+    /// instead.
     pub fn adopt(
         socket: impl Into<socket2::Socket>,
         resolver: impl Resolver,
@@ -360,13 +366,21 @@ impl Server {
             tracing::warn!(
                 "single-port mode on a socket the shards cannot each join: serving with one shard"
             );
-        } else if sockets.is_empty() {
+        }
+        let shared_socket = sockets.is_empty() && !config.single_port && shards > 1;
+        if shared_socket {
             for _ in 1..shards {
                 sockets.push(first.try_clone()?);
             }
         }
         sockets.insert(0, first);
-        Ok(Server::with_sockets(sockets, local, resolver, config))
+        Ok(Server::with_sockets(
+            sockets,
+            local,
+            resolver,
+            config,
+            shared_socket,
+        ))
     }
 
     fn with_sockets(
@@ -374,6 +388,7 @@ impl Server {
         local: SocketAddr,
         resolver: impl Resolver,
         config: Config,
+        shared_socket: bool,
     ) -> Server {
         let shards = sockets.len();
         let ports = config.ports();
@@ -398,6 +413,7 @@ impl Server {
                 resolver: Box::new(resolver),
                 running: AtomicUsize::new(0),
                 clients: Mutex::new(HashMap::new()),
+                unanswered: shared_socket.then(Arc::default),
                 port_hint: AtomicU32::new(std::process::id()),
                 ports,
                 budget: cache::Budget::new(config.buffer_max),

@@ -24,6 +24,8 @@
 //! and waits to be read (the delay is the server's, not a loss).
 
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::cache::{Chunk, Piece};
@@ -139,6 +141,8 @@ pub(crate) struct Session<F> {
     deferred: Option<Instant>,
     refused: u32,
     answered: bool,
+    /// Told when the client first answers, where other shards need to know (a shared socket).
+    tell_answered: Option<Arc<AtomicBool>>,
     /// Whether any DATA has gone out (a client's ERROR 8 before it is a `tsize` probe).
     data_sent: bool,
     /// Why the server ended the transfer itself, if it did.
@@ -167,6 +171,7 @@ impl<F: FileHandle> Session<F> {
             deferred: None,
             refused: 0,
             answered: false,
+            tell_answered: None,
             data_sent: false,
             aborted: None,
             ending: None,
@@ -200,6 +205,12 @@ impl<F: FileHandle> Session<F> {
         &self.data
     }
 
+    /// Sets `flag` when the client first answers, if there is one (see
+    /// [`Slot::answered`](super::admit::Slot::answered)).
+    pub(crate) fn tell_answered(&mut self, flag: Option<Arc<AtomicBool>>) {
+        self.tell_answered = flag;
+    }
+
     /// Whether a request for `filename` from this transfer's client repeats its request (RFC
     /// 1350 §4: the client has not heard from the transfer yet and asks again).
     pub(crate) fn repeats(&self, filename: &str) -> bool {
@@ -212,7 +223,12 @@ impl<F: FileHandle> Session<F> {
             return;
         }
         self.refused = 0;
-        self.answered = true;
+        if !self.answered {
+            self.answered = true;
+            if let Some(flag) = &self.tell_answered {
+                flag.store(true, Ordering::Relaxed);
+            }
+        }
         let acked = self.t.acked();
         self.t.handle_datagram(now, datagram);
         if let Some(rtt) = self.t.take_rtt_sample() {
@@ -353,6 +369,11 @@ impl<F: FileHandle> Session<F> {
             return Some(Io::Close(ending));
         }
         self.t.set_rto_floor(pace.floor(now));
+        if self.t.outcome().is_some() {
+            // Over (the client's ERROR, the last timeout): a run still waiting for its chunks
+            // never goes out, and a chunk that comes in is not waited for.
+            self.stalled = None;
+        }
         loop {
             if let Some(run) = self.stalled.take() {
                 match self.send_run(now, run) {

@@ -287,6 +287,7 @@ fn spawn<I: Io>(
         .borrow_mut()
         .data(source, |file| state.io.file(file));
     let mut session = Session::new(meta, transfer, data);
+    session.tell_answered(slot.answered());
     let (sock, port) = match socket {
         Some(socket) => {
             let sock = state.io.socket(socket).map_err(|e| {

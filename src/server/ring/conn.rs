@@ -64,6 +64,7 @@ impl Conn {
         let data = files.data(source, |file| file);
         let peer = meta.peer;
         let mut session = Session::new(meta, transfer, data);
+        session.tell_answered(slot.answered());
         let segment = session.gso_segment();
         let reply = match &socket {
             Some(socket) => {
