@@ -4,7 +4,8 @@
 //! [--directory DIR]`, port 6969 by default.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 mod daemon;
@@ -208,18 +209,18 @@ fn run(cli: Cli) -> Result<()> {
     let mut resolver = DirectoryResolver::new(&directory)
         .with_context(|| format!("cannot open directory {}", directory.display()))?
         .with_client_dirs(cli.client_dirs);
+    let mut map = None;
     if let Some(file) = &cli.map_file {
-        let text = std::fs::read_to_string(file)
-            .with_context(|| format!("cannot read the map file {}", file.display()))?;
-        let rules =
-            Remap::parse(&text).with_context(|| format!("bad map file {}", file.display()))?;
+        let (text, rules) = load_map_file(file)?;
         tracing::info!(
             rules = rules.len(),
             "remapping names with {}",
             file.display()
         );
         resolver = resolver.with_remap(rules);
+        map = Some(text);
     }
+    let resolver = Arc::new(resolver);
     let (min, max) = (TIMEOUT_MIN.as_secs_f64(), TIMEOUT_MAX.as_secs_f64());
     if !(min..=max).contains(&cli.timeout) {
         bail!("--timeout must lie between {min} and {max} seconds");
@@ -256,10 +257,10 @@ fn run(cli: Cli) -> Result<()> {
 
     let signals = block_stop_signals();
     let server = match passed.len() {
-        0 => bind(cli.bind, port, resolver, config)?,
+        0 => bind(cli.bind, port, resolver.clone(), config)?,
         1 => {
             let socket = socket2::Socket::from(passed.into_iter().next().expect("one socket"));
-            Server::adopt(socket, resolver, config)
+            Server::adopt(socket, resolver.clone(), config)
                 .context("cannot serve on the socket systemd passed (LISTEN_FDS)")?
         }
         n => bail!("systemd passed {n} sockets (LISTEN_FDS); ringtftpd serves one: give the .socket unit one ListenDatagram="),
@@ -309,7 +310,9 @@ fn run(cli: Cli) -> Result<()> {
     }
     handle.release();
 
-    let signal = wait_for_signal(&signals);
+    let signal = wait_for_signal(&signals, || {
+        reload(&resolver, cli.map_file.as_deref(), &mut map);
+    });
     tracing::info!(
         signal,
         "stopping: no new requests; waiting for running transfers"
@@ -337,10 +340,9 @@ fn block_stop_signals() -> libc::sigset_t {
     }
 }
 
-/// Waits for SIGINT or SIGTERM. SIGHUP, which would otherwise kill the daemon (and which
-/// `systemctl reload` and log rotation scripts send), is logged and ignored: there is nothing to
-/// reload, as every request opens its file afresh.
-fn wait_for_signal(set: &libc::sigset_t) -> &'static str {
+/// Waits for SIGINT or SIGTERM; each SIGHUP (`systemctl reload`, log rotation scripts) calls
+/// `on_hangup` instead of killing the daemon.
+fn wait_for_signal(set: &libc::sigset_t, mut on_hangup: impl FnMut()) -> &'static str {
     loop {
         let mut signal = 0;
         // SAFETY: sigwait on a set that every thread blocks.
@@ -348,10 +350,49 @@ fn wait_for_signal(set: &libc::sigset_t) -> &'static str {
         match signal {
             libc::SIGINT => return "SIGINT",
             libc::SIGTERM => return "SIGTERM",
-            _ => tracing::info!(
-                "SIGHUP: nothing to reload (each request opens its file afresh); still serving"
-            ),
+            _ => on_hangup(),
         }
+    }
+}
+
+/// Reads and parses `--map-file`: its text and its rules.
+fn load_map_file(file: &Path) -> Result<(String, Remap)> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read the map file {}", file.display()))?;
+    let rules = Remap::parse(&text).with_context(|| format!("bad map file {}", file.display()))?;
+    Ok((text, rules))
+}
+
+/// SIGHUP: the served directory's path is looked up again and `--map-file` read again, for the
+/// requests that come after; running transfers go on as they are. Says in the log what changed;
+/// a map file that cannot be read or parsed leaves the rules in force as they were.
+fn reload(resolver: &DirectoryResolver, map_file: Option<&Path>, map: &mut Option<String>) {
+    let root = resolver.root().display();
+    match resolver.reload() {
+        Ok(true) => {
+            tracing::info!("SIGHUP: {root} names a new directory: new requests are served from it")
+        }
+        Ok(false) => tracing::info!("SIGHUP: {root} names the directory already served"),
+        Err(e) => {
+            tracing::error!(error = %e, "SIGHUP: {root} names no directory: still serving the one it named")
+        }
+    }
+    let Some(file) = map_file else { return };
+    match load_map_file(file) {
+        Ok((text, _)) if map.as_deref() == Some(text.as_str()) => {
+            tracing::info!("SIGHUP: {} unchanged", file.display());
+        }
+        Ok((text, rules)) => {
+            tracing::info!(
+                rules = rules.len(),
+                "SIGHUP: {} read again: {} rules now",
+                file.display(),
+                rules.len()
+            );
+            resolver.set_remap(Some(rules));
+            *map = Some(text);
+        }
+        Err(e) => tracing::error!("SIGHUP: {e:#}; the rules in force stay as they were"),
     }
 }
 
@@ -359,7 +400,7 @@ fn wait_for_signal(set: &libc::sigset_t) -> &'static str {
 fn bind(
     addr: Option<IpAddr>,
     port: u16,
-    resolver: DirectoryResolver,
+    resolver: Arc<DirectoryResolver>,
     config: Config,
 ) -> Result<Server> {
     let explain = |e: std::io::Error, addr: SocketAddr| -> anyhow::Error {

@@ -31,8 +31,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use crate::packet::ErrorCode;
 
@@ -418,12 +419,21 @@ impl From<io::Error> for ResolveError {
 ///   type is checked on an `O_PATH` handle before anything is opened for reading, so a FIFO in
 ///   the tree cannot hang the server and a device node's driver is never called.
 ///
-/// The root is opened once, by [`new`](Self::new); renaming or replacing the directory later does
-/// not move the server.
+/// The root follows its path, as operators deploy a new tree: renamed into place
+/// (`mv tftp.new tftp`) or by flipping a symlink. At most every [`FOLLOW_EVERY`] a request checks
+/// whether the path now names another directory, and from then on requests are served from that
+/// one; running transfers finish from the files they opened. While the path names nothing (the
+/// moment between two renames), the last directory keeps serving. [`reload`](Self::reload)
+/// checks at once.
 #[derive(Debug)]
 pub struct DirectoryResolver {
     root: PathBuf,
-    dir: OwnedFd,
+    dir: RwLock<Root>,
+    /// When the path was last checked, in milliseconds since `origin`.
+    checked: AtomicU64,
+    origin: Instant,
+    /// Whether the path names no directory (said once per change).
+    lost: AtomicBool,
     /// Set once `openat2` turns out to be missing (ENOSYS): use [`walk_beneath`] from then on.
     no_openat2: AtomicBool,
     /// Set once `/proc/self/fd` turns out to be missing: reopen by name from then on.
@@ -431,26 +441,112 @@ pub struct DirectoryResolver {
     /// Look in a directory per client first (see [`with_client_dirs`](Self::with_client_dirs)).
     client_dirs: bool,
     /// Rewrite names first (see [`with_remap`](Self::with_remap)).
-    remap: Option<Remap>,
+    remap: RwLock<Option<Arc<Remap>>>,
+}
+
+/// How often, at most, a request checks whether the root's path names another directory.
+pub const FOLLOW_EVERY: Duration = Duration::from_millis(500);
+
+/// The directory served from, and which one it is.
+#[derive(Debug)]
+struct Root {
+    fd: Arc<OwnedFd>,
+    id: (u64, u64),
+}
+
+impl Root {
+    fn open(path: &Path) -> io::Result<Root> {
+        // std adds O_CLOEXEC; O_DIRECTORY makes a non-directory fail here rather than later.
+        let dir = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+            .open(path)?;
+        let meta = dir.metadata()?;
+        Ok(Root {
+            fd: Arc::new(dir.into()),
+            id: (meta.dev(), meta.ino()),
+        })
+    }
 }
 
 impl DirectoryResolver {
     /// Opens `root`, which must be an existing directory, to serve files from beneath it.
     pub fn new(root: impl AsRef<Path>) -> io::Result<Self> {
         let root = root.as_ref();
-        // std adds O_CLOEXEC; O_DIRECTORY makes a non-directory fail here rather than later.
-        let dir = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
-            .open(root)?;
         Ok(DirectoryResolver {
             root: root.to_path_buf(),
-            dir: dir.into(),
+            dir: RwLock::new(Root::open(root)?),
+            checked: AtomicU64::new(0),
+            origin: Instant::now(),
+            lost: AtomicBool::new(false),
             no_openat2: AtomicBool::new(false),
             no_proc: AtomicBool::new(false),
             client_dirs: false,
-            remap: None,
+            remap: RwLock::new(None),
         })
+    }
+
+    /// Checks now whether the root's path names another directory, and serves from it if so:
+    /// `Ok(true)` if it did, `Ok(false)` if the path names the directory already served. An
+    /// error (the path names nothing, or no directory) keeps the directory served.
+    pub fn reload(&self) -> io::Result<bool> {
+        self.checked.store(self.millis(), Ordering::Relaxed);
+        let meta = std::fs::metadata(&self.root)?;
+        if !meta.is_dir() {
+            return Err(io::Error::from_raw_os_error(libc::ENOTDIR));
+        }
+        if (meta.dev(), meta.ino()) == self.root_id() {
+            return Ok(false);
+        }
+        let new = Root::open(&self.root)?;
+        let mut dir = self.dir.write().unwrap_or_else(|e| e.into_inner());
+        let changed = new.id != dir.id;
+        *dir = new;
+        Ok(changed)
+    }
+
+    /// The directory served from now, following its path at most every [`FOLLOW_EVERY`].
+    fn current(&self) -> Arc<OwnedFd> {
+        let now = self.millis();
+        let last = self.checked.load(Ordering::Relaxed);
+        // One request per period checks; the others go on with the directory they have.
+        if now.saturating_sub(last) >= FOLLOW_EVERY.as_millis() as u64
+            && self
+                .checked
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.follow();
+        }
+        self.dir
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .fd
+            .clone()
+    }
+
+    /// [`reload`](Self::reload), saying what happened in the log.
+    fn follow(&self) {
+        match self.reload() {
+            Ok(changed) => {
+                if self.lost.swap(false, Ordering::Relaxed) || changed {
+                    tracing::info!(directory = %self.root.display(), "{} names a new directory: new requests are served from it (running transfers finish from the files they opened)", self.root.display());
+                }
+            }
+            Err(e) => {
+                if !self.lost.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(directory = %self.root.display(), error = %e, "{} names no directory now: still serving the one it named", self.root.display());
+                }
+            }
+        }
+    }
+
+    fn root_id(&self) -> (u64, u64) {
+        self.dir.read().unwrap_or_else(|e| e.into_inner()).id
+    }
+
+    fn millis(&self) -> u64 {
+        self.origin.elapsed().as_millis() as u64
     }
 
     /// Serves each client its own files where it has them, as dnsmasq's
@@ -478,9 +574,15 @@ impl DirectoryResolver {
     /// Rewrites every requested name with tftp-hpa's rules (see [`remap`]) before it is looked
     /// up (and before the per-client directories are tried). The rewritten name is confined
     /// beneath the root like any other.
-    pub fn with_remap(mut self, remap: Remap) -> Self {
-        self.remap = Some(remap);
+    pub fn with_remap(self, remap: Remap) -> Self {
+        self.set_remap(Some(remap));
         self
+    }
+
+    /// Replaces the rules of [`with_remap`](Self::with_remap) (or drops them with `None`) for
+    /// the requests that come after, as a configuration reload does.
+    pub fn set_remap(&self, remap: Option<Remap>) {
+        *self.remap.write().unwrap_or_else(|e| e.into_inner()) = remap.map(Arc::new);
     }
 
     /// The root, as given to [`new`](Self::new).
@@ -490,9 +592,9 @@ impl DirectoryResolver {
 
     /// Opens `name` (already [`normalise`]d) beneath the root with `flags` ([`PATH_FLAGS`] or
     /// [`OPEN_FLAGS`]): `openat2` if the kernel has it, else the walker.
-    fn open_beneath(&self, name: &CStr, flags: libc::c_int) -> io::Result<OwnedFd> {
+    fn open_beneath(&self, dir: &OwnedFd, name: &CStr, flags: libc::c_int) -> io::Result<OwnedFd> {
         if !self.no_openat2.load(Ordering::Relaxed) {
-            match openat2_beneath(self.dir.as_fd(), name, flags) {
+            match openat2_beneath(dir.as_fd(), name, flags) {
                 // ENOSYS: before Linux 5.6 (or a seccomp profile that predates it); E2BIG: a
                 // kernel that does not know this open_how. Neither will change.
                 Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::E2BIG)) => {
@@ -505,7 +607,7 @@ impl DirectoryResolver {
                 result => return result,
             }
         }
-        walk_beneath(self.dir.as_fd(), name, flags)
+        walk_beneath(dir.as_fd(), name, flags)
     }
 
     /// Opens `name` beneath the root for serving, refusing anything but a regular file before
@@ -523,8 +625,8 @@ impl DirectoryResolver {
     /// again, confined the same way and non-blocking, and served only if it is the same inode
     /// as the one checked. Someone able to swap files in the tree at that instant could then
     /// make us open (never read or serve) a device node; one warning says so.
-    fn open_file(&self, name: &CStr) -> Result<(File, FileId), ResolveError> {
-        let path = File::from(self.open_beneath(name, PATH_FLAGS)?);
+    fn open_file(&self, dir: &OwnedFd, name: &CStr) -> Result<(File, FileId), ResolveError> {
+        let path = File::from(self.open_beneath(dir, name, PATH_FLAGS)?);
         let meta = path.metadata()?;
         if !meta.is_file() {
             return Err(ResolveError::NotAFile);
@@ -544,7 +646,7 @@ impl DirectoryResolver {
                 result => return Ok((result?, id)),
             }
         }
-        let file = File::from(self.open_beneath(name, OPEN_FLAGS)?);
+        let file = File::from(self.open_beneath(dir, name, OPEN_FLAGS)?);
         let again = file.metadata()?;
         if (again.dev(), again.ino()) != (meta.dev(), meta.ino()) {
             // Renamed over between the two lookups: ask again rather than guess.
@@ -565,7 +667,8 @@ impl DirectoryResolver {
     ) -> Result<Source, ResolveError> {
         let client = peer.ip().to_canonical();
         let remapped;
-        let filename = match &self.remap {
+        let remap = self.remap.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let filename = match &remap {
             Some(remap) => {
                 remapped = remap.apply(filename, client)?;
                 remapped.as_str()
@@ -573,10 +676,11 @@ impl DirectoryResolver {
             None => filename,
         };
         let name = normalise(filename)?;
+        let dir = self.current();
         let (file, id) = if self.client_dirs {
-            self.open_client_file(&name, client, mac)?
+            self.open_client_file(&dir, &name, client, mac)?
         } else {
-            self.open_file(&name)?
+            self.open_file(&dir, &name)?
         };
         Ok(Source::File(FileSource { id, file }))
     }
@@ -585,6 +689,7 @@ impl DirectoryResolver {
     /// (see [`with_client_dirs`](Self::with_client_dirs)).
     fn open_client_file(
         &self,
+        root: &OwnedFd,
         name: &CStr,
         client: IpAddr,
         mac: impl FnOnce(IpAddr) -> Option<[u8; 6]>,
@@ -598,12 +703,12 @@ impl DirectoryResolver {
             path.push(b'/');
             path.extend_from_slice(name.to_bytes());
             let path = CString::new(path).map_err(|_| ResolveError::NotFound)?;
-            match self.open_file(&path) {
+            match self.open_file(root, &path) {
                 Err(ResolveError::NotFound) => continue,
                 result => return result,
             }
         }
-        self.open_file(name)
+        self.open_file(root, name)
     }
 }
 

@@ -1,7 +1,9 @@
 //! Which file a request gets: per-client directories (`--client-dirs`) by address from two
 //! loopback addresses and by MAC across a veth pair, tftp-hpa rule files (`--map-file`) with
 //! tftp-hpa and curl, a file rewritten in place with its size and mtime put back (the new
-//! bytes, not cached ones), and a FIFO (refused at once, never opened).
+//! bytes, not cached ones), a FIFO (refused at once, never opened), and a tree replaced as
+//! operators deploy one: renamed into place or by a symlink flip, and `--map-file` re-read on
+//! SIGHUP.
 
 use std::fs;
 use std::net::SocketAddr;
@@ -238,4 +240,143 @@ fn fifos_are_refused_at_once_and_never_opened() {
         .recv_timeout(Duration::from_secs(10))
         .expect("our reader releases the writer");
     writer.join().unwrap();
+}
+
+/// `name` fetched by the library's own reader, or the error.
+fn fetch(daemon: &Daemon, name: &str) -> Result<Vec<u8>, String> {
+    raw::download(daemon.addr(), name, Mode::Octet, &[], |_| {}).map(|d| d.data)
+}
+
+/// Fetches `name` until it holds `want`, for at most `within`; how long that took.
+fn served_within(daemon: &Daemon, name: &str, want: &[u8], within: Duration) -> Duration {
+    let start = std::time::Instant::now();
+    loop {
+        let got = fetch(daemon, name);
+        if got.as_deref() == Ok(want) {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < within,
+            "{name} still not the new one after {within:?}: {:?}\n{}",
+            got.map(|g| g.len()),
+            daemon.log()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A new tree renamed into place (`mv tftp tftp.old; mv tftp.new tftp`) is served within a
+/// second; a transfer running across the swap finishes with the old tree's bytes, whole.
+#[test]
+fn a_tree_renamed_into_place_is_served_within_a_second() {
+    let outer = TempDir::new("renamed-tree");
+    let (tree, new, old) = (
+        outer.join("tftp"),
+        outer.join("tftp.new"),
+        outer.join("tftp.old"),
+    );
+    let v1 = util::pattern(600_000, 1);
+    let v2 = util::pattern(600_000, 2);
+    util::write_file(&tree, "kernel", &v1);
+    util::write_file(&tree, "only-old", b"old\n");
+    util::write_file(&new, "kernel", &v2);
+    let daemon = Daemon::start(&tree, &[]);
+    assert_eq!(fetch(&daemon, "kernel").unwrap(), v1);
+
+    // A transfer that holds at its first block while the tree is swapped.
+    let (at_first, swapped) = (mpsc::channel(), mpsc::channel::<()>());
+    let addr = daemon.addr();
+    let running = thread::spawn(move || {
+        let (tx, rx) = (at_first.0, swapped.1);
+        raw::download(addr, "kernel", Mode::Octet, &[], move |block| {
+            if block == 1 {
+                tx.send(()).unwrap();
+                rx.recv_timeout(Duration::from_secs(10)).unwrap();
+            }
+        })
+    });
+    at_first.1.recv_timeout(Duration::from_secs(10)).unwrap();
+    fs::rename(&tree, &old).unwrap();
+    fs::rename(&new, &tree).unwrap();
+    swapped.0.send(()).unwrap();
+    let took = served_within(&daemon, "kernel", &v2, Duration::from_millis(1500));
+    eprintln!("the new tree served {took:?} after the swap");
+    let old_bytes = running.join().unwrap().expect("the running transfer");
+    assert_eq!(old_bytes.data, v1, "the running transfer mixed two trees");
+    // Gone with the old tree, though the old directory still exists.
+    let peer = Peer::new(daemon.addr());
+    let (code, _, _) = peer.expect_error(&raw::rrq("only-old", Mode::Octet, &[]), daemon.addr());
+    assert_eq!(code, 1);
+    assert!(
+        daemon.log().contains("names a new directory"),
+        "{}",
+        daemon.log()
+    );
+}
+
+/// `--directory` names a symlink, flipped to a new release (`ln -s` then a rename over it):
+/// new requests are served from the new release within a second.
+#[test]
+fn a_flipped_symlink_root_is_followed_within_a_second() {
+    let outer = TempDir::new("flipped-root");
+    let (r1, r2) = (outer.join("release-1"), outer.join("release-2"));
+    util::write_file(&r1, "initrd", b"release one\n");
+    util::write_file(&r2, "initrd", b"release two\n");
+    let current = outer.join("current");
+    std::os::unix::fs::symlink("release-1", &current).unwrap();
+    let daemon = Daemon::start(&current, &[]);
+    assert_eq!(fetch(&daemon, "initrd").unwrap(), b"release one\n");
+    let next = outer.join("current.next");
+    std::os::unix::fs::symlink("release-2", &next).unwrap();
+    fs::rename(&next, &current).unwrap();
+    served_within(
+        &daemon,
+        "initrd",
+        b"release two\n",
+        Duration::from_millis(1500),
+    );
+    // And back.
+    let next = outer.join("current.next");
+    std::os::unix::fs::symlink("release-1", &next).unwrap();
+    fs::rename(&next, &current).unwrap();
+    served_within(
+        &daemon,
+        "initrd",
+        b"release one\n",
+        Duration::from_millis(1500),
+    );
+}
+
+/// SIGHUP reads `--map-file` again: new rules apply to the next request; a bad file is an
+/// error in the log and the rules in force stay.
+#[test]
+fn sighup_rereads_the_map_file_and_keeps_the_rules_when_the_new_file_is_bad() {
+    let outer = TempDir::new("sighup-map");
+    let root = outer.join("root");
+    util::write_file(&root, "one", b"first target\n");
+    util::write_file(&root, "two", b"second target\n");
+    let map = outer.join("tftpd.map");
+    fs::write(&map, "r ^alias$ one\n").unwrap();
+    let daemon = Daemon::start(&root, &["--map-file", map.to_str().unwrap()]);
+    assert_eq!(fetch(&daemon, "alias").unwrap(), b"first target\n");
+    let hangup = |daemon: &Daemon| {
+        // SAFETY: kill takes no pointers; the pid is our own child's.
+        let sent = unsafe { libc::kill(daemon.pid() as libc::pid_t, libc::SIGHUP) };
+        assert_eq!(sent, 0, "kill -HUP failed");
+    };
+
+    fs::write(&map, "r ^alias$ two\n").unwrap();
+    hangup(&daemon);
+    daemon
+        .wait_for_log(&["rules now"], Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("no reload logged:\n{}", daemon.log()));
+    assert_eq!(fetch(&daemon, "alias").unwrap(), b"second target\n");
+
+    fs::write(&map, "r (unclosed x\n").unwrap();
+    hangup(&daemon);
+    daemon
+        .wait_for_log(&["the rules in force stay"], Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("no error logged:\n{}", daemon.log()));
+    assert!(daemon.log().contains("line 1"), "{}", daemon.log());
+    assert_eq!(fetch(&daemon, "alias").unwrap(), b"second target\n");
 }

@@ -73,8 +73,8 @@ mod errors;
 // one SO_REUSEPORT main socket per shard; RINGTFTP_BACKEND=epoll, and --backend winning over
 // it; io_uring by default (/proc/net/udp and ss); with io_uring blocked by a seccomp filter,
 // io-uring and tokio-uring refuse to start and auto serves on epoll; SIGTERM during a 40 MiB
-// transfer (it finishes, new requests get no answer, exit 0); SIGHUP logged and ignored. The
-// concurrent transfers and SIGTERM run on every backend.
+// transfer (it finishes, new requests get no answer, exit 0); SIGHUP logged, the daemon
+// serving on. The concurrent transfers and SIGTERM run on every backend.
 mod server;
 
 // --single-port, every test on every backend: real clients (curl, tftp-hpa, atftp with 16-block
@@ -118,7 +118,10 @@ mod mtu;
 // MAC (curl across a veth pair; needs root, ip and nft); --map-file with tftp-hpa (`\Boot\BCD`)
 // and curl (`pxelinux.cfg/default` to the client's hex address), abort messages, a rewrite out
 // of the root refused, a bad rule file naming its line; a file rewritten in place with its size
-// and mtime put back (the new bytes, not cached chunks); a FIFO (ERROR at once, never opened).
+// and mtime put back (the new bytes, not cached chunks); a FIFO (ERROR at once, never opened);
+// a new tree renamed into place and a flipped symlink root, each served within 1.5 s while a
+// transfer across the swap finishes with the old bytes; --map-file re-read on SIGHUP, a bad
+// one leaving the rules in force.
 mod files;
 
 // Resources running out and files changing: a descriptor limit (new requests "Server busy",

@@ -38,8 +38,9 @@ so a rebuild during the run does not mix builds; default flags plus PORT, --bind
 tftp-hpa's in.tftpd, atftpd (skipped when concurrency >= 900: it uses select() and aborts above
 ~1000 descriptors). Opt-in, not in the default list, for an A/B of ringtftpd's own backends:
 ringtftpd-tokio-uring (the same binary and flags plus --backend tokio-uring: a task per
-transfer on tokio-uring) and ringtftpd-epoll (--backend epoll); plain ringtftpd runs the
-default, the io_uring engine. Each ringtftpd's start line ("... with N shards (BACKEND)") is read from its
+transfer on tokio-uring), ringtftpd-epoll (--backend epoll) and ringtftpd-passed (started by
+systemd-socket-activate, as the shipped unit runs it: every shard reads the one socket passed);
+plain ringtftpd runs the default, the io_uring engine. Each ringtftpd's start line ("... with N shards (BACKEND)") is read from its
 log and checked against what the variant claims. Each server is started fresh for each run
 pinned to --server-cpus (taskset), in its own cgroup v2 whose cpu.stat usage_usec is its CPU
 (children included), and stopped by PID (SIGTERM, then SIGKILL, then any process left in its
@@ -104,6 +105,9 @@ RINGTFTPD_VARIANTS = {
     "ringtftpd": ([], {}),
     "ringtftpd-tokio-uring": (["--backend", "tokio-uring"], {}),
     "ringtftpd-epoll": (["--backend", "epoll"], {}),
+    # As the shipped systemd unit runs it: one socket passed (systemd-socket-activate, no
+    # SO_REUSEPORT), read by every shard.
+    "ringtftpd-passed": ([], {}),
 }
 ATFTPD_MAX_CONCURRENCY = 900
 
@@ -438,7 +442,15 @@ def make_servers(root: Path, tmp: Path) -> tuple[list[Server], list[str]]:
             digest = hashlib.sha256(exe.read_bytes()).hexdigest()[:12]
             # --quiet-logs: warnings only, but the start line (target `ringtftpd`, the binary)
             # stays: it names the backend, which is checked.
+            launcher = []
+            if name == "ringtftpd-passed":
+                activate = shutil.which("systemd-socket-activate")
+                if not activate:
+                    skipped.append(f"{name}: no systemd-socket-activate (apt-get install systemd)")
+                    continue
+                launcher = [activate, "--datagram", "-l", f"127.0.0.1:{p}"]
             servers.append(Server(name, str(exe), p,
+                                  launcher +
                                   [str(exe), str(p), "--bind", "127.0.0.1", "--directory",
                                    str(root), "--shards", str(len(ARGS.server_cpus))] + flags
                                   + shlex.split(ARGS.ringtftpd_args)
@@ -984,7 +996,8 @@ def main() -> int:
     ap.add_argument("--tasks-client", metavar="PATH",
                     help="a storm_tasks binary to use instead of building it with cargo")
     ap.add_argument("--servers", help="subset of " + ",".join(ALL_SERVERS) + " (default: all "
-                    "of them), plus the opt-in ringtftpd-tokio-uring, ringtftpd-epoll")
+                    "of them), plus the opt-in ringtftpd-tokio-uring, ringtftpd-epoll, "
+                    "ringtftpd-passed")
     ap.add_argument("--no-floor", action="store_true", help="do not run the floor")
     ap.add_argument("--repeat", type=int, default=1, help="runs per server and case (median)")
     ap.add_argument("--out", help="write the markdown report here (and FILE.json beside it)")

@@ -103,7 +103,7 @@ fn uses_openat2_where_the_kernel_has_it() {
     let resolver = DirectoryResolver::new(&dir.0).unwrap();
     resolver.resolve("f", peer()).unwrap();
     let name = CString::new("f").unwrap();
-    match openat2_beneath(resolver.dir.as_fd(), &name, OPEN_FLAGS) {
+    match openat2_beneath(resolver.current().as_fd(), &name, OPEN_FLAGS) {
         Ok(_) => assert!(!resolver.no_openat2.load(Ordering::Relaxed)),
         Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
             assert!(resolver.no_openat2.load(Ordering::Relaxed))
@@ -420,7 +420,7 @@ fn walker_answers_like_the_kernel() {
     dir.symlink("up", "../secret");
     dir.symlink("a/link", "b/file");
     dir.symlink("loop", "loop");
-    let root = File::from(DirectoryResolver::new(&dir.0).unwrap().dir);
+    let root = DirectoryResolver::new(&dir.0).unwrap().current();
     let walk = |name: &str| {
         let name = CString::new(name).unwrap();
         walk_beneath(root.as_fd(), &name, OPEN_FLAGS)
