@@ -95,15 +95,16 @@ pub(crate) struct Cli {
     max_per_client: usize,
 
     /// Megabytes of hot file data each shard shares between its transfers, in registered
-    /// buffers (a boot storm reads each chunk of a file once).
-    #[arg(long, value_name = "MB", default_value_t = Config::default().block_cache >> 20)]
-    cache_mb: usize,
+    /// buffers (a boot storm reads each chunk of a file once) [default: 8, less under a memory
+    /// limit].
+    #[arg(long, value_name = "MB")]
+    cache_mb: Option<usize>,
 
     /// Megabytes of file data all transfers together may hold in memory (the cache included);
-    /// while it is spent, new requests get an ERROR saying the server is busy.
-    #[arg(long, value_name = "MB", default_value_t = (Config::default().buffer_max >> 20) as u64,
-          value_parser = clap::value_parser!(u64).range(1..))]
-    max_buffer_mb: u64,
+    /// while it is spent, new requests get an ERROR saying the server is busy [default: 256,
+    /// or what fits the memory limit of the process's cgroup].
+    #[arg(long, value_name = "MB", value_parser = clap::value_parser!(u64).range(1..))]
+    max_buffer_mb: Option<u64>,
 
     /// Local ports for transfers, such as 40000-40999 for a firewall [default: ephemeral].
     #[arg(long, value_name = "LO-HI", value_parser = parse_range)]
@@ -239,10 +240,14 @@ fn run(cli: Cli) -> Result<()> {
     config.transfer.retries = cli.retries;
     config.max_transfers = cli.max_transfers.unwrap_or(config.max_transfers);
     config.max_per_client = cli.max_per_client.max(1);
-    config.block_cache = cli.cache_mb.saturating_mul(1 << 20);
-    config.buffer_max = usize::try_from(cli.max_buffer_mb)
-        .unwrap_or(usize::MAX)
-        .saturating_mul(1 << 20);
+    if let Some(mb) = cli.cache_mb {
+        config.block_cache = mb.saturating_mul(1 << 20);
+    }
+    if let Some(mb) = cli.max_buffer_mb {
+        config.buffer_max = usize::try_from(mb)
+            .unwrap_or(usize::MAX)
+            .saturating_mul(1 << 20);
+    }
     config.port_range = cli.port_range;
     config.single_port = cli.single_port;
     config.mtu = cli.mtu;
@@ -253,6 +258,14 @@ fn run(cli: Cli) -> Result<()> {
         BackendArg::TokioUring => BackendChoice::TokioUring,
         BackendArg::Epoll => BackendChoice::Epoll,
     };
+    if let Some((limit, source)) = daemon::memory::limit() {
+        let given = daemon::memory::Given {
+            shards: cli.shards.is_some(),
+            buffer: cli.max_buffer_mb.is_some(),
+            cache: cli.cache_mb.is_some(),
+        };
+        daemon::memory::fit(&mut config, limit, &source, given);
+    }
     raise_fd_limit(&mut config, cli.max_transfers.is_some());
 
     let signals = block_stop_signals();

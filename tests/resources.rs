@@ -492,3 +492,182 @@ fn ten_thousand_clients_at_once_complete_within_bounded_memory() {
     );
     assert!(!daemon.log().contains("panicked"));
 }
+
+/// A memory cgroup for the daemon, v2 or v1 (whichever this machine mounts), removed when
+/// dropped; `None` where none can be made (not root, no memory controller).
+struct MemoryCgroup {
+    dir: std::path::PathBuf,
+    v2: bool,
+}
+
+impl MemoryCgroup {
+    fn new(label: &str, limit: u64) -> Option<MemoryCgroup> {
+        let name = format!("ringtftp-test-{label}-{}", std::process::id());
+        let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+        let dir = if v2 {
+            // The controller must be on for the root's children (it is where systemd runs).
+            let _ = std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+memory");
+            Path::new("/sys/fs/cgroup").join(name)
+        } else {
+            Path::new("/sys/fs/cgroup/memory").join(name)
+        };
+        std::fs::create_dir(&dir).ok()?;
+        let cgroup = MemoryCgroup { dir, v2 };
+        let file = if v2 {
+            "memory.max"
+        } else {
+            "memory.limit_in_bytes"
+        };
+        std::fs::write(cgroup.dir.join(file), limit.to_string()).ok()?;
+        // No swap to hide in, where the machine has it: over the limit is an OOM kill.
+        let _ = std::fs::write(cgroup.dir.join("memory.swap.max"), "0");
+        let _ = std::fs::write(
+            cgroup.dir.join("memory.memsw.limit_in_bytes"),
+            limit.to_string(),
+        );
+        Some(cgroup)
+    }
+
+    /// Makes `cmd`'s process join this cgroup before it runs anything.
+    fn enter(&self, cmd: &mut Command) {
+        let procs = std::fs::OpenOptions::new()
+            .write(true)
+            .open(self.dir.join("cgroup.procs"))
+            .expect("cgroup.procs");
+        // SAFETY: the child writes to a descriptor it inherited (async-signal-safe); "0" moves
+        // the writing process itself, in v1 and v2.
+        unsafe {
+            cmd.pre_exec(move || {
+                use std::os::fd::AsRawFd;
+                if libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+
+    /// Processes the kernel killed for memory in this cgroup.
+    fn oom_kills(&self) -> u64 {
+        let file = if self.v2 {
+            "memory.events"
+        } else {
+            "memory.oom_control"
+        };
+        std::fs::read_to_string(self.dir.join(file))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("oom_kill "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// The most memory the cgroup was charged, where the kernel says (v1, and v2 since 5.19).
+    fn peak(&self) -> Option<u64> {
+        let file = if self.v2 {
+            "memory.peak"
+        } else {
+            "memory.max_usage_in_bytes"
+        };
+        std::fs::read_to_string(self.dir.join(file))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// Under a 64 MiB memory cgroup, the defaults fit: 500 concurrent downloads of distinct 1 MiB
+/// files on 2 shards and on 16 end without an OOM kill, each byte-exact or refused with ERROR
+/// 0 "Server busy" (the file-data budget, sized to the limit, says when to refuse), and the
+/// log says what was chosen.
+#[test]
+fn under_a_64_mib_memory_limit_the_defaults_fit() {
+    if !crate::util::is_root() {
+        crate::util::skip::missing("a memory cgroup needs root", "run the tests as root");
+        return;
+    }
+    let _alone = exclusive();
+    const FILES: usize = 500;
+    const LIMIT: u64 = 64 << 20;
+    let root = TempDir::new("memory_limit");
+    let files: Vec<Vec<u8>> = (0..FILES).map(|i| pattern(1 << 20, i as u64)).collect();
+    for (i, bytes) in files.iter().enumerate() {
+        write_file(root.path(), &format!("f{i}"), bytes);
+    }
+    let files = Arc::new(files);
+    for shards in ["2", "16"] {
+        let Some(cgroup) = MemoryCgroup::new(&format!("s{shards}"), LIMIT) else {
+            crate::util::skip::missing(
+                "cannot create a memory cgroup (no memory controller?)",
+                "a kernel with the memory cgroup controller",
+            );
+            return;
+        };
+        let ip = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+        let mut daemon = Daemon::spawn(ip, |port| {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringtftpd"));
+            cmd.arg(port.to_string())
+                .args(["--bind", "127.0.0.1", "--shards", shards, "--directory"])
+                .arg(root.path())
+                .env("NO_COLOR", "1");
+            cgroup.enter(&mut cmd);
+            cmd
+        });
+        let chosen = daemon
+            .wait_for_log(&["memory limit 64 MiB"], Duration::from_secs(5))
+            .unwrap_or_else(|| panic!("no line on the memory limit:\n{}", daemon.log()));
+        let addr = daemon.addr();
+        let threads: Vec<_> = (0..FILES)
+            .map(|i| {
+                let files = files.clone();
+                thread::spawn(move || {
+                    let name = format!("f{i}");
+                    match raw::download(
+                        addr,
+                        &name,
+                        WireMode::Octet,
+                        &[("blksize", "1468")],
+                        |_| {},
+                    ) {
+                        Ok(got) => {
+                            assert!(got.data == files[i], "{name} differs");
+                            true
+                        }
+                        Err(e) => {
+                            assert!(e.contains("Server busy"), "{name}: {e}");
+                            false
+                        }
+                    }
+                })
+            })
+            .collect();
+        let done = threads
+            .into_iter()
+            .map(|t| t.join().expect("a download panicked"))
+            .filter(|&whole| whole)
+            .count();
+        assert_eq!(cgroup.oom_kills(), 0, "OOM-killed:\n{}", daemon.log());
+        assert!(
+            daemon.exit_status().is_none(),
+            "the daemon died:\n{}",
+            daemon.log()
+        );
+        // The cgroup's peak counts the page cache, which fills up to the limit and is
+        // reclaimed there; the daemon's own peak is its VmHWM.
+        eprintln!(
+            "{shards} shards: {done} of {FILES} whole, the rest busy; peak resident {} MiB, \
+             cgroup peak {:?} MiB of 64; {chosen}",
+            peak_rss_kib(daemon.pid()) >> 10,
+            cgroup.peak().map(|p| p >> 20)
+        );
+        assert!(done > 0, "nothing served");
+        assert!(daemon.stop().success());
+    }
+}

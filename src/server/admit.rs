@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -61,6 +62,9 @@ pub(crate) struct Prepared {
     pub source: Source,
     /// The netascii encoding's place in the memory budget, freed with the transfer.
     pub lease: Option<Lease>,
+    /// The first chunk's place in the memory budget until the transfer has it (see
+    /// [`ChunkCache::reserve_first`]).
+    pub first_chunk: Option<Rc<Lease>>,
     pub transfer: Transfer,
     pub meta: Meta,
     /// The transfer's place in the server's limits, given back when dropped.
@@ -163,7 +167,12 @@ fn admit(
         Err(busy) => return Decision::Reject(Refusal::Busy(busy)),
     };
     match prepare(shared, peer, (local, scope), &request, slot) {
-        Ok(prepared) => Decision::Start(Box::new(prepared)),
+        Ok(mut prepared) => {
+            if let Source::File(file) = &prepared.source {
+                prepared.first_chunk = cache.reserve_first(&shared.budget, file.id());
+            }
+            Decision::Start(Box::new(prepared))
+        }
         Err(refusal) => {
             let reply = refusal.reply();
             tracing::info!(%peer, file = request.filename, code = reply.code.to_u16(), message = %reply.message, "request refused");
@@ -370,6 +379,7 @@ fn prepare(
         local,
         source,
         lease,
+        first_chunk: None,
         transfer,
         meta,
         slot,

@@ -24,7 +24,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
@@ -268,6 +268,9 @@ pub(crate) struct ChunkCache {
     budget: usize,
     hits: Cell<u64>,
     misses: Cell<u64>,
+    /// Places in the [`Budget`] for first chunks not read yet, by file (see
+    /// [`ChunkCache::reserve_first`]).
+    first: RefCell<HashMap<FileId, Weak<Lease>>>,
 }
 
 impl std::fmt::Debug for ChunkCache {
@@ -290,7 +293,32 @@ impl ChunkCache {
             budget,
             hits: Cell::new(0),
             misses: Cell::new(0),
+            first: RefCell::new(HashMap::new()),
         }
+    }
+
+    /// A place in `budget` for the first chunk of `file`, for a transfer admitted now to hold
+    /// until it has that chunk: admission checks the budget, but a burst of requests is
+    /// admitted before any of their reads is asked for, so without this a burst of distinct
+    /// files would all pass a budget none of them had spent yet. Every transfer of the file
+    /// admitted meanwhile shares the one place, so a storm of one file reserves one chunk.
+    /// `None` when this shard holds the chunk or is reading it.
+    pub(crate) fn reserve_first(&self, budget: &Arc<Budget>, file: FileId) -> Option<Rc<Lease>> {
+        let key = Key { file, index: 0 };
+        if self.entries.borrow().contains_key(&key) {
+            return None;
+        }
+        let mut first = self.first.borrow_mut();
+        if let Some(lease) = first.get(&file).and_then(Weak::upgrade) {
+            return Some(lease);
+        }
+        // Forget files whose transfers all have their chunk, before the map can grow.
+        if first.len() >= 64 && first.len().is_power_of_two() {
+            first.retain(|_, lease| lease.strong_count() > 0);
+        }
+        let lease = Rc::new(budget.lease(CHUNK));
+        first.insert(file, Rc::downgrade(&lease));
+        Some(lease)
     }
 
     /// Looks chunk `index` of `file` up; a miss reserves it for the caller.

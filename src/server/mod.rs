@@ -102,6 +102,10 @@ pub struct Config {
     pub backend: BackendChoice,
     /// Receive buffer of each main socket, in bytes.
     pub recv_buffer: usize,
+    /// Receive buffers of 576 bytes each io_uring shard provides the kernel for datagrams
+    /// taken between two waits (a power of two, 256 to 32768); fewer leave more to wait in
+    /// the sockets.
+    pub recv_ring: u16,
     /// The largest file served in netascii mode. It is read and encoded in memory on the
     /// shard's thread when the request arrives (about 10 ms for 16 MiB), so this bounds how
     /// long one request can hold up the shard's other transfers. netascii is for text: boot
@@ -132,6 +136,7 @@ impl Default for Config {
             grace: Duration::from_secs(10),
             backend: BackendChoice::Auto,
             recv_buffer: 8 << 20,
+            recv_ring: 4096,
             netascii_max: 16 << 20,
             block_cache: 8 << 20,
             buffer_max: 256 << 20,

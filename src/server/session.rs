@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::cache::{Chunk, Piece};
+use super::cache::{Chunk, Lease, Piece};
 use super::ending::{Ending, ReadError};
 use super::pace::Pace;
 use super::window::{chunks_for, Data, FileHandle, Window};
@@ -143,6 +143,8 @@ pub(crate) struct Session<F> {
     answered: bool,
     /// Told when the client first answers, where other shards need to know (a shared socket).
     tell_answered: Option<Arc<AtomicBool>>,
+    /// The first chunk's place in the memory budget, held until a chunk comes in.
+    first_chunk: Option<Rc<Lease>>,
     /// Whether any DATA has gone out (a client's ERROR 8 before it is a `tsize` probe).
     data_sent: bool,
     /// Why the server ended the transfer itself, if it did.
@@ -172,6 +174,7 @@ impl<F: FileHandle> Session<F> {
             refused: 0,
             answered: false,
             tell_answered: None,
+            first_chunk: None,
             data_sent: false,
             aborted: None,
             ending: None,
@@ -209,6 +212,12 @@ impl<F: FileHandle> Session<F> {
     /// [`Slot::answered`](super::admit::Slot::answered)).
     pub(crate) fn tell_answered(&mut self, flag: Option<Arc<AtomicBool>>) {
         self.tell_answered = flag;
+    }
+
+    /// Holds `lease`, the place admission kept in the memory budget for the first chunk, until
+    /// a chunk comes in (see [`ChunkCache::reserve_first`](super::cache::ChunkCache)).
+    pub(crate) fn reserve_first_chunk(&mut self, lease: Option<Rc<Lease>>) {
+        self.first_chunk = lease;
     }
 
     /// Whether a request for `filename` from this transfer's client repeats its request (RFC
@@ -323,6 +332,8 @@ impl<F: FileHandle> Session<F> {
         chunk: Result<Rc<Chunk>, ReadError>,
     ) {
         self.reading.retain(|&i| i != index);
+        // The chunk now counts for itself (or was cached, or failed).
+        self.first_chunk = None;
         if self.ending.is_some() {
             return;
         }

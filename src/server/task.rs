@@ -277,6 +277,7 @@ fn spawn<I: Io>(
         local,
         source,
         lease,
+        first_chunk,
         transfer,
         meta,
         slot,
@@ -288,6 +289,7 @@ fn spawn<I: Io>(
         .data(source, |file| state.io.file(file));
     let mut session = Session::new(meta, transfer, data);
     session.tell_answered(slot.answered());
+    session.reserve_first_chunk(first_chunk);
     let (sock, port) = match socket {
         Some(socket) => {
             let sock = state.io.socket(socket).map_err(|e| {

@@ -57,6 +57,7 @@ impl Conn {
             local,
             source,
             lease,
+            first_chunk,
             transfer,
             meta,
             slot,
@@ -65,6 +66,7 @@ impl Conn {
         let peer = meta.peer;
         let mut session = Session::new(meta, transfer, data);
         session.tell_answered(slot.answered());
+        session.reserve_first_chunk(first_chunk);
         let segment = session.gso_segment();
         let reply = match &socket {
             Some(socket) => {

@@ -66,8 +66,9 @@ const SQ_ENTRIES: u32 = 4096;
 /// completions rather than dropping them (FEAT_NODROP), and the engine produces those before
 /// any timer fires.
 const CQ_ENTRIES: u32 = 32768;
-/// Receive buffers in the provided ring: datagrams taken between two waits before receives
-/// run short (they then wait in their sockets, see [`RecvRing`]).
+/// Receive buffers in the provided ring by default (`Config::recv_ring`): datagrams taken
+/// between two waits before receives run short (they then wait in their sockets, see
+/// [`RecvRing`]).
 const RECV_ENTRIES: u16 = 4096;
 /// Bytes per receive buffer: an ACK is 4, an ERROR at most 516 (RFC 1350 §5); a longer
 /// datagram is cut, which no valid packet is. Every buffer of the ring is touched in a storm,
@@ -130,7 +131,13 @@ pub(crate) fn run(
     stop: watch::Receiver<bool>,
     ready: std::sync::mpsc::Sender<Backend>,
 ) -> Result<(), (io::Error, Socket)> {
-    run_with(index, socket, shared, stop, ready, Tuning::default()).map(|counts| {
+    // A power of two, as the kernel's buffer rings require, of at most 32768.
+    let entries = shared.config.recv_ring.clamp(16, 1 << 15);
+    let tuning = Tuning {
+        recv_entries: 1 << (15 - entries.leading_zeros()),
+        ..Tuning::default()
+    };
+    run_with(index, socket, shared, stop, ready, tuning).map(|counts| {
         tracing::debug!(shard = index, ?counts, "engine counts");
     })
 }
