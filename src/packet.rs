@@ -451,7 +451,7 @@ pub fn push_option(
 
 fn parse_request(body: &[u8]) -> Result<Request<'_>, ParseError> {
     let mut r = Reader(body);
-    let filename = r.cstr().ok_or(ParseError::Unterminated)?;
+    let filename = trim_junk(r.cstr().ok_or(ParseError::Unterminated)?);
     let mode = r.cstr().ok_or(ParseError::Unterminated)?;
     if filename.is_empty() {
         return Err(ParseError::EmptyFilename);
@@ -473,6 +473,20 @@ fn parse_request(body: &[u8]) -> Result<Request<'_>, ParseError> {
         mode,
         options: Options::parse(r.rest()),
     })
+}
+
+/// The filename without the 0xFF bytes some PXE ROMs append to it. Those ROMs read the DHCP
+/// boot filename (option 67) as a NUL-terminated string past its length, into the next option
+/// code: 0xFF is DHCP's `end` option (RFC 2132 §3.2). Seen from Intel UNDI PXE 2.1 ROMs and a
+/// Lenovo T460's UEFI (`netboot.xyz.efi` then `ff 00` on the wire; netboot.xyz issue 1198,
+/// netboot.xyz-docs issue 149). 0xFF never occurs in UTF-8, so no name a server could hold ends
+/// with it, and what is left is checked and confined like any name.
+fn trim_junk(filename: &[u8]) -> &[u8] {
+    let end = filename
+        .iter()
+        .rposition(|&b| b != 0xFF)
+        .map_or(0, |i| i + 1);
+    &filename[..end]
 }
 
 /// A cursor over received bytes; every read is checked.
@@ -567,6 +581,34 @@ mod tests {
         assert_eq!(pairs, [(&b"blksize"[..], &b"1468"[..]), (b"tsize", b"0")]);
         assert_eq!(req.options.get("BLKSIZE"), Some(&b"1468"[..]));
         assert_eq!(req.options.get("timeout"), None);
+    }
+
+    /// Some PXE ROMs read DHCP's boot filename past its end, into the `end` option (0xFF).
+    #[test]
+    fn trailing_ff_bytes_are_not_part_of_the_filename() {
+        for raw in [
+            &b"\x00\x01netboot.xyz.efi\xff\x00octet\x00"[..],
+            b"\x00\x01netboot.xyz.efi\xff\xff\xff\xff\xff\x00octet\x00",
+        ] {
+            let Packet::Rrq(req) = Packet::parse(raw).unwrap() else {
+                panic!()
+            };
+            assert_eq!(req.filename, "netboot.xyz.efi");
+        }
+        // Only at the end: within a name, 0xFF is not UTF-8.
+        assert_eq!(
+            Packet::parse(b"\x00\x01net\xffboot\x00octet\x00"),
+            Err(ParseError::BadFilename)
+        );
+        assert_eq!(
+            Packet::parse(b"\x00\x01\xff\xff\x00octet\x00"),
+            Err(ParseError::EmptyFilename)
+        );
+        // What is left is still checked: a control byte before the junk is refused.
+        assert_eq!(
+            Packet::parse(b"\x00\x01boot\x01\xff\x00octet\x00"),
+            Err(ParseError::BadFilename)
+        );
     }
 
     #[test]

@@ -476,3 +476,52 @@ fn a_closed_client_port_ends_the_transfer_at_once(backend: Backend) {
     println!("closed client port noticed on {backend} after {took:.2?}");
     still_serves(daemon.addr(), &good);
 }
+
+/// Old PXE ROMs read DHCP's boot filename past its end and append DHCP's `end` option, 0xFF,
+/// to the name (netboot.xyz issue 1198: `netboot.xyz.efi` then `ff 00` on the wire). Sent byte
+/// for byte, the file meant is served; the trimmed name is confined like any other, and 0xFF
+/// inside a name is still refused.
+#[test]
+fn trailing_ff_junk_after_a_filename_serves_the_file_meant() {
+    let outer = TempDir::new("trailing_ff");
+    let root = outer.join("root");
+    let bytes = pattern(3000, 11);
+    write_file(&root, "netboot.xyz.efi", &bytes);
+    write_file(outer.path(), "secret", b"outside the root\n");
+    let daemon = Daemon::start(&root, &[]);
+    let server = daemon.addr();
+    for junk in [&b"\xff"[..], b"\xff\xff\xff\xff\xff"] {
+        let mut rrq = b"\x00\x01netboot.xyz.efi".to_vec();
+        rrq.extend_from_slice(junk);
+        rrq.extend_from_slice(b"\x00octet\x00");
+        let peer = Peer::new(server);
+        peer.send_to(&rrq, server);
+        let (first, tid) = peer
+            .recv(Duration::from_secs(2))
+            .unwrap_or_else(|| panic!("no answer to {rrq:?}"));
+        // DATA 1 (lock-step, 512 bytes) of the file meant.
+        assert_eq!(&first[..4], b"\x00\x03\x00\x01", "{}", describe(&first));
+        assert_eq!(&first[4..], &bytes[..512]);
+        peer.send_to(
+            &raw::error(ringtftp::packet::ErrorCode::Undefined, "enough"),
+            tid,
+        );
+    }
+    let refused: [(&[u8], u16); 3] = [
+        // Trimmed to `../secret`: outside the root.
+        (b"\x00\x01../secret\xff\x00octet\x00", 2),
+        // 0xFF within the name: not UTF-8, not a name ("Invalid request, bad filename").
+        (b"\x00\x01netboot\xff.xyz.efi\x00octet\x00", 2),
+        // Nothing but junk: no name at all, an ill-formed request.
+        (b"\x00\x01\xff\xff\x00octet\x00", 4),
+    ];
+    for (rrq, code) in refused {
+        let peer = Peer::new(server);
+        let (got, message, _) = peer.expect_error(rrq, server);
+        assert_eq!(got, code, "{rrq:?}: {message}");
+        assert!(!message.contains("outside"), "{message}");
+    }
+    let got = raw::download(server, "netboot.xyz.efi", WireMode::Octet, &[], |_| {})
+        .unwrap_or_else(|e| panic!("netboot.xyz.efi: {e}"));
+    assert_eq!(got.data, bytes);
+}

@@ -604,10 +604,9 @@ fn under_a_64_mib_memory_limit_the_defaults_fit() {
     let files = Arc::new(files);
     for shards in ["2", "16"] {
         let Some(cgroup) = MemoryCgroup::new(&format!("s{shards}"), LIMIT) else {
-            crate::util::skip::missing(
-                "cannot create a memory cgroup (no memory controller?)",
-                "a kernel with the memory cgroup controller",
-            );
+            // A host without the controller (or a container that may not make cgroups): no
+            // install fixes that.
+            crate::util::skip::unsupported("cannot create a memory cgroup here");
             return;
         };
         let ip = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
