@@ -94,7 +94,7 @@ mod cli;
 // root); on every backend, a stray transfer ID during a transfer, a garbage flood, a client
 // that vanishes mid-transfer (given up after 12 s, descriptors released) and one that closes
 // its port (ICMP port unreachable: ended at once as "unreachable"); a normal transfer works
-// after each.
+// after each. Names with an old PXE ROM's trailing 0xFF junk serve the file meant, confined.
 mod hostile;
 
 // Real packet loss on a real path: a network namespace pair joined by a veth pair, nftables
@@ -128,7 +128,9 @@ mod files;
 // held transfers finish byte-exact, service resumes), the --max-buffer-mb budget (the same, and
 // a netascii encoding that does not fit), a file renamed over (the snapshot is served),
 // truncated or rewritten in place (ERROR, never a mix as success) — those on every backend —
-// and 10 000 loadgen clients at once (all byte-exact, the daemon's peak RSS bounded).
+// and 10 000 loadgen clients at once (all byte-exact, the daemon's peak RSS bounded); under a
+// 64 MiB memory cgroup, 500 distinct 1 MiB downloads on 2 and 16 shards (no OOM kill, each
+// byte-exact or busy).
 mod resources;
 
 // Operations: --user nobody started as root (served byte-exact; every task of /proc/PID/task
