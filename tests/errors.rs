@@ -375,3 +375,73 @@ fn a_repeated_rrq_does_not_start_a_second_transfer(backend: Backend) {
         peer.send_to(&raw::error(ErrorCode::Undefined, "test done"), tid);
     }
 }
+
+/// Hardware that asks for options it cannot take never acknowledges the OACK, then asks again
+/// (NVIDIA DGX firmware, fbtftp issue 51). Once an OACK has gone unanswered through its
+/// retries, that client's next request for the file is answered without options (RFC 2347
+/// lets a server ignore them): DATA 1 of 512 bytes. Another client, or another file, still gets
+/// its OACK.
+#[test]
+fn a_client_that_never_answers_the_oack_is_next_answered_without_options() {
+    let root = TempDir::new("unanswered_oack");
+    let bytes = pattern(4000, 5);
+    write_file(root.path(), "boot.img", &bytes);
+    write_file(root.path(), "other.img", &bytes);
+    let daemon = Daemon::start(root.path(), &["--timeout", "0.05", "--retries", "1"]);
+    let server = daemon.addr();
+    let rrq = |name: &str| raw::rrq(name, WireMode::Octet, &[("blksize", "1468")]);
+    let first_reply = |from: Peer, name: &str| -> Vec<u8> {
+        from.send_to(&rrq(name), server);
+        let (reply, tid) = from
+            .recv(Duration::from_secs(2))
+            .unwrap_or_else(|| panic!("no answer for {name}"));
+        // Ends the transfer, whatever it is.
+        from.send_to(&raw::error(ErrorCode::Undefined, "enough"), tid);
+        reply
+    };
+
+    // The OACK, never answered: the transfer gives up after its retries.
+    let silent = Peer::new(server);
+    silent.send_to(&rrq("boot.img"), server);
+    let (oack, _) = silent.recv(Duration::from_secs(2)).expect("an OACK");
+    assert!(raw::parse_oack(&oack).is_some(), "{}", raw::describe(&oack));
+    daemon
+        .wait_for_log(&["never answered the OACK"], Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("the transfer did not give up:\n{}", daemon.log()));
+
+    let again = first_reply(Peer::new(server), "boot.img");
+    assert_eq!(
+        &again[..4],
+        b"\x00\x03\x00\x01",
+        "{}",
+        raw::describe(&again)
+    );
+    assert_eq!(&again[4..], &bytes[..512], "not plain 512-byte blocks");
+    // Another file from the same client, and the same file from another client: options.
+    let other_file = first_reply(Peer::new(server), "other.img");
+    assert!(
+        raw::parse_oack(&other_file).is_some(),
+        "{}",
+        raw::describe(&other_file)
+    );
+    let other_client = first_reply(
+        Peer::bind(std::net::Ipv4Addr::new(127, 0, 0, 2).into()),
+        "boot.img",
+    );
+    assert!(
+        raw::parse_oack(&other_client).is_some(),
+        "{}",
+        raw::describe(&other_client)
+    );
+    // A whole download without options, byte-exact.
+    let got = raw::download(
+        server,
+        "boot.img",
+        WireMode::Octet,
+        &[("blksize", "1468")],
+        |_| {},
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(got.data, bytes);
+    assert!(got.oack.is_empty(), "options granted: {:?}", got.oack);
+}

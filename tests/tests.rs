@@ -65,7 +65,8 @@ mod clients;
 // symlinks and absolute paths out of the root (ERROR 2 / never served, no server path in the
 // message); directories; WRQ (raw, tftp-hpa, curl, atftp, busybox: ERROR 2 "read-only" and
 // the root unchanged); DATA/ACK/OACK on the main port (ERROR 4); ERROR on the main port (no
-// reply); a repeated RRQ (one transfer, one port; on every backend).
+// reply); a repeated RRQ (one transfer, one port; on every backend); a client that never
+// answers its OACK is next answered without options (that client, that file only).
 mod errors;
 
 // The server as a whole: 200 concurrent lock-step transfers from threads, all byte-exact on

@@ -237,6 +237,40 @@ impl Unanswered {
     }
 }
 
+/// Clients whose OACK went unanswered through every retry, by address and file: some hardware
+/// asks for options it cannot take and never acknowledges the OACK (NVIDIA DGX firmware,
+/// fbtftp issue 51), then asks again. RFC 2347 lets a server ignore options, so that client's
+/// next request for the file, for [`OptionsIgnored::FOR`], is answered without them: plain
+/// RFC 1350, which such firmware reads. Bounded in entries; taken once per request.
+#[derive(Default)]
+pub(crate) struct OptionsIgnored(Mutex<HashMap<(IpAddr, Box<str>), Instant>>);
+
+impl OptionsIgnored {
+    /// How long a client is answered without options after its OACK went unanswered.
+    const FOR: std::time::Duration = std::time::Duration::from_secs(600);
+    /// Clients remembered at most (a forger can only make itself answered without options).
+    const MAX: usize = 4096;
+
+    /// Remembers that `client` never answered the OACK of its transfer of `filename`.
+    pub(crate) fn remember(&self, client: IpAddr, filename: &str, now: Instant) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= Self::MAX {
+            map.retain(|_, until| *until > now);
+            if map.len() >= Self::MAX {
+                return;
+            }
+        }
+        map.insert((client.to_canonical(), filename.into()), now + Self::FOR);
+    }
+
+    /// Whether `client`'s request for `filename` is to be answered without options.
+    fn applies(&self, client: IpAddr, filename: &str, now: Instant) -> bool {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(&(client.to_canonical(), filename.into()))
+            .is_some_and(|until| *until > now)
+    }
+}
+
 /// A transfer's entry in [`Unanswered`], removed when the transfer ends (or is never started).
 pub(crate) struct Claim {
     table: Arc<Unanswered>,
@@ -360,7 +394,17 @@ fn prepare(
             .blksize_max
             .min(super::mtu::blksize_for(mtu, peer.ip()));
     }
-    let negotiated = Negotiated::negotiate(&request.options, &limits, tsize)?;
+    let no_options = Options::parse(&[]);
+    let mut options = &request.options;
+    if !options.is_empty()
+        && shared
+            .options_ignored
+            .applies(peer.ip(), request.filename, Instant::now())
+    {
+        tracing::info!(%peer, file = request.filename, "answering without options: this client left its last OACK for this file unanswered");
+        options = &no_options;
+    }
+    let negotiated = Negotiated::negotiate(options, &limits, tsize)?;
     let socket = if shared.config.single_port {
         None
     } else {

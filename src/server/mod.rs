@@ -274,6 +274,8 @@ pub(crate) struct Shared {
     /// Where the shards read one socket: the transfers not yet answered by their client, so
     /// a repeated request that reaches another shard is known as one.
     unanswered: Option<Arc<admit::Unanswered>>,
+    /// Clients to answer without options: their OACK went unanswered.
+    options_ignored: admit::OptionsIgnored,
     /// Spreads transfer sockets over `--port-range`.
     port_hint: AtomicU32,
     /// The effective ports policy.
@@ -419,6 +421,7 @@ impl Server {
                 running: AtomicUsize::new(0),
                 clients: Mutex::new(HashMap::new()),
                 unanswered: shared_socket.then(Arc::default),
+                options_ignored: admit::OptionsIgnored::default(),
                 port_hint: AtomicU32::new(std::process::id()),
                 ports,
                 budget: cache::Budget::new(config.buffer_max),

@@ -8,10 +8,18 @@ use std::time::Instant;
 use super::ending::Ending;
 use super::metrics;
 use super::session::Meta;
+use super::Shared;
 use crate::transfer::Transfer;
 
-/// Logs and counts a transfer that ended as `ending`.
-pub(crate) fn ended(meta: &Meta, t: &Transfer, ending: Ending) {
+/// Logs and counts a transfer that ended as `ending`; remembers a client that never answered
+/// its OACK (see [`OptionsIgnored`](super::admit::OptionsIgnored)).
+pub(crate) fn ended(shared: &Shared, meta: &Meta, t: &Transfer, ending: Ending) {
+    if ending == Ending::TimedOut && t.oack_unanswered() {
+        tracing::info!(peer = %meta.peer, file = %meta.filename, "the client never answered the OACK: its next request for this file is answered without options");
+        shared
+            .options_ignored
+            .remember(meta.peer.ip(), &meta.filename, Instant::now());
+    }
     let stats = t.stats();
     let opts = t.options();
     let duration = stats.duration(Instant::now());

@@ -316,11 +316,12 @@ fn spawn<I: Io>(
     state.active.borrow_mut().insert(peer, client.clone());
     state.running.set(state.running.get() + 1);
     let state = state.clone();
+    let shared = shared.clone();
     tokio::task::spawn_local(async move {
         let ending = run(&state, &client, sock).await;
         {
             let session = client.session.borrow();
-            record::ended(session.meta(), session.transfer(), ending);
+            record::ended(&shared, session.meta(), session.transfer(), ending);
         }
         // A netascii encoding is freed with the transfer.
         drop(lease);

@@ -514,6 +514,12 @@ impl Transfer {
         self.deadline
     }
 
+    /// Whether the client never answered the OACK, nor sent anything else (RFC 2347 clients
+    /// answer it with ACK 0 or an ERROR): hardware that cannot take options behaves so.
+    pub fn oack_unanswered(&self) -> bool {
+        self.oack && !self.answered
+    }
+
     /// How the transfer ended, once it has; the driver then closes the socket.
     pub fn outcome(&self) -> Option<Outcome> {
         if self.pending.is_some() || self.then.is_some() {

@@ -873,7 +873,12 @@ impl Engine {
             self.active.remove(&peer);
         }
         if let Some(ending) = conn.ending {
-            record::ended(conn.session.meta(), conn.session.transfer(), ending);
+            record::ended(
+                &self.shared,
+                conn.session.meta(),
+                conn.session.transfer(),
+                ending,
+            );
         }
         self.running -= 1;
         self.free.push(slot);
