@@ -118,6 +118,8 @@ pub(crate) struct Cli {
 
     /// Cap the granted block size so each DATA datagram fits this link MTU [default: the MTU
     /// of the interface each request arrived on; 1500 gives 1468 over IPv4, 1448 over IPv6].
+    /// 65536 turns the cap off: blocks go out as IP fragments, faster on a clean network, a
+    /// whole block lost with any fragment elsewhere.
     #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u32).range(68..=65536))]
     mtu: Option<u32>,
 

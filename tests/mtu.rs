@@ -1,6 +1,6 @@
 //! Blocks that fit the path: on a veth pair with a 1400-byte MTU, a client asking for the
 //! largest block (65464) is granted 1368 — a DATA datagram that fits the link unfragmented — and
-//! fetches byte-exact; `--mtu` sets the cap by hand. Loopback's 64 KiB MTU keeps large blocks
+//! fetches byte-exact; `--mtu` sets the cap by hand, and `--mtu 65536` turns it off. Loopback's 64 KiB MTU keeps large blocks
 //! (covered by the client tests, which are granted 65464 there).
 //!
 //! Needs root, `ip` and `nft`, like the loss tests whose namespaces it reuses.
@@ -66,8 +66,10 @@ fn blocks_are_capped_to_the_interface_mtu() {
         must(ip(&["-n", ns, "link", "set", "veth0", "mtu", "1400"]));
     }
     let (dir, sha) = served();
+    let start = std::time::Instant::now();
     let server = Server::start(&path, dir.path(), &[]);
     fetch_largest_blocks(&path, &sha, &server);
+    eprintln!("capped to the link: both fetched in {:?}", start.elapsed());
     let granted = granted(&server);
     assert_eq!(granted, ["1368", "1368"], "log:\n{}", server.log());
 }
@@ -83,4 +85,25 @@ fn the_mtu_can_be_set_by_hand() {
     let server = Server::start(&path, dir.path(), &["--mtu", "1200"]);
     fetch_largest_blocks(&path, &sha, &server);
     assert_eq!(granted(&server), ["1168", "1168"], "log:\n{}", server.log());
+}
+
+/// `--mtu 65536` turns the cap off: on the same 1400-byte link a client asking for 65464 gets
+/// 65464, its datagrams fragmented by IP, and still fetches byte-exact. For a clean network
+/// where the client's lock-step rate is what limits a download (each block one round trip).
+#[test]
+fn the_mtu_cap_can_be_turned_off() {
+    if !ready() {
+        return;
+    }
+    let _alone = util::exclusive();
+    let path = Path2::new();
+    for ns in [&path.server, &path.client] {
+        must(ip(&["-n", ns, "link", "set", "veth0", "mtu", "1400"]));
+    }
+    let (dir, sha) = served();
+    let start = std::time::Instant::now();
+    let server = Server::start(&path, dir.path(), &["--mtu", "65536"]);
+    fetch_largest_blocks(&path, &sha, &server);
+    assert_eq!(granted(&server), ["65464", "65464"], "log:\n{}", server.log());
+    eprintln!("uncapped, fragmented: both fetched in {:?}", start.elapsed());
 }
