@@ -16,6 +16,12 @@
 //! restarts from that ACK. The out-of-sequence block itself is dropped: the server sends it
 //! again after the gap.
 //!
+//! **WDS's variable window.** With `msftwindow` granted ([`Ask::msftwindow`]), every ACK says
+//! how many blocks the client wants before its next one ([`Client::emit_ack`] writes that
+//! byte): this client starts from the `windowsize` granted, doubles after each window received
+//! whole, up to [`MSFT_WINDOW_MAX`], and halves at each gap — how a client that adapts to its
+//! network might choose (Windows' own choice is not documented).
+//!
 //! After the final block the outcome is [`Outcome::Complete`], yet a driver that keeps the
 //! socket open for a while (RFC 1350 §6 "dallying") may go on feeding datagrams: a repeated
 //! final block, which means the final ACK was lost, is acknowledged again.
@@ -44,6 +50,9 @@ use std::time::{Duration, Instant};
 
 use crate::options::{Ask, Negotiated};
 use crate::packet::{BufferTooSmall, ErrorCode, Mode, Options, Packet, Request};
+
+/// The largest window this client asks for with `msftwindow`.
+pub const MSFT_WINDOW_MAX: u16 = 64;
 
 /// What a transfer asks for and how patiently it waits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,6 +147,8 @@ pub struct Client {
     next: u64,
     /// Blocks received in sequence since the last ACK sent.
     since_ack: u16,
+    /// Blocks per window: the `windowsize` in force, or the one asked with `msftwindow`.
+    window: u16,
     /// The last block out of sequence since the last one in sequence (see the module doc).
     last_stray: Option<u16>,
     /// Payload bytes received in sequence, as on the wire.
@@ -171,6 +182,7 @@ impl Client {
             opts: Negotiated::DEFAULT,
             next: 1,
             since_ack: 0,
+            window: 1,
             last_stray: None,
             bytes: 0,
             tries: 0,
@@ -233,8 +245,11 @@ impl Client {
             State::Requested => Transmit::Rrq,
             _ => {
                 // A window cut short by loss is acknowledged as far as it got (RFC 7440 §4),
-                // and the next window counts from there.
+                // and the next window counts from there, a smaller one where the client says.
                 self.since_ack = 0;
+                if self.opts.msftwindow() {
+                    self.window = (self.window / 2).max(1);
+                }
                 Transmit::Ack(self.last_in_order())
             }
         });
@@ -333,7 +348,10 @@ impl Client {
             _ => return self.finish(now, Outcome::Protocol("OACK after DATA")),
         }
         match self.config.ask.accept(&options) {
-            Ok(opts) => self.opts = opts,
+            Ok(opts) => {
+                self.opts = opts;
+                self.window = opts.windowsize().get();
+            }
             Err(e) => return self.finish(now, Outcome::Protocol(e.message())),
         }
         self.state = State::Receiving { oack: true };
@@ -375,8 +393,12 @@ impl Client {
                     Outcome::Size
                 },
             );
-        } else if self.since_ack >= self.opts.windowsize().get() {
+        } else if self.since_ack >= self.window {
             self.since_ack = 0;
+            if self.opts.msftwindow() {
+                // A whole window arrived: ask for a larger one.
+                self.window = (self.window * 2).min(MSFT_WINDOW_MAX);
+            }
             self.pending = Some(Transmit::Ack(block));
         }
         Some(data)
@@ -392,6 +414,10 @@ impl Client {
         if !same_burst {
             self.stats.reacks += 1;
             self.since_ack = 0;
+            if self.opts.msftwindow() {
+                // A gap: ask for a smaller window.
+                self.window = (self.window / 2).max(1);
+            }
             self.pending = Some(Transmit::Ack(self.last_in_order()));
         }
     }
@@ -411,6 +437,18 @@ impl Client {
     fn progress(&mut self, now: Instant) {
         self.tries = 0;
         self.deadline = now + self.config.timeout;
+    }
+
+    /// Writes ACK `block` into `buf` as this read sends it: with `msftwindow` granted, followed
+    /// by the size of the next window. Returns its length (4 or 5).
+    pub fn emit_ack(&self, block: u16, buf: &mut [u8; 5]) -> usize {
+        let [hi, lo] = block.to_be_bytes();
+        buf[..4].copy_from_slice(&[0, 4, hi, lo]);
+        if self.opts.msftwindow() {
+            buf[4] = u8::try_from(self.window).unwrap_or(u8::MAX);
+            return 5;
+        }
+        4
     }
 
     /// The wire number of the last block received in sequence (0 for the OACK or nothing).

@@ -11,6 +11,11 @@
 //!   over `timeout` and is the one acknowledged when both are sent. Either must lie within
 //!   10 ms..=255 s or the request is refused with ERROR 8.
 //! - `windowsize` (RFC 7440 §3): 1..=65535 blocks, clamped to [`Limits::windowsize_max`].
+//! - `msftwindow` (Windows Deployment Services' variable window, documented only by Wireshark's
+//!   TFTP dissector): asked with the value `31416`, granted with `27182`; every ACK after the
+//!   OACK then carries one more byte, the number of blocks the client wants before its next
+//!   ACK, which the transfer sends within the same caps as `windowsize`
+//!   ([`Negotiated::window_max`]).
 //!
 //! When nothing is accepted, there is no OACK and the transfer starts with DATA 1 (RFC 2347).
 
@@ -60,8 +65,12 @@ pub struct Negotiated {
     timeout: Option<Duration>,
     /// The transfer size answered to a `tsize` request.
     tsize: Option<u64>,
+    /// Whether the window follows the client's ACKs (`msftwindow`).
+    msftwindow: bool,
+    /// The largest window the client may ask for in an ACK (`msftwindow`).
+    window_cap: u16,
     /// The accepted options, in the order the client sent them, for the OACK.
-    acked: [Option<Acked>; 4],
+    acked: [Option<Acked>; 5],
 }
 
 /// An option that goes into the OACK.
@@ -74,7 +83,13 @@ enum Acked {
     /// `utimeout`, echoed in microseconds.
     Utimeout,
     Windowsize,
+    /// `msftwindow`, granted with its fixed value.
+    Msftwindow,
 }
+
+/// What a WDS client sends as `msftwindow` (round(π × 10000)), and the grant (floor(e × 10000)).
+const MSFTWINDOW_ASKED: &str = "31416";
+const MSFTWINDOW_GRANTED: &str = "27182";
 
 /// Why a request's options were refused; the server answers ERROR 8 (RFC 2347).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,7 +154,9 @@ impl Negotiated {
         windowsize: WINDOWSIZE_DEFAULT,
         timeout: None,
         tsize: None,
-        acked: [None; 4],
+        msftwindow: false,
+        window_cap: WINDOWSIZE_DEFAULT,
+        acked: [None; 5],
     };
 
     /// Negotiates the client's `options` within `limits`.
@@ -154,7 +171,7 @@ impl Negotiated {
     ) -> Result<Negotiated, OptionError> {
         let mut n = Negotiated::DEFAULT;
         let mut tsize = Some(tsize);
-        let mut order = [None; 4];
+        let mut order = [None; 5];
         let mut utimeout = false;
         // Walk the pairs in order but resolve each option from its last occurrence, so the OACK
         // keeps the client's order and the last duplicate wins.
@@ -209,18 +226,28 @@ impl Negotiated {
                     // The client's value (0 in an RRQ) carries nothing for a read.
                     n.tsize = tsize.take().and_then(|size| size());
                 }
+                // Any other value is not WDS's extension: left out of the OACK.
+                Acked::Msftwindow => {
+                    n.msftwindow = options.get("msftwindow") == Some(MSFTWINDOW_ASKED.as_bytes())
+                }
                 Acked::Utimeout => unreachable!("folded into the timeout slot"),
             }
         }
         let fits = limits.window_bytes_max / usize::from(n.blksize().get());
-        n.windowsize = n
-            .windowsize
+        let cap = limits
+            .windowsize_max
+            .max(1)
             .min(u16::try_from(fits.max(1)).unwrap_or(u16::MAX));
+        n.windowsize = n.windowsize.min(cap);
+        if n.msftwindow {
+            n.window_cap = cap;
+        }
         let mut k = 0;
         for slot in order.into_iter().flatten() {
             let acked = match slot {
                 Acked::Timeout if utimeout => Acked::Utimeout,
                 Acked::Tsize if n.tsize.is_none() => continue,
+                Acked::Msftwindow if !n.msftwindow => continue,
                 other => other,
             };
             n.acked[k] = Some(acked);
@@ -238,6 +265,22 @@ impl Negotiated {
     /// (RFC 7440 §3).
     pub fn windowsize(&self) -> NonZeroU16 {
         NonZeroU16::new(self.windowsize).unwrap_or(NonZeroU16::MIN)
+    }
+
+    /// Whether the client sets each window's size in its ACKs (`msftwindow`).
+    pub fn msftwindow(&self) -> bool {
+        self.msftwindow
+    }
+
+    /// The largest window the transfer may send: `windowsize`, or with `msftwindow` the most
+    /// a client may ask for in an ACK (the `windowsize` caps of [`Limits`]).
+    pub fn window_max(&self) -> NonZeroU16 {
+        let max = if self.msftwindow {
+            self.window_cap.max(self.windowsize)
+        } else {
+            self.windowsize
+        };
+        NonZeroU16::new(max).unwrap_or(NonZeroU16::MIN)
     }
 
     /// The retransmission interval the client fixed, if it did (RFC 2349).
@@ -265,6 +308,7 @@ impl Negotiated {
             let (name, value) = match acked {
                 Acked::Blksize => ("blksize", fmt_uint(self.blksize.into(), &mut num)),
                 Acked::Windowsize => ("windowsize", fmt_uint(self.windowsize.into(), &mut num)),
+                Acked::Msftwindow => ("msftwindow", MSFTWINDOW_GRANTED),
                 Acked::Tsize => ("tsize", fmt_uint(self.tsize.unwrap_or(0), &mut num)),
                 Acked::Timeout => ("timeout", fmt_seconds(self.timeout, &mut num)),
                 Acked::Utimeout => {
@@ -299,6 +343,9 @@ pub struct Ask {
     pub tsize: bool,
     /// The `timeout` to ask for (RFC 2349), sent in seconds (a fraction where it has one).
     pub timeout: Option<Duration>,
+    /// Whether to ask for WDS's variable window (`msftwindow` 31416): granted, every ACK then
+    /// carries the size of the next window.
+    pub msftwindow: bool,
 }
 
 /// Why a client refuses an OACK: the server acknowledged something it was not asked, or a
@@ -328,7 +375,7 @@ impl Ask {
     }
 
     /// Appends the options to an option list being built in `buf` at `*len`, in the order
-    /// `blksize`, `tsize`, `timeout`, `windowsize`.
+    /// `blksize`, `tsize`, `timeout`, `windowsize`, `msftwindow` (as WDS clients send them).
     pub fn emit(&self, buf: &mut [u8], len: &mut usize) -> Result<(), BufferTooSmall> {
         let mut num = [0u8; 24];
         if let Some(blksize) = self.blksize {
@@ -347,6 +394,9 @@ impl Ask {
                 "windowsize",
                 fmt_uint(windowsize.into(), &mut num),
             )?;
+        }
+        if self.msftwindow {
+            packet::push_option(buf, len, "msftwindow", MSFTWINDOW_ASKED)?;
         }
         Ok(())
     }
@@ -396,6 +446,15 @@ impl Ask {
                     n.timeout = Some(asked);
                 }
                 Acked::Utimeout => return Err(OackError("OACK utimeout not asked for")),
+                Acked::Msftwindow => {
+                    if !self.msftwindow {
+                        return Err(OackError("OACK msftwindow not asked for"));
+                    }
+                    if value != MSFTWINDOW_GRANTED.as_bytes() {
+                        return Err(OackError("OACK msftwindow is not 27182"));
+                    }
+                    n.msftwindow = true;
+                }
             }
             // A repeated name is taken at its last value and recorded once.
             if n.acked[..k].contains(&Some(kind)) {
@@ -412,12 +471,13 @@ impl Ask {
 
 impl Acked {
     fn from_name(name: &[u8]) -> Option<Self> {
-        const NAMES: [(&str, Acked); 5] = [
+        const NAMES: [(&str, Acked); 6] = [
             ("blksize", Acked::Blksize),
             ("tsize", Acked::Tsize),
             ("timeout", Acked::Timeout),
             ("utimeout", Acked::Utimeout),
             ("windowsize", Acked::Windowsize),
+            ("msftwindow", Acked::Msftwindow),
         ];
         NAMES
             .iter()
@@ -561,6 +621,24 @@ mod tests {
         let n = Negotiated::negotiate(&Options::parse(b"blksize\x009000\x00"), &limits, || None)
             .unwrap();
         assert_eq!(oack(&n), b"\x00\x06blksize\x001468\x00");
+    }
+
+    #[test]
+    fn msftwindow_is_granted_only_for_wds_value() {
+        let n = negotiate(b"blksize\x001456\x00msftwindow\x0031416\x00").unwrap();
+        assert!(n.msftwindow());
+        // Lock-step until the first ACK says otherwise; up to 96 KiB of blocks after.
+        assert_eq!((n.windowsize().get(), n.window_max().get()), (1, 64));
+        let mut buf = [0u8; 64];
+        let len = n.emit_oack(&mut buf).unwrap();
+        assert_eq!(
+            &buf[..len],
+            b"\x00\x06blksize\x001456\x00msftwindow\x0027182\x00"
+        );
+        // Another value is not the extension: left out, and the window stays fixed.
+        let n = negotiate(b"msftwindow\x0027182\x00").unwrap();
+        assert!(!n.msftwindow() && !n.has_oack());
+        assert_eq!(n.window_max().get(), 1);
     }
 
     #[test]

@@ -146,6 +146,7 @@ fn fetch_all(
 backends!(
     every_client_fetches_every_size,
     atftp_windows_fetch_one_mib,
+    wds_variable_window_fetches_one_mib,
     atftp_window_larger_than_its_socket_buffer_completes,
     forty_mib_at_512_byte_blocks_rolls_over,
 );
@@ -162,6 +163,34 @@ fn every_client_fetches_every_size(backend: Backend) {
         failures.len(),
         failures.join("\n")
     );
+}
+
+/// WDS's variable window (`msftwindow`): the OACK grants it, and a client whose ACKs ask for
+/// windows of 4 up to 64 blocks (doubling after each whole window) fetches 1 MiB byte-exact; the
+/// server's log line tells it was windowed.
+fn wds_variable_window_fetches_one_mib(backend: Backend) {
+    let root = TempDir::new(&format!("wds_variable_window-{backend}"));
+    let bytes = pattern(1 << 20, 43);
+    write_file(root.path(), "boot.wim", &bytes);
+    let daemon = Daemon::start_backend(backend, root.path(), &[]);
+    let options = [
+        ("blksize", "1456"),
+        ("tsize", "0"),
+        ("windowsize", "4"),
+        ("msftwindow", "31416"),
+    ];
+    let got = raw::download(daemon.addr(), "boot.wim", WireMode::Octet, &options, |_| {})
+        .unwrap_or_else(|e| panic!("{e}\n{}", daemon.log()));
+    assert_eq!(sha256(&got.data), sha256(&bytes));
+    assert!(
+        got.oack.contains(&("msftwindow".into(), "27182".into())),
+        "{:?}",
+        got.oack
+    );
+    let line = daemon
+        .wait_for_log(&["transfer complete", "boot.wim"], Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("no log line:\n{}", daemon.log()));
+    assert!(line.contains("msftwindow=31416"), "{line}");
 }
 
 fn atftp_windows_fetch_one_mib(backend: Backend) {

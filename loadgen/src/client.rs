@@ -79,6 +79,8 @@ pub struct Config {
     pub expect: Expect,
     /// Only learn the size: answer the first reply with ERROR 8 and end (see the module doc).
     pub probe: bool,
+    /// Ask for WDS's variable window (`msftwindow`).
+    pub msftwindow: bool,
 }
 
 impl Config {
@@ -91,6 +93,7 @@ impl Config {
                 windowsize: self.windowsize,
                 tsize: self.tsize,
                 timeout: self.timeout_option.then_some(self.timeout),
+                msftwindow: self.msftwindow,
             },
             timeout: self.timeout,
             retries: self.retries,
@@ -256,6 +259,12 @@ impl Client {
         self.core.poll_transmit().map(Transmit::from)
     }
 
+    /// Writes ACK `block` as this read sends it into `buf` (with `msftwindow`, followed by the
+    /// next window's size); returns its length.
+    pub fn emit_ack(&self, block: u16, buf: &mut [u8; 5]) -> usize {
+        self.core.emit_ack(block, buf)
+    }
+
     /// When [`handle_timeout`](Self::handle_timeout) must be called if nothing arrives (once
     /// over: when it ended).
     pub fn deadline(&self) -> Instant {
@@ -396,12 +405,6 @@ pub fn emit_refuse(buf: &mut [u8; 32]) -> usize {
     packet.emit(buf).unwrap_or(0)
 }
 
-/// Writes ACK `block` into `buf`; returns its length (always 4).
-pub fn emit_ack(block: u16, buf: &mut [u8; 4]) -> usize {
-    // Four bytes always hold an ACK.
-    Packet::Ack { block }.emit(buf).unwrap_or(4)
-}
-
 fn check_bytes(check: &mut Check, expect: &Expect, offset: u64, data: &[u8]) {
     match (check, expect) {
         (Check::Bytes { equal, overrun }, Expect::Bytes(want)) => {
@@ -439,6 +442,7 @@ mod tests {
             retries: 3,
             expect: Expect::Anything,
             probe: false,
+            msftwindow: false,
         }
     }
 

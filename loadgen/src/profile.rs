@@ -26,6 +26,9 @@ pub enum Profile {
     Uboot,
     /// GRUB 2's `tftp` module: `blksize=1024 tsize=0`, lock-step.
     Grub,
+    /// Windows Deployment Services' boot client (`wdsnbp.com`, `bootmgr`): `blksize=1456
+    /// tsize=0 windowsize=4 msftwindow=31416`, each ACK saying the next window.
+    Wds,
 }
 
 /// What a profile asks for: the options of its download RRQ and, for edk2, of the probe first.
@@ -42,6 +45,8 @@ pub struct Ask {
     /// A size probe first (`tsize=0` with the same options), answered with ERROR 8, then the
     /// download from a new port after `probe_gap`.
     pub probe: bool,
+    /// WDS's variable window (`msftwindow`): each ACK carries the next window's size.
+    pub msftwindow: bool,
 }
 
 /// Options from the command line or a scenario step, each replacing the profile's.
@@ -62,12 +67,13 @@ pub const PROBE_GAP: Duration = Duration::from_millis(5);
 
 impl Profile {
     /// Every profile, for `--help` and errors.
-    pub const ALL: [Profile; 5] = [
+    pub const ALL: [Profile; 6] = [
         Profile::Edk2,
         Profile::Ipxe,
         Profile::Pxelinux,
         Profile::Uboot,
         Profile::Grub,
+        Profile::Wds,
     ];
 
     /// The profile's name, as on the command line and in scenario files.
@@ -78,6 +84,7 @@ impl Profile {
             Self::Pxelinux => "pxelinux",
             Self::Uboot => "uboot",
             Self::Grub => "grub",
+            Self::Wds => "wds",
         }
     }
 
@@ -104,6 +111,7 @@ impl Profile {
                 tsize: false,
                 timeout_option: None,
                 probe: true,
+                msftwindow: false,
             },
             // Captured from ipxe-qemu (firmware.md); iPXE's src/net/udp/tftp.c asks for
             // blksize (its MTU-derived 1432) and tsize, and acknowledges every block.
@@ -133,6 +141,17 @@ impl Profile {
             Self::Grub => Ask {
                 blksize: Some(1024),
                 tsize: true,
+                ..Ask::default()
+            },
+            // Wireshark's TFTP dissector (epan/dissectors/packet-tftp.c, from WDS traffic):
+            // "msftwindow" 31416 in the RRQ, 27182 in the OACK, then every ACK one byte
+            // longer with the next window. blksize 1456 and a first window of 4 are assumed
+            // (values WDS setups commonly use; not captured from a Windows client here).
+            Self::Wds => Ask {
+                blksize: Some(1456),
+                windowsize: Some(4),
+                tsize: true,
+                msftwindow: true,
                 ..Ask::default()
             },
         }

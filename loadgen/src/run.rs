@@ -37,7 +37,7 @@ use anyhow::{anyhow, Context, Result};
 use ringtftp::options::BLKSIZE_DEFAULT;
 use ringtftp::packet::Packet;
 
-use crate::client::{emit_ack, emit_refuse, Client, Failure, Transmit};
+use crate::client::{emit_refuse, Client, Failure, Transmit};
 use crate::report::{Live, Span, Stats};
 use crate::scenario::Sequence;
 
@@ -623,7 +623,7 @@ impl<'a> Worker<'a> {
                 self.stats.dropped_out += 1;
                 continue;
             }
-            let mut ack = [0; 4];
+            let mut ack = [0; 5];
             let mut error = [0; 32];
             let (bytes, to) = match transmit {
                 // Only before the first reply: once connected to the TID, the RRQ is never re-sent.
@@ -634,7 +634,7 @@ impl<'a> Worker<'a> {
                     (&error[..len], None)
                 }
                 Transmit::Ack(block) => {
-                    let len = emit_ack(block, &mut ack);
+                    let len = client.emit_ack(block, &mut ack);
                     // Connected to the TID once it is known: no address needed.
                     let to = if slot.peer.is_some() {
                         None

@@ -140,6 +140,7 @@ impl Sequence {
                 retries: defaults.retries,
                 expect: step.expect.clone(),
                 probe: false,
+                msftwindow: ask.msftwindow,
             };
             let mut delay = step.think;
             if ask.probe {

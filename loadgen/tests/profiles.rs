@@ -260,6 +260,55 @@ fn edk2_probes_refuses_with_error_8_and_downloads_in_windows_of_4_from_a_new_por
     assert_eq!(blocks, 14);
 }
 
+/// WDS's variable window on the wire: `msftwindow` 31416 asked, 27182 granted, every ACK one
+/// byte longer with the next window (4, then doubling after each whole window), and the
+/// server sending exactly that many blocks before the client's next ACK.
+#[test]
+fn wds_asks_each_window_in_its_acks_and_the_server_sends_it() {
+    let seen = one_boot("wds");
+    let rrq = seen
+        .iter()
+        .find(|s| s.from_client && opcode(&s.bytes) == 1)
+        .expect("an RRQ");
+    assert_eq!(
+        rrq_options(&rrq.bytes),
+        [
+            "blksize=1456",
+            "msftwindow=31416",
+            "tsize=0",
+            "windowsize=4"
+        ]
+    );
+    let oack = seen
+        .iter()
+        .find(|s| !s.from_client && opcode(&s.bytes) == 6)
+        .expect("an OACK");
+    assert!(
+        oack.bytes
+            .windows(17)
+            .any(|w| w == b"msftwindow\x0027182\x00"),
+        "{:?}",
+        String::from_utf8_lossy(&oack.bytes)
+    );
+    // (ACK, the window it asks for); and the blocks the server sent after each ACK.
+    let mut acks: Vec<(u16, u8)> = Vec::new();
+    let mut sent_after: Vec<usize> = Vec::new();
+    for s in &seen {
+        match (s.from_client, opcode(&s.bytes)) {
+            (true, 4) => {
+                assert_eq!(s.bytes.len(), 5, "an ACK without its window byte");
+                acks.push((u16::from_be_bytes([s.bytes[2], s.bytes[3]]), s.bytes[4]));
+                sent_after.push(0);
+            }
+            (false, 3) => *sent_after.last_mut().expect("DATA before ACK 0") += 1,
+            _ => {}
+        }
+    }
+    // 14 blocks of 1456: windows of 4 and 8, then the last 2 (the final ACK asks no more).
+    assert_eq!(acks, [(0, 4), (4, 8), (12, 16), (14, 16)]);
+    assert_eq!(sent_after, [4, 8, 2, 0]);
+}
+
 #[test]
 fn lock_step_profiles_ask_what_their_firmware_asks() {
     for (profile, options, blocks) in [

@@ -63,10 +63,11 @@ fn rrq_carries_the_options_asked_for() {
         windowsize: Some(16),
         tsize: true,
         timeout: Some(Duration::from_millis(1500)),
+        msftwindow: true,
     };
     assert_eq!(
         rrq("pxelinux.0", &c),
-        b"\x00\x01pxelinux.0\x00octet\x00blksize\x001468\x00tsize\x000\x00timeout\x001.5\x00windowsize\x0016\x00"
+        b"\x00\x01pxelinux.0\x00octet\x00blksize\x001468\x00tsize\x000\x00timeout\x001.5\x00windowsize\x0016\x00msftwindow\x0031416\x00"
     );
     assert_eq!(rrq("f", &config()), b"\x00\x01f\x00octet\x00");
     c.mode = Mode::Netascii;
@@ -129,6 +130,7 @@ fn the_oack_is_checked_and_answered_with_ack_0() {
         windowsize: Some(4),
         tsize: true,
         timeout: None,
+        msftwindow: false,
     };
     let mut h = Harness::new(c);
     assert_eq!(
@@ -380,4 +382,50 @@ fn block_numbers_roll_over_past_65535() {
     }
     assert_eq!(h.client.outcome(), Some(Outcome::Complete));
     assert_eq!(h.file, file);
+}
+
+/// `msftwindow`: every ACK says the next window; it doubles after a whole window and halves at
+/// a gap.
+#[test]
+fn msftwindow_acks_carry_a_window_that_grows_and_shrinks() {
+    let mut c = config();
+    c.ask = Ask {
+        blksize: Some(8),
+        windowsize: Some(2),
+        msftwindow: true,
+        ..Ask::default()
+    };
+    let mut h = Harness::new(c);
+    let ack_bytes = |h: &Harness, block: u16| {
+        let mut buf = [0; 5];
+        let n = h.client.emit_ack(block, &mut buf);
+        buf[..n].to_vec()
+    };
+    assert_eq!(
+        h.feed(b"\x00\x06blksize\x008\x00windowsize\x002\x00msftwindow\x0027182\x00"),
+        Some(Transmit::Ack(0))
+    );
+    assert_eq!(ack_bytes(&h, 0), [0, 4, 0, 0, 2]);
+    h.data(1, &[1; 8]);
+    assert_eq!(h.data(2, &[2; 8]), Some(Transmit::Ack(2)));
+    assert_eq!(
+        ack_bytes(&h, 2),
+        [0, 4, 0, 2, 4],
+        "doubled after a whole window"
+    );
+    h.data(3, &[3; 8]);
+    // Block 4 lost: 5 is out of sequence.
+    assert_eq!(h.data(5, &[5; 8]), Some(Transmit::Ack(3)));
+    assert_eq!(ack_bytes(&h, 3), [0, 4, 0, 3, 2], "halved at the gap");
+    // A server that did not grant it: plain 4-byte ACKs.
+    let mut h = Harness::new(c);
+    assert_eq!(
+        h.feed(b"\x00\x06blksize\x008\x00windowsize\x002\x00"),
+        Some(Transmit::Ack(0))
+    );
+    assert_eq!(ack_bytes(&h, 0), [0, 4, 0, 0]);
+    // Granted without being asked: refused.
+    let mut h = Harness::new(config());
+    h.feed(b"\x00\x06msftwindow\x0027182\x00");
+    assert!(matches!(h.client.outcome(), Some(Outcome::Protocol(_))));
 }

@@ -187,7 +187,7 @@ impl<F: FileHandle> Session<F> {
     /// whether the socket took it with [`Session::set_gso`].
     pub(crate) fn gso_segment(&self) -> Option<u16> {
         let segment = DATA_HEADER_LEN + usize::from(self.t.options().blksize().get());
-        (self.t.options().windowsize().get() > 1).then_some(segment as u16)
+        (self.t.options().window_max().get() > 1).then_some(segment as u16)
     }
 
     /// Whether the socket cuts sends at [`Session::gso_segment`].
@@ -436,7 +436,7 @@ impl<F: FileHandle> Session<F> {
             return Some(Io::Close(ending));
         }
         // Read the next window ahead while this one is on the wire.
-        let window = u64::from(self.t.options().windowsize().get());
+        let window = u64::from(self.t.window_size());
         let ahead = (self.t.acked() + 2 * window).min(self.t.last_block());
         self.want(ahead);
         if let Some(index) = self.to_read.pop() {

@@ -268,7 +268,7 @@ impl Checked {
         // `retries_unanswered` retransmissions of at most a window each.
         if !self.answered {
             let tries = u64::from(self.config.retries.min(self.config.retries_unanswered));
-            let window = u64::from(self.opts.windowsize().get());
+            let window = u64::from(self.opts.window_max().get());
             assert!(
                 self.datagrams <= (1 + tries) * window,
                 "{} datagrams drawn by a silent client",
@@ -298,7 +298,7 @@ impl Checked {
                 let end = run.first + u64::from(run.count) - 1;
                 assert!(run.count >= 1, "{run:?}");
                 assert!(
-                    run.count <= self.opts.windowsize().get(),
+                    run.count <= self.opts.window_max().get(),
                     "{run:?} {:?}",
                     self.opts
                 );

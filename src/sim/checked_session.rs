@@ -212,7 +212,7 @@ impl CheckedSession {
             memory,
             file,
             budget,
-            gso: gso && opts.windowsize().get() > 1,
+            gso: gso && opts.window_max().get() > 1,
             in_flight: None,
             reads: Vec::new(),
             given: HashMap::new(),
@@ -385,7 +385,7 @@ impl CheckedSession {
         );
         if !self.answered {
             let tries = u64::from(self.config.retries.min(self.config.retries_unanswered));
-            let window = u64::from(self.opts.windowsize().get());
+            let window = u64::from(self.opts.window_max().get());
             assert!(
                 self.datagrams <= (1 + tries) * window,
                 "{} datagrams drawn by a silent client",

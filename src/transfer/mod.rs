@@ -235,6 +235,8 @@ pub struct Transfer {
     deadline: Option<Instant>,
     /// Timeouts since the last progress.
     tries: u32,
+    /// Blocks per window: `windowsize`, or with `msftwindow` what the client's last ACK asked.
+    window: u16,
     /// Repeated requests answered. A client repeats its request at most as often as it retries;
     /// more is a forger keeping the transfer (and its replies) alive, and goes unanswered.
     repeats: u32,
@@ -289,6 +291,7 @@ impl Transfer {
             then: None,
             deadline: None,
             tries: 0,
+            window: opts.windowsize().get(),
             repeats: 0,
             answered: false,
             backoff: 0,
@@ -327,7 +330,13 @@ impl Transfer {
             return;
         }
         match Packet::parse(datagram) {
-            Ok(Packet::Ack { block }) => self.handle_ack(now, block),
+            Ok(Packet::Ack { block }) => {
+                // WDS's variable window: the byte after the block number is the next window.
+                if let (true, Some(&next)) = (self.opts.msftwindow(), datagram.get(4)) {
+                    self.set_window(next);
+                }
+                self.handle_ack(now, block)
+            }
             Ok(Packet::Error { code, .. }) => self.handle_error(now, code),
             // A reader has no business sending anything else on a read transfer.
             Ok(_) => self.fail(
@@ -338,6 +347,17 @@ impl Transfer {
             // A corrupted or truncated datagram may be followed by a good one: wait for it.
             Err(_) => {}
         }
+    }
+
+    /// Sets the next window to `blocks` as an `msftwindow` client asks, within
+    /// [`Negotiated::window_max`] (0 is taken for 1).
+    pub fn set_window(&mut self, blocks: u8) {
+        self.window = u16::from(blocks).clamp(1, self.opts.window_max().get());
+    }
+
+    /// Blocks per window now (see [`Transfer::set_window`]).
+    pub fn window_size(&self) -> u16 {
+        self.window
     }
 
     /// Handles an ACK for wire block number `block`.
@@ -627,7 +647,7 @@ impl Transfer {
     /// final ACK if it already has everything (RFC 1350 dallying) — and a vanished one draws two
     /// blocks per try rather than a window.
     fn probe(&mut self) {
-        let count = (self.last - self.acked).min(u64::from(self.opts.windowsize().get()));
+        let count = (self.last - self.acked).min(u64::from(self.window));
         let one = |first| {
             Transmit::Blocks(Blocks {
                 first,
@@ -643,10 +663,10 @@ impl Transfer {
 
     /// The window starting after the last acknowledged block.
     fn window(&self, retransmit: bool) -> Transmit {
-        let count = (self.last - self.acked).min(u64::from(self.opts.windowsize().get()));
+        let count = (self.last - self.acked).min(u64::from(self.window));
         Transmit::Blocks(Blocks {
             first: self.acked + 1,
-            // At most `windowsize`, a u16.
+            // At most `window`, a u16.
             count: count as u16,
             retransmit,
         })

@@ -255,7 +255,11 @@ pub fn download(
         while let Some(transmit) = reader.poll_transmit() {
             match (transmit, tid) {
                 (client::Transmit::Rrq, _) => peer.send_to(&request, server),
-                (client::Transmit::Ack(block), Some(tid)) => peer.send_to(&ack(block), tid),
+                (client::Transmit::Ack(block), Some(tid)) => {
+                    let mut ack = [0; 5];
+                    let len = reader.emit_ack(block, &mut ack);
+                    peer.send_to(&ack[..len], tid)
+                }
                 (client::Transmit::Ack(_), None) => unreachable!("an ACK answers the TID"),
             }
         }
@@ -318,7 +322,9 @@ pub fn download(
             data.extend_from_slice(payload);
             // Acknowledged first, as a driver sends what the reader asks before anything else.
             if let Some(client::Transmit::Ack(block)) = reader.poll_transmit() {
-                peer.send_to(&ack(block), from);
+                let mut ack = [0; 5];
+                let len = reader.emit_ack(block, &mut ack);
+                peer.send_to(&ack[..len], from);
             }
             on_block(reader.blocks());
         }
@@ -339,6 +345,7 @@ fn ask(options: &[(&str, &str)]) -> Ask {
             "windowsize" => ask.windowsize = Some(num(option, value)),
             "tsize" => ask.tsize = true,
             "timeout" => ask.timeout = Some(Duration::from_secs(num(option, value))),
+            "msftwindow" => ask.msftwindow = true,
             _ => panic!("raw::download does not ask for {option}"),
         }
     }

@@ -75,6 +75,7 @@ fn config(file: &[u8]) -> Config {
         retries: 20,
         expect: Expect::Bytes(file.to_vec()),
         probe: false,
+        msftwindow: false,
     }
 }
 

@@ -457,3 +457,41 @@ fn completion_discards_a_retransmission_not_yet_sent() {
     assert_ended(&mut t, c.ms(1001), Outcome::Complete);
     assert_eq!(t.stats().sent, 1);
 }
+
+/// WDS's variable window (`msftwindow`): each ACK's extra byte sizes the next window, within
+/// the `windowsize` caps; without the extension granted, the byte is ignored.
+#[test]
+fn msftwindow_acks_size_the_next_window() {
+    let c = Clock::new();
+    let ack_for = |block: u16, next: u8| {
+        let mut a = ack(block).to_vec();
+        a.push(next);
+        a
+    };
+    let opts = negotiated(b"blksize\x001456\x00windowsize\x004\x00msftwindow\x0031416\x00");
+    assert!(opts.msftwindow());
+    // 96 KiB of 1456-byte blocks.
+    assert_eq!(opts.window_max().get(), 64);
+    let mut t = Transfer::new(c.ms(0), opts, 1456 * 200, Config::default());
+    drain(&mut t, c.ms(0));
+    t.handle_datagram(c.ms(1), &ack_for(0, 2));
+    assert_eq!(t.poll_transmit(c.ms(1)), blocks(1, 2, false));
+    t.handle_datagram(c.ms(2), &ack_for(2, 8));
+    assert_eq!(t.poll_transmit(c.ms(2)), blocks(3, 8, false));
+    // More than the caps allow is the caps; 0 is one block.
+    t.handle_datagram(c.ms(3), &ack_for(10, 255));
+    assert_eq!(t.poll_transmit(c.ms(3)), blocks(11, 64, false));
+    t.handle_datagram(c.ms(4), &ack_for(74, 0));
+    assert_eq!(t.poll_transmit(c.ms(4)), blocks(75, 1, false));
+    // A plain ACK keeps the window it had.
+    t.handle_datagram(c.ms(5), &ack(75));
+    assert_eq!(t.poll_transmit(c.ms(5)), blocks(76, 1, false));
+
+    // Not granted (another value): the byte is junk after the block number, as before.
+    let opts = negotiated(b"windowsize\x004\x00msftwindow\x001\x00");
+    assert!(!opts.msftwindow());
+    let mut t = Transfer::new(c.ms(0), opts, 512 * 20, Config::default());
+    drain(&mut t, c.ms(0));
+    t.handle_datagram(c.ms(1), &ack_for(0, 9));
+    assert_eq!(t.poll_transmit(c.ms(1)), blocks(1, 4, false));
+}
