@@ -104,6 +104,14 @@ fn the_mtu_cap_can_be_turned_off() {
     let start = std::time::Instant::now();
     let server = Server::start(&path, dir.path(), &["--mtu", "65536"]);
     fetch_largest_blocks(&path, &sha, &server);
-    assert_eq!(granted(&server), ["65464", "65464"], "log:\n{}", server.log());
-    eprintln!("uncapped, fragmented: both fetched in {:?}", start.elapsed());
+    assert_eq!(
+        granted(&server),
+        ["65464", "65464"],
+        "log:\n{}",
+        server.log()
+    );
+    eprintln!(
+        "uncapped, fragmented: both fetched in {:?}",
+        start.elapsed()
+    );
 }
