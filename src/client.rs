@@ -65,6 +65,12 @@ pub struct Config {
     pub timeout: Duration,
     /// Re-sends of the same packet without progress before giving up ([`Outcome::TimedOut`]).
     pub retries: u32,
+    /// Answer *every* block out of sequence with an ACK of the last block in sequence, rather
+    /// than once per burst (the module doc's rule). UEFI edk2 does this (`NetworkPkg/
+    /// Mtftp4Dxe/Mtftp4Rrq.c`, `Mtftp4RrqHandleData`: "received an unexpected packet,
+    /// transmit the ACK for the block we received"), so a window after a gap draws a duplicate
+    /// ACK per block: what a server must not answer with a window each.
+    pub reack_every_stray: bool,
 }
 
 impl Default for Config {
@@ -75,6 +81,7 @@ impl Default for Config {
             ask: Ask::default(),
             timeout: Duration::from_secs(1),
             retries: 5,
+            reack_every_stray: false,
         }
     }
 }
@@ -411,7 +418,7 @@ impl Client {
             .last_stray
             .is_some_and(|last| block == last.wrapping_add(1));
         self.last_stray = Some(block);
-        if !same_burst {
+        if !same_burst || self.config.reack_every_stray {
             self.stats.reacks += 1;
             self.since_ack = 0;
             if self.opts.msftwindow() {

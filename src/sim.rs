@@ -149,6 +149,12 @@ pub struct Case {
     pub len: usize,
     /// The link's seed.
     pub seed: u64,
+    /// The chance that a datagram is held back, and by how much at most; `None`: half the
+    /// loss rate, up to 20 ms.
+    pub reorder: Option<(f64, Duration)>,
+    /// A client that ACKs every block out of sequence, as edk2 does
+    /// ([`client::Config::reack_every_stray`]).
+    pub edk2: bool,
 }
 
 /// How a [`Pair`] run ended.
@@ -219,10 +225,16 @@ impl Pair {
                 ask,
                 timeout: Duration::from_secs(1),
                 retries: 30,
+                reack_every_stray: case.edk2,
                 ..client::Config::default()
             },
             now,
         );
+        let mut link = Link::lossy(case.loss);
+        if let Some((chance, delay)) = case.reorder {
+            link.reorder = chance;
+            link.reorder_delay = delay;
+        }
         Self {
             now,
             start: now,
@@ -239,7 +251,7 @@ impl Pair {
                 retries_unanswered: 10,
                 ..Config::default()
             },
-            link: Link::lossy(case.loss),
+            link,
             rng: Rng::new(case.seed),
             to_client: Wire::default(),
             to_server: Wire::default(),

@@ -81,6 +81,8 @@ pub struct Config {
     pub probe: bool,
     /// Ask for WDS's variable window (`msftwindow`).
     pub msftwindow: bool,
+    /// ACK every block out of sequence, as edk2 does (see the core's client `Config`).
+    pub reack_every_stray: bool,
 }
 
 impl Config {
@@ -97,6 +99,7 @@ impl Config {
             },
             timeout: self.timeout,
             retries: self.retries,
+            reack_every_stray: self.reack_every_stray,
         }
     }
 }
@@ -443,6 +446,7 @@ mod tests {
             expect: Expect::Anything,
             probe: false,
             msftwindow: false,
+            reack_every_stray: false,
         }
     }
 

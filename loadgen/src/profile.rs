@@ -47,6 +47,8 @@ pub struct Ask {
     pub probe: bool,
     /// WDS's variable window (`msftwindow`): each ACK carries the next window's size.
     pub msftwindow: bool,
+    /// An ACK for every block out of sequence, not one per burst (edk2's Mtftp4).
+    pub reack_every_stray: bool,
 }
 
 /// Options from the command line or a scenario step, each replacing the profile's.
@@ -112,6 +114,9 @@ impl Profile {
                 timeout_option: None,
                 probe: true,
                 msftwindow: false,
+                // Mtftp4RrqHandleData (NetworkPkg/Mtftp4Dxe/Mtftp4Rrq.c) ACKs the last block in
+                // sequence for every block that is not the expected one.
+                reack_every_stray: true,
             },
             // Captured from ipxe-qemu (firmware.md); iPXE's src/net/udp/tftp.c asks for
             // blksize (its MTU-derived 1432) and tsize, and acknowledges every block.

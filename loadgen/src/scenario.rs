@@ -141,6 +141,7 @@ impl Sequence {
                 expect: step.expect.clone(),
                 probe: false,
                 msftwindow: ask.msftwindow,
+                reack_every_stray: ask.reack_every_stray,
             };
             let mut delay = step.think;
             if ask.probe {

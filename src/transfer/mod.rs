@@ -237,6 +237,9 @@ pub struct Transfer {
     tries: u32,
     /// Blocks per window: `windowsize`, or with `msftwindow` what the client's last ACK asked.
     window: u16,
+    /// The last window sent again from a partial ACK: `sent` then, and when (see
+    /// [`Transfer::handle_ack`]).
+    rewound: Option<(u64, Instant)>,
     /// Repeated requests answered. A client repeats its request at most as often as it retries;
     /// more is a forger keeping the transfer (and its replies) alive, and goes unanswered.
     repeats: u32,
@@ -292,6 +295,7 @@ impl Transfer {
             deadline: None,
             tries: 0,
             window: opts.windowsize().get(),
+            rewound: None,
             repeats: 0,
             answered: false,
             backoff: 0,
@@ -388,7 +392,32 @@ impl Transfer {
             self.progress(now, block);
             if self.acked == self.last {
                 self.finish(now, Outcome::Complete);
+            } else if block < self.sent && self.recovering(now, block) {
+                // A partial ACK while a window resent for an earlier one is on its way: most
+                // likely the same loss or reordering seen again (edk2 ACKs every block after a
+                // gap; a reordered block draws an ACK of its own). Resending again would send
+                // the same blocks once per such ACK, and each resent copy the client discards
+                // draws more of them: a window's worth of traffic multiplied. Only the blocks
+                // the new window adds go out; a loss within the resent window is the timer's.
+                let end = (self.acked + u64::from(self.window)).min(self.last);
+                if end > self.sent {
+                    self.queue(Transmit::Blocks(Blocks {
+                        first: self.sent + 1,
+                        // At most `window`, a u16.
+                        count: (end - self.sent) as u16,
+                        retransmit: false,
+                    }));
+                } else {
+                    // Nothing new to send: the timer restarts for what is in flight (RFC
+                    // 6298 §5.3), as a send would restart it.
+                    self.wait = self.wait(now);
+                    self.deadline = Some(now + self.wait);
+                }
             } else {
+                if block < self.sent {
+                    let end = (self.acked + u64::from(self.window)).min(self.last);
+                    self.rewound = Some((self.sent.max(end), now));
+                }
                 // RFC 7440 §4: the next window starts after the acknowledged block, even when
                 // that resends blocks of the last window the client did not get.
                 self.queue(self.window(false));
@@ -406,6 +435,18 @@ impl Transfer {
             ErrorCode::IllegalOperation,
             "Invalid request, invalid block number requested",
         );
+    }
+
+    /// Whether a partial ACK of `block` comes within a retransmission timeout of the last
+    /// window resent, and short of its end: at most one window goes again per round trip,
+    /// whatever the duplicate and partial ACKs say. Within that time a partial ACK is most
+    /// often the client's answer to a copy it already had (a duplicate, a reordered block, a
+    /// block the resent window repeated): resending on it would resend on every such answer,
+    /// each resent copy drawing another.
+    fn recovering(&self, now: Instant, block: u64) -> bool {
+        let rto = self.base_rto();
+        self.rewound
+            .is_some_and(|(end, at)| block < end && now.saturating_duration_since(at) < rto)
     }
 
     /// Handles an ERROR from the client: the transfer ends quietly (RFC 1350 §7).
@@ -686,6 +727,14 @@ impl Transfer {
             // The first send after a timeout is its retransmission.
             undo.retx_at.get_or_insert(now);
         }
+        let wait = self.wait(now);
+        self.sent_at = now;
+        self.wait = wait;
+        self.deadline = Some(now + wait);
+    }
+
+    /// How long the timer waits from `now` for what is in flight.
+    fn wait(&self, now: Instant) -> Duration {
         let mut wait = self.base_rto();
         if self.opts.timeout().is_none() {
             // RFC 6298 §5.5: back off exponentially while the client stays silent, and keep
@@ -700,9 +749,7 @@ impl Transfer {
             let silent = now.saturating_duration_since(self.progress_at);
             wait = wait.max(self.config.patience.saturating_sub(silent));
         }
-        self.sent_at = now;
-        self.wait = wait;
-        self.deadline = Some(now + wait);
+        wait
     }
 
     fn base_rto(&self) -> Duration {

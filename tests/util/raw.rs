@@ -238,6 +238,7 @@ pub fn download(
         ask: ask(options),
         timeout: RETRY_AFTER,
         retries: MAX_RETRIES,
+        reack_every_stray: false,
     };
     let peer = Peer::new(server);
     let start = Instant::now();

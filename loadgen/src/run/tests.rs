@@ -76,6 +76,7 @@ fn config(file: &[u8]) -> Config {
         expect: Expect::Bytes(file.to_vec()),
         probe: false,
         msftwindow: false,
+        reack_every_stray: false,
     }
 }
 
