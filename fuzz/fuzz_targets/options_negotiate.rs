@@ -122,11 +122,16 @@ fuzz_target!(|input: Input<'_>| {
         (Some(a), Some(b)) => assert!(a <= b && b - a < Duration::from_micros(1), "{a:?} {b:?}"),
         (a, b) => assert_eq!(a, b),
     }
-    let mut again = [0u8; 1024];
-    let len_again = back.emit_oack(&mut again).expect("fits");
-    assert_eq!(
-        &again[..len_again],
-        &buf[..len],
-        "the OACK is a fixed point"
-    );
+    // WDS's `msftwindow` is granted with another value (27182) than the one asked (31416), so
+    // read back as a request it is not asked again: the rest of the OACK is a fixed point.
+    assert!(!back.msftwindow());
+    if !n.msftwindow() {
+        let mut again = [0u8; 1024];
+        let len_again = back.emit_oack(&mut again).expect("fits");
+        assert_eq!(
+            &again[..len_again],
+            &buf[..len],
+            "the OACK is a fixed point"
+        );
+    }
 });
