@@ -34,9 +34,9 @@ use crate::scenario::{Defaults, Sequence, Step};
 /// --sha256. --clients transfers run at once until --transfers have run (default: one per
 /// client) or --duration has passed.
 ///
-/// --profile makes every client ask what one firmware asks (edk2, ipxe, pxelinux, uboot, grub;
-/// edk2 first probes the size and refuses the OACK with ERROR 8, then downloads from a new
-/// port). --scenario runs a boot sequence of several files per machine from a TOML file, and
+/// --profile makes every client ask what one firmware asks (edk2, ipxe, pxelinux, uboot, grub,
+/// raspberrypi, wds; edk2 and raspberrypi first probe the size and refuse the OACK with
+/// ERROR 8, then download from a new port). --scenario runs a boot sequence of several files per machine from a TOML file, and
 /// --power-on powers machines on in a wave instead of keeping --clients in flight; the summary
 /// then has each machine's time to boot and when the whole hall was up.
 ///
@@ -65,7 +65,8 @@ struct Cli {
     #[arg(value_name = "FILE", required_unless_present = "scenario")]
     file: Option<String>,
 
-    /// Speak like this firmware: edk2, ipxe, pxelinux, uboot or grub (README: what each asks).
+    /// Speak like this firmware: edk2, ipxe, pxelinux, uboot, grub, raspberrypi or wds (README:
+    /// what each asks).
     /// --blksize, --windowsize and --tsize override its options.
     #[arg(long, value_name = "NAME", value_parser = Profile::parse)]
     profile: Option<Profile>,

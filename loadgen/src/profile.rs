@@ -26,6 +26,9 @@ pub enum Profile {
     Uboot,
     /// GRUB 2's `tftp` module: `blksize=1024 tsize=0`, lock-step.
     Grub,
+    /// The Raspberry Pi 4 and 5 network bootloader (EEPROM): a size probe, then the download,
+    /// lock-step in 1024-byte blocks.
+    Raspberrypi,
     /// Windows Deployment Services' boot client (`wdsnbp.com`, `bootmgr`): `blksize=1456
     /// tsize=0 windowsize=4 msftwindow=31416`, each ACK saying the next window.
     Wds,
@@ -69,12 +72,13 @@ pub const PROBE_GAP: Duration = Duration::from_millis(5);
 
 impl Profile {
     /// Every profile, for `--help` and errors.
-    pub const ALL: [Profile; 6] = [
+    pub const ALL: [Profile; 7] = [
         Profile::Edk2,
         Profile::Ipxe,
         Profile::Pxelinux,
         Profile::Uboot,
         Profile::Grub,
+        Profile::Raspberrypi,
         Profile::Wds,
     ];
 
@@ -86,6 +90,7 @@ impl Profile {
             Self::Pxelinux => "pxelinux",
             Self::Uboot => "uboot",
             Self::Grub => "grub",
+            Self::Raspberrypi => "raspberrypi",
             Self::Wds => "wds",
         }
     }
@@ -148,6 +153,19 @@ impl Profile {
                 tsize: true,
                 ..Ask::default()
             },
+            // The bootloader's TFTP client is closed source; from its maintainers' answers:
+            // blksize 1024 (rpi-eeprom issue 25, "implemented"; issue 375: TFTP_MAX_BLOCKSIZE
+            // is 1024, so 65535 x 1024 bytes at most), no windowsize; nobodd's users describe a
+            // `tsize` request abandoned after the OACK and asked again, modelled as edk2's
+            // probe. Its block number does not roll over past 65535: a Pi 4 stops there (issue
+            // 375, files silently cut at 64 MiB), a Pi 5 hangs until TFTP_FILE_TIMEOUT (issue
+            // 720), fixed for the Pi 5 only in pieeprom-2025-09-23 (pull 755).
+            Self::Raspberrypi => Ask {
+                blksize: Some(1024),
+                tsize: true,
+                probe: true,
+                ..Ask::default()
+            },
             // Wireshark's TFTP dissector (epan/dissectors/packet-tftp.c, from WDS traffic):
             // "msftwindow" 31416 in the RRQ, 27182 in the OACK, then every ACK one byte
             // longer with the next window. blksize 1456 and a first window of 4 are assumed
@@ -204,9 +222,15 @@ mod tests {
         );
         assert!(!Profile::Uboot.ask().tsize);
         assert_eq!(Profile::Grub.ask().blksize, Some(1024));
+        let pi = Profile::Raspberrypi.ask();
+        assert_eq!(
+            (pi.blksize, pi.windowsize, pi.tsize),
+            (Some(1024), None, true)
+        );
+        assert!(Profile::Wds.ask().msftwindow);
         assert!(Profile::ALL
             .iter()
-            .all(|p| p.ask().probe == (*p == Profile::Edk2)));
+            .all(|p| p.ask().probe == matches!(p, Profile::Edk2 | Profile::Raspberrypi)));
     }
 
     #[test]

@@ -412,6 +412,29 @@ fn windows_through_loss_and_reordering_cost_what_they_must() {
     println!("{}", lines.join("\n"));
 }
 
+/// A Raspberry Pi: the size asked and the OACK refused, then the download from a new port,
+/// lock-step in 1024-byte blocks, never a window.
+#[test]
+fn raspberrypi_probes_then_downloads_lock_step_in_1024_byte_blocks() {
+    let seen = one_boot("raspberrypi");
+    let rrqs: Vec<&Seen> = seen
+        .iter()
+        .filter(|s| s.from_client && opcode(&s.bytes) == 1)
+        .collect();
+    assert_eq!(rrqs.len(), 2, "{seen:#?}");
+    assert_ne!(rrqs[0].client, rrqs[1].client);
+    for rrq in &rrqs {
+        assert_eq!(rrq_options(&rrq.bytes), ["blksize=1024", "tsize=0"]);
+    }
+    let acks: Vec<u16> = seen
+        .iter()
+        .filter(|s| s.client == rrqs[1].client && s.from_client && opcode(&s.bytes) == 4)
+        .map(|s| u16::from_be_bytes([s.bytes[2], s.bytes[3]]))
+        .collect();
+    // 20 000 bytes: 20 blocks of 1024, the last short.
+    assert_eq!(acks, (0..=20).collect::<Vec<u16>>());
+}
+
 #[test]
 fn lock_step_profiles_ask_what_their_firmware_asks() {
     for (profile, options, blocks) in [
