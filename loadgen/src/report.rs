@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
 
 use crate::client::{Client, Failure};
 use crate::scenario::StepInfo;
@@ -497,7 +498,7 @@ pub fn table(setup: &Setup, stats: &Stats, verdicts: &[Verdict]) -> String {
             v.name,
             if v.ok { "ok" } else { "MISSED" },
             v.limit,
-            round(v.actual)
+            (v.actual * 100.0).round() / 100.0
         );
     }
     out
@@ -567,130 +568,196 @@ fn machines(out: &mut String, setup: &Setup, stats: &Stats) {
     );
 }
 
-/// A histogram as a JSON object: its count, percentiles, max and mean.
-fn json_histogram(h: &Histogram<u64>) -> String {
-    let mut o = format!("{{\"count\": {}", h.len());
-    if !h.is_empty() {
-        for (label, q) in QUANTILES {
-            let _ = write!(
-                o,
-                ", \"{}\": {}",
-                label.replace('.', "_"),
-                h.value_at_quantile(q)
-            );
+/// The machine-readable summary (`--json`), written through serde; its field names are the
+/// schema ([`SCHEMA`]) that baselines and CI read, and `Deserialize` lets a test (and any Rust
+/// consumer) read it back typed.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Summary {
+    pub schema: u32,
+    pub server: String,
+    pub file: String,
+    pub clients: usize,
+    pub mode: String,
+    pub options: String,
+    pub elapsed_s: Option<f64>,
+    pub ok: u64,
+    pub failed: u64,
+    pub transfers_per_s: Option<f64>,
+    pub mb_per_s: Option<f64>,
+    pub bytes: u64,
+    pub peak_active: u64,
+    pub transfer_us: Latencies,
+    pub first_block_us: Latencies,
+    pub profile: Option<String>,
+    pub arrivals: Option<String>,
+    pub probes: u64,
+    pub machines: Machines,
+    pub steps: Vec<StepSummary>,
+    pub retransmits: u64,
+    pub reacks: u64,
+    pub stray_blocks: u64,
+    pub stray_datagrams: u64,
+    pub options_ignored: u64,
+    pub coalesced: u64,
+    pub dropped_in: u64,
+    pub dropped_out: u64,
+    pub send_drops: u64,
+    /// Failed transfers by reason (`timeout`, `ERROR 1`, …).
+    pub failures: BTreeMap<String, u64>,
+    /// The last message of each ERROR code received.
+    pub error_messages: BTreeMap<String, String>,
+    pub thresholds: Vec<ThresholdSummary>,
+    pub thresholds_ok: bool,
+}
+
+/// A latency histogram in µs: its count and, when not empty, its percentiles, max and mean.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Latencies {
+    pub count: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p50: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p90: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p99: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p99_9: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mean: Option<f64>,
+}
+
+impl Latencies {
+    fn of(h: &Histogram<u64>) -> Self {
+        if h.is_empty() {
+            return Self::default();
         }
-        let _ = write!(
-            o,
-            ", \"max\": {}, \"mean\": {}",
-            h.max(),
-            json_num(h.mean())
-        );
+        let [p50, p90, p99, p99_9] = QUANTILES.map(|(_, q)| Some(h.value_at_quantile(q)));
+        Self {
+            count: h.len(),
+            p50,
+            p90,
+            p99,
+            p99_9,
+            max: Some(h.max()),
+            mean: number(h.mean()),
+        }
     }
-    o.push('}');
-    o
+}
+
+/// Machines of a scenario or a power-on wave.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Machines {
+    pub booted: u64,
+    pub failed: u64,
+    /// Machines that failed, by the step (from 1) that failed them.
+    pub failed_by_step: BTreeMap<String, u64>,
+    pub boot_us: Latencies,
+    pub hall_s: Option<f64>,
+}
+
+/// One step of a scenario: its file, how it asked, and when machines finished it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StepSummary {
+    pub file: String,
+    pub profile: String,
+    pub options: String,
+    pub failed: u64,
+    pub done_us: Latencies,
+}
+
+/// A threshold's verdict.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ThresholdSummary {
+    pub name: String,
+    pub limit: Option<f64>,
+    pub actual: Option<f64>,
+    pub ok: bool,
 }
 
 /// The machine-readable summary: one JSON object with every figure and the thresholds' verdicts.
 pub fn json(setup: &Setup, stats: &Stats, verdicts: &[Verdict]) -> String {
-    let mut o = String::from("{\n");
-    let _ = writeln!(o, "  \"schema\": {SCHEMA},");
-    let _ = writeln!(o, "  \"server\": {},", json_str(&setup.server));
-    let _ = writeln!(o, "  \"file\": {},", json_str(&setup.file));
-    let _ = writeln!(o, "  \"clients\": {},", setup.clients);
-    let _ = writeln!(o, "  \"mode\": {},", json_str(setup.mode));
-    let _ = writeln!(o, "  \"options\": {},", json_str(&setup.options));
-    let _ = writeln!(
-        o,
-        "  \"elapsed_s\": {},",
-        json_num(stats.elapsed.as_secs_f64())
-    );
-    let _ = writeln!(o, "  \"ok\": {},", stats.ok);
-    let _ = writeln!(o, "  \"failed\": {},", stats.failed());
-    let _ = writeln!(o, "  \"transfers_per_s\": {},", json_num(stats.rate()));
-    let _ = writeln!(
-        o,
-        "  \"mb_per_s\": {},",
-        json_num(stats.megabytes_per_second())
-    );
-    let _ = writeln!(o, "  \"bytes\": {},", stats.bytes);
-    let _ = writeln!(o, "  \"peak_active\": {},", stats.peak_active);
-    for (name, h) in [
-        ("transfer_us", &stats.transfer),
-        ("first_block_us", &stats.first_block),
-    ] {
-        let _ = writeln!(o, "  \"{name}\": {},", json_histogram(h));
-    }
-    let opt_str = |v: &Option<String>| v.as_deref().map_or("null".to_owned(), json_str);
-    let _ = writeln!(o, "  \"profile\": {},", opt_str(&setup.profile));
-    let _ = writeln!(o, "  \"arrivals\": {},", opt_str(&setup.arrivals));
-    let _ = writeln!(o, "  \"probes\": {},", stats.probes);
-    let by_step: Vec<String> = stats
-        .boot_failures
-        .iter()
-        .map(|(step, n)| format!("\"{}\": {n}", step + 1))
-        .collect();
-    let _ = writeln!(
-        o,
-        "  \"machines\": {{\"booted\": {}, \"failed\": {}, \"failed_by_step\": {{{}}}, \"boot_us\": {}, \"hall_s\": {}}},",
-        stats.booted,
-        stats.machines_failed(),
-        by_step.join(", "),
-        json_histogram(&stats.boot),
-        json_num(stats.last_boot.as_secs_f64())
-    );
-    let steps: Vec<String> = setup
-        .steps
-        .iter()
-        .enumerate()
-        .map(|(i, step)| {
-            let done = stats.steps.get(i).map_or_else(|| json_histogram(&histogram()), json_histogram);
-            format!(
-                "{{\"file\": {}, \"profile\": {}, \"options\": {}, \"failed\": {}, \"done_us\": {done}}}",
-                json_str(&step.file),
-                json_str(&step.profile),
-                json_str(&step.options),
-                stats.boot_failures.get(&i).copied().unwrap_or(0)
-            )
-        })
-        .collect();
-    let _ = writeln!(o, "  \"steps\": [{}],", steps.join(", "));
-    let _ = writeln!(o, "  \"retransmits\": {},", stats.retransmits);
-    let _ = writeln!(o, "  \"reacks\": {},", stats.reacks);
-    let _ = writeln!(o, "  \"stray_blocks\": {},", stats.stray_blocks);
-    let _ = writeln!(o, "  \"stray_datagrams\": {},", stats.stray_datagrams);
-    let _ = writeln!(o, "  \"options_ignored\": {},", stats.options_ignored);
-    let _ = writeln!(o, "  \"coalesced\": {},", stats.coalesced);
-    let _ = writeln!(o, "  \"dropped_in\": {},", stats.dropped_in);
-    let _ = writeln!(o, "  \"dropped_out\": {},", stats.dropped_out);
-    let _ = writeln!(o, "  \"send_drops\": {},", stats.send_drops);
-    let failures: Vec<String> = stats
-        .failures
-        .iter()
-        .map(|(why, n)| format!("{}: {n}", json_str(&why.to_string())))
-        .collect();
-    let _ = writeln!(o, "  \"failures\": {{{}}},", failures.join(", "));
-    let messages: Vec<String> = stats
-        .error_messages
-        .iter()
-        .map(|(code, m)| format!("\"{code}\": {}", json_str(m)))
-        .collect();
-    let _ = writeln!(o, "  \"error_messages\": {{{}}},", messages.join(", "));
-    let thresholds: Vec<String> = verdicts
-        .iter()
-        .map(|v| {
-            format!(
-                "{{\"name\": {}, \"limit\": {}, \"actual\": {}, \"ok\": {}}}",
-                json_str(v.name),
-                json_num(v.limit),
-                json_num(v.actual),
-                v.ok
-            )
-        })
-        .collect();
-    let _ = writeln!(o, "  \"thresholds\": [{}],", thresholds.join(", "));
-    let _ = writeln!(o, "  \"thresholds_ok\": {}", verdicts.iter().all(|v| v.ok));
-    o.push_str("}\n");
-    o
+    let summary = Summary {
+        schema: SCHEMA,
+        server: setup.server.clone(),
+        file: setup.file.clone(),
+        clients: setup.clients,
+        mode: setup.mode.to_owned(),
+        options: setup.options.clone(),
+        elapsed_s: number(stats.elapsed.as_secs_f64()),
+        ok: stats.ok,
+        failed: stats.failed(),
+        transfers_per_s: number(stats.rate()),
+        mb_per_s: number(stats.megabytes_per_second()),
+        bytes: stats.bytes,
+        peak_active: stats.peak_active as u64,
+        transfer_us: Latencies::of(&stats.transfer),
+        first_block_us: Latencies::of(&stats.first_block),
+        profile: setup.profile.clone(),
+        arrivals: setup.arrivals.clone(),
+        probes: stats.probes,
+        machines: Machines {
+            booted: stats.booted,
+            failed: stats.machines_failed(),
+            failed_by_step: stats
+                .boot_failures
+                .iter()
+                .map(|(step, n)| ((step + 1).to_string(), *n))
+                .collect(),
+            boot_us: Latencies::of(&stats.boot),
+            hall_s: number(stats.last_boot.as_secs_f64()),
+        },
+        steps: setup
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(i, step)| StepSummary {
+                file: step.file.clone(),
+                profile: step.profile.clone(),
+                options: step.options.clone(),
+                failed: stats.boot_failures.get(&i).copied().unwrap_or(0),
+                done_us: stats.steps.get(i).map(Latencies::of).unwrap_or_default(),
+            })
+            .collect(),
+        retransmits: stats.retransmits,
+        reacks: stats.reacks,
+        stray_blocks: stats.stray_blocks,
+        stray_datagrams: stats.stray_datagrams,
+        options_ignored: stats.options_ignored,
+        coalesced: stats.coalesced,
+        dropped_in: stats.dropped_in,
+        dropped_out: stats.dropped_out,
+        send_drops: stats.send_drops,
+        failures: stats
+            .failures
+            .iter()
+            .map(|(why, n)| (why.to_string(), *n))
+            .collect(),
+        error_messages: stats
+            .error_messages
+            .iter()
+            .map(|(code, m)| (code.to_string(), m.clone()))
+            .collect(),
+        thresholds: verdicts
+            .iter()
+            .map(|v| ThresholdSummary {
+                name: v.name.to_owned(),
+                limit: number(v.limit),
+                actual: number(v.actual),
+                ok: v.ok,
+            })
+            .collect(),
+        thresholds_ok: verdicts.iter().all(|v| v.ok),
+    };
+    let mut out = serde_json::to_string_pretty(&summary).expect("a summary always serializes");
+    out.push('\n');
+    out
+}
+
+/// A JSON number rounded to hundredths; JSON has no infinity or NaN, so those become `null`.
+fn number(v: f64) -> Option<f64> {
+    v.is_finite().then(|| (v * 100.0).round() / 100.0)
 }
 
 /// An empty latency histogram: µs up to an hour, 3 significant digits, so that every transfer
@@ -723,36 +790,6 @@ pub fn human_micros(us: f64) -> String {
     } else {
         format!("{:.2}s", us / 1e6)
     }
-}
-
-fn round(v: f64) -> f64 {
-    (v * 100.0).round() / 100.0
-}
-
-/// A JSON number; JSON has no infinity or NaN, so those become `null`.
-pub fn json_num(v: f64) -> String {
-    if v.is_finite() {
-        format!("{}", round(v))
-    } else {
-        "null".to_owned()
-    }
-}
-
-pub fn json_str(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 #[cfg(test)]
@@ -789,12 +826,14 @@ mod tests {
         assert!(Thresholds::default().judge(&s).is_empty());
     }
 
+    /// The summary parses back into its own types, field for field (the schema a baseline
+    /// and CI read), and stays valid JSON whatever the names hold.
     #[test]
-    fn json_is_well_formed_enough() {
+    fn json_parses_back_into_its_schema() {
         let s = stats();
         let setup = Setup {
             server: "127.0.0.1:69".into(),
-            file: "a\"b".into(),
+            file: "a\"b\\c\u{1}".into(),
             clients: 10,
             options: "blksize=1468".into(),
             mode: "octet",
@@ -808,11 +847,27 @@ mod tests {
         }
         .judge(&s);
         let j = json(&setup, &s, &v);
-        assert!(j.contains("\"file\": \"a\\\"b\""));
-        assert!(j.contains("\"failures\": {\"timeout\": 2, \"ERROR 1\": 1}"));
-        assert!(j.contains("\"thresholds_ok\": false"));
-        assert!(j.contains("\"transfers_per_s\": 500,"));
-        assert_eq!(j.matches('{').count(), j.matches('}').count());
+        let back: Summary = serde_json::from_str(&j).expect("the summary parses as its schema");
+        assert_eq!(back.schema, SCHEMA);
+        assert_eq!(back.file, "a\"b\\c\u{1}");
+        assert_eq!((back.ok, back.failed), (1000, 3));
+        assert_eq!(back.failures.get("timeout"), Some(&2));
+        assert_eq!(back.failures.get("ERROR 1"), Some(&1));
+        assert_eq!(back.transfers_per_s, Some(500.0));
+        assert_eq!(back.transfer_us.count, s.transfer.len());
+        assert_eq!(
+            back.transfer_us.p99,
+            Some(s.transfer.value_at_quantile(0.99))
+        );
+        assert!(!back.thresholds_ok);
+        assert_eq!(back.thresholds.len(), 1);
+        assert_eq!(back.thresholds[0].name, "max-failures");
+        // An empty histogram has a count and nothing else.
+        assert_eq!(
+            serde_json::to_string(&Latencies::of(&histogram())).unwrap(),
+            "{\"count\":0}"
+        );
+        assert_eq!(number(f64::INFINITY), None);
         let t = table(&setup, &s, &v);
         assert!(t.contains("1000 ok, 3 failed"));
         assert!(t.contains("max-failures MISSED"));
@@ -823,6 +878,5 @@ mod tests {
         assert_eq!(human_micros(870.0), "870us");
         assert_eq!(human_micros(12_340.0), "12.3ms");
         assert_eq!(human_micros(1_520_000.0), "1.52s");
-        assert_eq!(json_num(f64::INFINITY), "null");
     }
 }

@@ -538,14 +538,14 @@ fn a_scenario_boots_a_wave_with_reports_and_a_baseline_sets_the_exit_code() {
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("8 booted, 0 failed"), "{table}");
     assert!(table.contains("time to boot"), "{table}");
-    let summary = std::fs::read_to_string(&json).unwrap();
-    assert!(summary.contains("\"schema\": 2,"), "{summary}");
-    assert!(
-        summary.contains("\"booted\": 8, \"failed\": 0"),
-        "{summary}"
-    );
-    assert!(summary.contains("\"probes\": 8,"), "{summary}");
-    assert!(summary.contains("\"ok\": 16,"), "{summary}");
+    let text = std::fs::read_to_string(&json).unwrap();
+    let summary: serde_json::Value = serde_json::from_str(&text).expect("the summary is JSON");
+    assert_eq!(summary["schema"], 2, "{text}");
+    assert_eq!(summary["machines"]["booted"], 8, "{text}");
+    assert_eq!(summary["machines"]["failed"], 0, "{text}");
+    assert_eq!(summary["probes"], 8, "{text}");
+    assert_eq!(summary["ok"], 16, "{text}");
+    assert_eq!(summary["steps"].as_array().map(Vec::len), Some(2), "{text}");
     let log = std::fs::read_to_string(&hlog).unwrap();
     assert!(
         log.contains("#[StartTime: ") && log.contains("Tag=transfer,"),
@@ -565,7 +565,9 @@ fn a_scenario_boots_a_wave_with_reports_and_a_baseline_sets_the_exit_code() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("hall booted (s)"));
 
     // Against a baseline a million times faster: a regression, exit 3, the comparison printed.
-    let fast = summary.replace("\"transfers_per_s\": ", "\"transfers_per_s\": 1000000");
+    let mut fast = summary.clone();
+    fast["transfers_per_s"] = serde_json::json!(1_000_000.0);
+    let fast = serde_json::to_string_pretty(&fast).unwrap();
     let fast_path = dir.join("fast.json");
     std::fs::write(&fast_path, fast).unwrap();
     let out = run(&["--baseline", fast_path.to_str().unwrap()]);
