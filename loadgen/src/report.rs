@@ -691,7 +691,7 @@ pub fn json(setup: &Setup, stats: &Stats, verdicts: &[Verdict]) -> String {
         transfers_per_s: number(stats.rate()),
         mb_per_s: number(stats.megabytes_per_second()),
         bytes: stats.bytes,
-        peak_active: stats.peak_active as u64,
+        peak_active: stats.peak_active,
         transfer_us: Latencies::of(&stats.transfer),
         first_block_us: Latencies::of(&stats.first_block),
         profile: setup.profile.clone(),
