@@ -553,6 +553,14 @@ fn a_scenario_boots_a_wave_with_reports_and_a_baseline_sets_the_exit_code() {
     );
     let page = std::fs::read_to_string(&html).unwrap();
     assert_eq!(page.matches("<svg").count(), 3);
+    // Each plot is an SVG a browser draws: well-formed XML, with its axes labelled.
+    for svg in page.split("<svg").skip(1) {
+        let svg = format!("<svg{}", &svg[..svg.find("</svg>").unwrap() + 6]);
+        let doc = roxmltree::Document::parse(&svg).unwrap_or_else(|e| panic!("{e}: {svg}"));
+        assert!(doc
+            .descendants()
+            .any(|n| n.text() == Some("time (s)") || n.text() == Some("time since the start (s)")));
+    }
 
     // Against itself with room to spare: no regression.
     let out = run(&[

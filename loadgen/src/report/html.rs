@@ -1,7 +1,9 @@
 //! `--report FILE.html`: one self-contained page (no script, no external file) with the
 //! run's setup, its summary table and three plots drawn as inline SVG: transfers in flight and
 //! completed over time, the percentile distribution of the transfer time, and the time to boot
-//! by step.
+//! by step (every step of a scenario in one plot). Axes say their unit, time is in seconds,
+//! ticks fall on round numbers ([`Axis::linear`]) and the percentile axis reads 50, 90, 99,
+//! 99.9 and 99.99 %; the tests parse every plot as XML.
 //!
 //! Why hand-made SVG rather than a plotting crate: three line charts are a hundred lines of
 //! string formatting, while plotters would add its dependency tree to every CI build of the
@@ -48,13 +50,15 @@ pub fn page(setup: &Setup, stats: &Stats) -> String {
     match stats.spans.as_deref() {
         Some(spans) if !spans.is_empty() => {
             let (in_flight, completed) = timeline(spans);
+            let series = [
+                ("in flight", in_flight.as_slice()),
+                ("completed (cumulative)", completed.as_slice()),
+            ];
+            let (x_max, y_max) = extent(&series);
             o.push_str(&chart(
-                &[
-                    ("in flight", &in_flight),
-                    ("completed (cumulative)", &completed),
-                ],
-                "seconds since the start",
-                "transfers",
+                &series,
+                &Axis::linear("time since the start (s)", x_max),
+                &Axis::linear("transfers", y_max),
             ));
         }
         _ => o.push_str("<p>No transfer ended.</p>\n"),
@@ -112,7 +116,8 @@ fn timeline(spans: &[super::Span]) -> (Line, Line) {
     (flight, done)
 }
 
-/// A percentile plot of histograms in ms, x on a log scale of `1 / (1 - q)`.
+/// A percentile plot of histograms in seconds, x on a log scale of `1 / (1 - q)`, so that
+/// 90, 99, 99.9 and 99.99 % are evenly spaced.
 fn percentiles(series: &[(&str, &Histogram<u64>)]) -> String {
     let lines: Vec<(&str, Vec<(f64, f64)>)> = series
         .iter()
@@ -120,12 +125,7 @@ fn percentiles(series: &[(&str, &Histogram<u64>)]) -> String {
         .map(|(name, h)| {
             let points = QUANTILES
                 .iter()
-                .map(|&q| {
-                    (
-                        (1.0 / (1.0 - q)).log10(),
-                        h.value_at_quantile(q) as f64 / 1e3,
-                    )
-                })
+                .map(|&q| (log_odds(q), h.value_at_quantile(q) as f64 / 1e6))
                 .collect();
             (*name, points)
         })
@@ -134,12 +134,23 @@ fn percentiles(series: &[(&str, &Histogram<u64>)]) -> String {
         return "<p>Nothing measured.</p>\n".to_owned();
     }
     let refs: Vec<(&str, &[(f64, f64)])> = lines.iter().map(|(n, p)| (*n, p.as_slice())).collect();
-    let mut svg = chart(
-        &refs,
-        "percentile (log scale: 0, 90, 99, 99.9, 99.99)",
-        "ms",
-    );
-    // The percentile axis reads better with its percentiles named.
+    let (_, y_max) = extent(&refs);
+    let x = Axis {
+        label: "percentile".to_owned(),
+        max: log_odds(QUANTILES[QUANTILES.len() - 1]),
+        ticks: [
+            (0.0, "0 %"),
+            (0.5, "50 %"),
+            (0.9, "90 %"),
+            (0.99, "99 %"),
+            (0.999, "99.9 %"),
+            (0.9999, "99.99 %"),
+        ]
+        .iter()
+        .map(|&(q, label)| (log_odds(q), label.to_owned()))
+        .collect(),
+    };
+    let mut svg = chart(&refs, &x, &Axis::linear("time (s)", y_max));
     let table: Vec<String> = series
         .iter()
         .filter(|(_, h)| !h.is_empty())
@@ -157,46 +168,116 @@ fn percentiles(series: &[(&str, &Histogram<u64>)]) -> String {
     svg
 }
 
-/// A line chart of the series, axes from zero to their largest values.
-fn chart<P: AsRef<[(f64, f64)]>>(series: &[(&str, P)], x_label: &str, y_label: &str) -> String {
-    let all = series.iter().flat_map(|(_, p)| p.as_ref().iter());
-    let (x_max, y_max) = all.fold((0.0f64, 0.0f64), |(x, y), &(px, py)| (x.max(px), y.max(py)));
-    let (x_max, y_max) = (x_max.max(1e-9), y_max.max(1e-9) * 1.05);
-    let plot_w = W - LEFT - 8.0;
+/// Where quantile `q` goes on a percentile axis: `log10(1 / (1 - q))`.
+fn log_odds(q: f64) -> f64 {
+    (1.0 / (1.0 - q)).log10()
+}
+
+/// The largest x and y of the series.
+fn extent(series: &[(&str, &[(f64, f64)])]) -> (f64, f64) {
+    series
+        .iter()
+        .flat_map(|(_, p)| p.iter())
+        .fold((0.0f64, 0.0f64), |(x, y), &(px, py)| (x.max(px), y.max(py)))
+}
+
+/// One axis: its label (with its unit), its extent and its labelled ticks.
+#[derive(Debug)]
+struct Axis {
+    label: String,
+    max: f64,
+    ticks: Vec<(f64, String)>,
+}
+
+impl Axis {
+    /// From 0 to a round number at or above `max`, ticked at round steps (1, 2, 2.5 or 5
+    /// times a power of ten, 4 to 8 of them), each labelled with the digits its step needs.
+    fn linear(label: &str, max: f64) -> Self {
+        let max = if max > 0.0 && max.is_finite() {
+            max
+        } else {
+            1.0
+        };
+        let raw = max / 5.0;
+        let power = 10f64.powf(raw.log10().floor());
+        let step = [1.0, 2.0, 2.5, 5.0, 10.0]
+            .iter()
+            .map(|m| m * power)
+            .find(|&s| s >= raw)
+            .unwrap_or(10.0 * power);
+        let count = (max / step - 1e-9).ceil().max(1.0) as usize;
+        // Digits after the point: those of the step (2.5 needs one more than 2).
+        let mut decimals = (-step.log10().floor()).max(0.0) as usize;
+        if ((step / power) - 2.5).abs() < 1e-9 && power < 10.0 {
+            decimals += 1;
+        }
+        let ticks = (0..=count)
+            .map(|i| {
+                let v = step * i as f64;
+                (v, format!("{v:.decimals$}"))
+            })
+            .collect();
+        Self {
+            label: label.to_owned(),
+            max: step * count as f64,
+            ticks,
+        }
+    }
+}
+
+/// A line chart of the series on the two axes, with a light grid at every tick.
+fn chart<P: AsRef<[(f64, f64)]>>(series: &[(&str, P)], x: &Axis, y: &Axis) -> String {
+    let plot_w = W - LEFT - 16.0;
     let plot_h = H - BOTTOM - 8.0;
-    let px = |x: f64| LEFT + x / x_max * plot_w;
-    let py = |y: f64| 8.0 + plot_h - y / y_max * plot_h;
+    let px = |v: f64| LEFT + v / x.max * plot_w;
+    let py = |v: f64| 8.0 + plot_h - v / y.max * plot_h;
+    let height = H + 16.0 * series.len() as f64;
     let mut o = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{}\" viewBox=\"0 0 {W} {}\">\n",
-        H + 16.0 * series.len() as f64,
-        H + 16.0 * series.len() as f64
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{height}\" \
+         viewBox=\"0 0 {W} {height}\">\n"
     );
-    // Axes, with the extremes labelled.
+    for (v, label) in &x.ticks {
+        let _ = writeln!(
+            o,
+            "<path d=\"M{at:.1} 8V{y0:.1}\" stroke=\"#e4e4e4\"/>\
+             <text class=\"tick\" x=\"{at:.1}\" y=\"{ty:.1}\" text-anchor=\"middle\">{}</text>",
+            escape(label),
+            at = px(*v),
+            y0 = py(0.0),
+            ty = py(0.0) + 13.0,
+        );
+    }
+    for (v, label) in &y.ticks {
+        let _ = writeln!(
+            o,
+            "<path d=\"M{LEFT} {at:.1}H{x1:.1}\" stroke=\"#e4e4e4\"/>\
+             <text class=\"tick\" x=\"{lx}\" y=\"{ty:.1}\" text-anchor=\"end\">{}</text>",
+            escape(label),
+            at = py(*v),
+            x1 = px(x.max),
+            lx = LEFT - 4.0,
+            ty = py(*v) + 4.0,
+        );
+    }
     let _ = writeln!(
         o,
-        "<path d=\"M{LEFT} 8V{y0}H{x1}\" stroke=\"#333\" fill=\"none\"/>\
-         <text x=\"{lx}\" y=\"14\" text-anchor=\"end\">{ymax:.3}</text>\
-         <text x=\"{lx}\" y=\"{y0}\" text-anchor=\"end\">0</text>\
-         <text x=\"{x1}\" y=\"{ty}\" text-anchor=\"end\">{xmax:.3}</text>\
-         <text x=\"{cx}\" y=\"{ty}\" text-anchor=\"middle\">{xl}</text>\
-         <text x=\"12\" y=\"{cy}\" transform=\"rotate(-90 12 {cy})\" text-anchor=\"middle\">{yl}</text>",
+        "<path d=\"M{LEFT} 8V{y0:.1}H{x1:.1}\" stroke=\"#333\" fill=\"none\"/>\
+         <text x=\"{cx:.1}\" y=\"{ty}\" text-anchor=\"middle\">{xl}</text>\
+         <text x=\"12\" y=\"{cy:.1}\" transform=\"rotate(-90 12 {cy:.1})\" text-anchor=\"middle\">{yl}</text>",
         y0 = py(0.0),
-        x1 = px(x_max),
-        lx = LEFT - 4.0,
-        ymax = y_max,
-        xmax = x_max,
-        ty = H - 8.0,
+        x1 = px(x.max),
+        ty = H - 2.0,
         cx = LEFT + plot_w / 2.0,
         cy = 8.0 + plot_h / 2.0,
-        xl = escape(x_label),
-        yl = escape(y_label),
+        xl = escape(&x.label),
+        yl = escape(&y.label),
     );
     for (i, (name, points)) in series.iter().enumerate() {
         let colour = COLOURS[i % COLOURS.len()];
         let path: Vec<String> = points
             .as_ref()
             .iter()
-            .map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y)))
+            .map(|&(vx, vy)| format!("{:.1},{:.1}", px(vx), py(vy)))
             .collect();
         let _ = writeln!(
             o,
@@ -268,6 +349,7 @@ mod tests {
         };
         let page = page(&setup, &stats);
         assert_eq!(page.matches("<svg").count(), 3, "three plots");
+        assert_plots_are_well_formed_and_read_at_a_glance(&page);
         // Timeline: 2 lines; percentiles: the transfer only (no first block); steps: 2.
         assert_eq!(page.matches("<polyline").count(), 2 + 1 + 2);
         assert!(page.contains("&lt;hall&gt;"));
@@ -276,5 +358,78 @@ mod tests {
         let (flight, done) = timeline(stats.spans.as_deref().unwrap());
         assert_eq!(flight.iter().map(|p| p.1).fold(0.0, f64::max), 2.0);
         assert_eq!(done.last().unwrap().1, 2.0);
+    }
+
+    /// Every plot parses as XML (an SVG a browser draws), every axis names its unit, every
+    /// number on an axis is round (at most three significant digits, no `11594.956`), and the
+    /// percentile axis reads 50 / 90 / 99 / 99.9 %.
+    fn assert_plots_are_well_formed_and_read_at_a_glance(page: &str) {
+        let mut rest = page;
+        let mut plots = 0;
+        while let Some(start) = rest.find("<svg") {
+            let end = rest[start..].find("</svg>").expect("a closed svg") + start + 6;
+            let svg = &rest[start..end];
+            let doc = roxmltree::Document::parse(svg)
+                .unwrap_or_else(|e| panic!("a plot is not well-formed XML ({e}):\n{svg}"));
+            let texts: Vec<&str> = doc
+                .descendants()
+                .filter(|n| n.has_tag_name("text"))
+                .filter_map(|n| n.text())
+                .collect();
+            assert!(
+                texts.iter().any(|t| t.ends_with("(s)")),
+                "no axis in seconds: {texts:?}"
+            );
+            for tick in doc
+                .descendants()
+                .filter(|n| n.attribute("class") == Some("tick"))
+            {
+                let label = tick.text().expect("a tick has a label");
+                let number = label.trim_end_matches(" %");
+                let digits = number.chars().filter(char::is_ascii_digit).count();
+                let significant = number
+                    .trim_start_matches(['0', '.'])
+                    .chars()
+                    .filter(char::is_ascii_digit)
+                    .count();
+                assert!(number.parse::<f64>().is_ok(), "tick {label:?}");
+                assert!(
+                    significant <= 4 && digits <= 6,
+                    "tick {label:?} is not round"
+                );
+            }
+            plots += 1;
+            rest = &rest[end..];
+        }
+        assert_eq!(plots, 3);
+        for percent in ["50 %", "90 %", "99 %", "99.9 %"] {
+            assert!(page.contains(&format!(">{percent}<")), "no {percent} tick");
+        }
+    }
+
+    #[test]
+    fn linear_axes_tick_at_round_numbers() {
+        let labels = |max: f64| -> Vec<String> {
+            Axis::linear("x", max)
+                .ticks
+                .into_iter()
+                .map(|(_, l)| l)
+                .collect()
+        };
+        assert_eq!(
+            labels(11594.956),
+            ["0", "2500", "5000", "7500", "10000", "12500"]
+        );
+        assert_eq!(labels(0.7), ["0.0", "0.2", "0.4", "0.6", "0.8"]);
+        assert_eq!(labels(2.0), ["0.0", "0.5", "1.0", "1.5", "2.0"]);
+        assert_eq!(labels(9.0), ["0", "2", "4", "6", "8", "10"]);
+        assert_eq!(labels(37.0), ["0", "10", "20", "30", "40"]);
+        assert_eq!(
+            labels(0.0012),
+            ["0.00000", "0.00025", "0.00050", "0.00075", "0.00100", "0.00125"]
+        );
+        assert_eq!(Axis::linear("x", 11594.956).max, 12500.0);
+        // Nothing measured still draws an axis.
+        assert_eq!(labels(0.0).last().map(String::as_str), Some("1.0"));
     }
 }
