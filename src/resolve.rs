@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use crate::packet::ErrorCode;
 
-mod neighbour;
+pub(crate) mod neighbour;
 pub mod remap;
 
 pub use remap::{Remap, RemapError};

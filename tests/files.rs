@@ -380,3 +380,59 @@ fn sighup_rereads_the_map_file_and_keeps_the_rules_when_the_new_file_is_bad() {
     assert!(daemon.log().contains("line 1"), "{}", daemon.log());
     assert_eq!(fetch(&daemon, "alias").unwrap(), b"second target\n");
 }
+
+/// A Raspberry Pi 4 (its MAC in the Pi 4's address block, learnt from the neighbour table)
+/// asking at its 1024-byte blocks for a file past 65535 of them gets ERROR 3 before any DATA,
+/// naming why: its bootloader would boot the file silently cut at 64 MiB. A file that fits is
+/// served to it as to anyone.
+#[test]
+fn a_raspberry_pi_is_refused_a_file_past_its_last_block_number() {
+    if !faults::supported() || client(CURL).is_none() {
+        return;
+    }
+    let _alone = util::exclusive();
+    let path = Path2::new();
+    must(ip(&[
+        "-n",
+        &path.client,
+        "link",
+        "set",
+        "veth0",
+        "address",
+        "dc:a6:32:12:34:56",
+    ]));
+    let root = TempDir::new("pi-rollover");
+    // Sparse: 65535 blocks of 1024 bytes and the empty last one; and one block fewer.
+    let big = fs::File::create(root.join("initrd.big")).unwrap();
+    big.set_len(65_535 * 1024).unwrap();
+    util::write_file(root.path(), "cmdline.txt", b"console=tty1 root=/dev/nfs\n");
+    let server = Server::start(&path, root.path(), &[]);
+    let fetch = |name: &str| {
+        let mut curl = path.in_client("curl");
+        curl.args([
+            "-sS",
+            "--max-time",
+            "20",
+            "--tftp-blksize",
+            "1024",
+            "-o",
+            "/dev/null",
+        ])
+        .arg(format!("tftp://{SERVER_IP}:{PORT}/{name}"));
+        run(curl, FETCH_TIMEOUT)
+    };
+    let small = fetch("cmdline.txt");
+    assert!(small.success(), "{}\n{}", small.describe(), server.log());
+    let refused = fetch("initrd.big");
+    assert!(!refused.success(), "{}", refused.describe());
+    let log = server.log();
+    assert!(
+        log.contains("File too large for this Raspberry Pi bootloader: 65536 blocks of 1024 bytes"),
+        "{log}"
+    );
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("transfer") && l.contains("initrd.big")),
+        "a transfer started:\n{log}"
+    );
+}

@@ -405,6 +405,10 @@ fn prepare(
         options = &no_options;
     }
     let negotiated = Negotiated::negotiate(options, &limits, tsize)?;
+    if let Some(refusal) = super::raspberrypi::refusal(peer.ip(), len, negotiated.blksize().get()) {
+        tracing::warn!(%peer, file = request.filename, "a Raspberry Pi whose bootloader cannot number more than 65535 blocks asked for a larger file: refused (serve it over HTTP or NFS)");
+        return Err(refusal);
+    }
     let socket = if shared.config.single_port {
         None
     } else {

@@ -32,6 +32,9 @@ pub(crate) enum Refusal {
     Options(OptionError),
     /// The file is too large for netascii mode.
     TooLarge,
+    /// The file needs more blocks than the client can number: a Raspberry Pi bootloader's
+    /// block number stops at 65535 (see `super::raspberrypi`).
+    TooManyBlocks { blocks: u64, blksize: u16 },
     /// The file could not be read to encode it as netascii.
     ReadFailed,
     /// A limit of the server: the client should ask again later.
@@ -81,6 +84,13 @@ impl Refusal {
                 ErrorCode::DiskFull,
                 Cow::Borrowed("File too large for netascii mode"),
             ),
+            Refusal::TooManyBlocks { blocks, blksize } => (
+                ErrorCode::DiskFull,
+                Cow::Owned(format!(
+                    "File too large for this Raspberry Pi bootloader: {blocks} blocks of \
+                     {blksize} bytes, and its block numbers stop at 65535"
+                )),
+            ),
             Refusal::ReadFailed => (
                 ErrorCode::Undefined,
                 Cow::Borrowed(ReadError::Failed.message()),
@@ -107,7 +117,7 @@ impl Refusal {
             Refusal::Protocol { code, .. } => by_code(*code),
             Refusal::Resolve { code, .. } => by_code(*code),
             Refusal::Options(_) => "options",
-            Refusal::TooLarge => "too_large",
+            Refusal::TooLarge | Refusal::TooManyBlocks { .. } => "too_large",
             Refusal::ReadFailed | Refusal::Socket => "other",
             Refusal::Busy(Busy::MaxTransfers) => "busy_max_transfers",
             Refusal::Busy(Busy::MaxPerClient) => "busy_max_per_client",

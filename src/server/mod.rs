@@ -32,6 +32,7 @@ mod window;
 // The main port's decisions that need the server, and the record of each transfer.
 mod admit;
 mod metrics;
+mod raspberrypi;
 mod record;
 // Sockets, and the executors that only do I/O.
 mod epoll;
