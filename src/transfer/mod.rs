@@ -9,6 +9,13 @@
 //! (Eifel response): a server too busy to read an ACK before its timer fires learns the real
 //! round trip from it instead of backing off and resending every block twice.
 //!
+//! Windows (RFC 7440 §4) restart from a partial ACK, the client's report of a gap, but at most
+//! once per retransmission timeout: within one, a partial ACK short of the resent window's end
+//! only lets the window's new blocks out. Duplicated and reordered blocks, and clients that ACK
+//! every block after a gap (edk2), would otherwise draw a window each, and each copy the client
+//! discards yet another. WDS's variable window (`msftwindow`) sets each window from the byte
+//! its ACKs carry.
+//!
 //! # Driving a transfer
 //!
 //! A driver owns the socket connected to the client, the file and the buffers; the transfer owns
