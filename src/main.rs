@@ -26,7 +26,10 @@ use daemon::user::Identity;
 /// 2348, 2349 and 7440 (blksize, tsize, timeout/utimeout, windowsize). Write requests are
 /// refused: nothing is ever written. Each CPU gets a shard with its own socket on PORT, and each
 /// transfer its own port, as RFC 1350 requires. It stops on Ctrl-C or SIGTERM, letting running
-/// transfers finish for up to --grace seconds.
+/// transfers finish for up to --grace seconds. DIR is followed: a new tree renamed into place,
+/// or a symlink flipped to one, is served within a second. SIGHUP looks DIR up at once and
+/// re-reads --map-file (a bad one keeps the rules in force). Under a memory limit (cgroup), the
+/// defaults not given are sized to fit it.
 ///
 /// Started by systemd with a socket (LISTEN_FDS; see dist/systemd/ringtftpd.socket), it serves
 /// that socket and ignores PORT and --bind; with NOTIFY_SOCKET set it sends READY=1 once
