@@ -358,6 +358,10 @@ impl Client {
             Ok(opts) => {
                 self.opts = opts;
                 self.window = opts.windowsize().get();
+                if opts.msftwindow() {
+                    // An ACK carries the window in one byte.
+                    self.window = self.window.min(MSFT_WINDOW_MAX);
+                }
             }
             Err(e) => return self.finish(now, Outcome::Protocol(e.message())),
         }
@@ -404,7 +408,7 @@ impl Client {
             self.since_ack = 0;
             if self.opts.msftwindow() {
                 // A whole window arrived: ask for a larger one.
-                self.window = (self.window * 2).min(MSFT_WINDOW_MAX);
+                self.window = self.window.saturating_mul(2).min(MSFT_WINDOW_MAX);
             }
             self.pending = Some(Transmit::Ack(block));
         }

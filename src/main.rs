@@ -265,7 +265,8 @@ fn run(cli: Cli) -> Result<()> {
     };
     if let Some((limit, source)) = daemon::memory::limit() {
         let given = daemon::memory::Given {
-            shards: cli.shards.is_some(),
+            // `--shards 0` is one per CPU, as if not given.
+            shards: cli.shards.is_some_and(|n| n > 0),
             buffer: cli.max_buffer_mb.is_some(),
             cache: cli.cache_mb.is_some(),
         };

@@ -32,7 +32,10 @@ pub fn limit() -> Option<(u64, PathBuf)> {
     for line in cgroups.lines() {
         // `ID:CONTROLLERS:PATH`; v2 is `0::PATH`.
         let mut parts = line.splitn(3, ':');
-        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let (Some(_), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
         let (mount, file) = match controllers {
             "" => ("/sys/fs/cgroup", "memory.max"),
             c if c.split(',').any(|c| c == "memory") => {
@@ -112,7 +115,7 @@ pub fn fit(config: &mut Config, limit: u64, source: &Path, given: Given) {
     config.recv_buffer = config.recv_buffer.min(per_shard as usize);
     let entries = (per_shard / 2 / RECV_BUFFER)
         .max(256)
-        .min(u64::from(config.recv_ring));
+        .min(u64::from(config.recv_ring.max(1)));
     // A power of two, as the engine's buffer ring takes it.
     config.recv_ring = 1 << (63 - entries.leading_zeros());
     tracing::info!(

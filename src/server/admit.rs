@@ -237,37 +237,59 @@ impl Unanswered {
     }
 }
 
-/// Clients whose OACK went unanswered through every retry, by address and file: some hardware
+/// Clients whose OACKs went unanswered through every retry, by address and file: some hardware
 /// asks for options it cannot take and never acknowledges the OACK (NVIDIA DGX firmware,
-/// fbtftp issue 51), then asks again. RFC 2347 lets a server ignore options, so that client's
-/// next request for the file, for [`OptionsIgnored::FOR`], is answered without them: plain
-/// RFC 1350, which such firmware reads. Bounded in entries; taken once per request.
+/// fbtftp issue 51), then asks again. RFC 2347 lets a server ignore options, so once a client's
+/// OACK for a file has gone unanswered [`OptionsIgnored::AFTER`] times in a row, its requests
+/// for that file are answered without them for [`OptionsIgnored::FOR`]: plain RFC 1350, which
+/// such firmware reads. One lost OACK, a client that moved on to another port, or a single
+/// forged request is not enough, and any OACK the client answers for the file clears it.
+/// Bounded in entries; taken once per request.
 #[derive(Default)]
-pub(crate) struct OptionsIgnored(Mutex<HashMap<(IpAddr, Box<str>), Instant>>);
+pub(crate) struct OptionsIgnored(Mutex<HashMap<(IpAddr, Box<str>), Unanswers>>);
+
+/// OACKs a client left unanswered in a row for one file, and until when that counts.
+type Unanswers = (u8, Instant);
 
 impl OptionsIgnored {
-    /// How long a client is answered without options after its OACK went unanswered.
+    /// Unanswered OACKs in a row before options are ignored.
+    const AFTER: u8 = 2;
+    /// How long a client is answered without options after that.
     const FOR: std::time::Duration = std::time::Duration::from_secs(600);
-    /// Clients remembered at most (a forger can only make itself answered without options).
+    /// Clients remembered at most.
     const MAX: usize = 4096;
 
-    /// Remembers that `client` never answered the OACK of its transfer of `filename`.
-    pub(crate) fn remember(&self, client: IpAddr, filename: &str, now: Instant) {
+    /// `client` never answered the OACK of its transfer of `filename`.
+    pub(crate) fn unanswered(&self, client: IpAddr, filename: &str, now: Instant) {
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if map.len() >= Self::MAX {
-            map.retain(|_, until| *until > now);
+            map.retain(|_, (_, until)| *until > now);
             if map.len() >= Self::MAX {
                 return;
             }
         }
-        map.insert((client.to_canonical(), filename.into()), now + Self::FOR);
+        let entry = map
+            .entry((client.to_canonical(), filename.into()))
+            .or_insert((0, now));
+        entry.0 = entry.0.saturating_add(1);
+        entry.1 = now + Self::FOR;
+    }
+
+    /// `client` answered an OACK for `filename`: it takes options.
+    pub(crate) fn answered(&self, client: IpAddr, filename: &str) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if !map.is_empty() {
+            map.remove(&(client.to_canonical(), filename.into()));
+        }
     }
 
     /// Whether `client`'s request for `filename` is to be answered without options.
     fn applies(&self, client: IpAddr, filename: &str, now: Instant) -> bool {
         let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(&(client.to_canonical(), filename.into()))
-            .is_some_and(|until| *until > now)
+        !map.is_empty()
+            && map
+                .get(&(client.to_canonical(), filename.into()))
+                .is_some_and(|&(count, until)| count >= Self::AFTER && until > now)
     }
 }
 

@@ -11,14 +11,18 @@ use super::session::Meta;
 use super::Shared;
 use crate::transfer::Transfer;
 
-/// Logs and counts a transfer that ended as `ending`; remembers a client that never answered
-/// its OACK (see [`OptionsIgnored`](super::admit::OptionsIgnored)).
+/// Logs and counts a transfer that ended as `ending`; remembers whether its client answered its
+/// OACK (see [`OptionsIgnored`](super::admit::OptionsIgnored)).
 pub(crate) fn ended(shared: &Shared, meta: &Meta, t: &Transfer, ending: Ending) {
     if ending == Ending::TimedOut && t.oack_unanswered() {
-        tracing::info!(peer = %meta.peer, file = %meta.filename, "the client never answered the OACK: its next request for this file is answered without options");
+        tracing::info!(peer = %meta.peer, file = %meta.filename, "the client never answered the OACK (twice in a row and its requests for this file are answered without options)");
         shared
             .options_ignored
-            .remember(meta.peer.ip(), &meta.filename, Instant::now());
+            .unanswered(meta.peer.ip(), &meta.filename, Instant::now());
+    } else if t.options().has_oack() && !t.oack_unanswered() {
+        shared
+            .options_ignored
+            .answered(meta.peer.ip(), &meta.filename);
     }
     let stats = t.stats();
     let opts = t.options();

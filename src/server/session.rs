@@ -243,10 +243,26 @@ impl<F: FileHandle> Session<F> {
         if let Some(rtt) = self.t.take_rtt_sample() {
             pace.sample(now, rtt);
         }
-        if self.t.acked() > acked {
-            // The transfer queued the window after the new ACK, which supersedes the rest of
-            // a run not sent yet (a window too large for one GSO send, or waiting for chunks).
-            self.stalled = None;
+        let acked_now = self.t.acked();
+        if acked_now > acked {
+            match &mut self.stalled {
+                // The transfer queued the window after the new ACK, which supersedes the rest
+                // of a run not sent yet (a window too large for one GSO send, or waiting for
+                // chunks).
+                Some(_) if self.t.resends_from_acked() => self.stalled = None,
+                // Only new blocks are queued (a resent window is on its way): the rest of the
+                // run still goes first, less what the client now has.
+                Some(run) => {
+                    let end = run.first + u64::from(run.count);
+                    if end <= acked_now + 1 {
+                        self.stalled = None;
+                    } else if run.first <= acked_now {
+                        run.count = (end - acked_now - 1) as u16;
+                        run.first = acked_now + 1;
+                    }
+                }
+                None => {}
+            }
         }
     }
 

@@ -371,6 +371,12 @@ impl Transfer {
         self.window
     }
 
+    /// Whether what is queued to send starts right after the acknowledged block, so it covers
+    /// every block a driver still holds unsent from an earlier run.
+    pub fn resends_from_acked(&self) -> bool {
+        matches!(self.pending, Some(Transmit::Blocks(b)) if b.first == self.acked + 1)
+    }
+
     /// Handles an ACK for wire block number `block`.
     pub fn handle_ack(&mut self, now: Instant, block: u16) {
         if self.outcome.is_some() {
@@ -407,7 +413,11 @@ impl Transfer {
                 // draws more of them: a window's worth of traffic multiplied. Only the blocks
                 // the new window adds go out; a loss within the resent window is the timer's.
                 let end = (self.acked + u64::from(self.window)).min(self.last);
-                if end > self.sent {
+                if self.pending.is_some() {
+                    // The resent window has not gone out yet (the driver was still sending):
+                    // it goes from the new ACK instead.
+                    self.queue(self.window(false));
+                } else if end > self.sent {
                     self.queue(Transmit::Blocks(Blocks {
                         first: self.sent + 1,
                         // At most `window`, a u16.
@@ -451,7 +461,9 @@ impl Transfer {
     /// block the resent window repeated): resending on it would resend on every such answer,
     /// each resent copy drawing another.
     fn recovering(&self, now: Instant, block: u64) -> bool {
-        let rto = self.base_rto();
+        // The measured one, never a client's fixed `timeout` (up to 255 s): a loss inside the
+        // resent window waits at most this long.
+        let rto = self.rtt.rto(&self.config).min(self.base_rto());
         self.rewound
             .is_some_and(|(end, at)| block < end && now.saturating_duration_since(at) < rto)
     }
