@@ -396,9 +396,10 @@ impl<F: FileHandle> Session<F> {
             return Some(Io::Close(ending));
         }
         self.t.set_rto_floor(pace.floor(now));
-        if self.t.outcome().is_some() {
-            // Over (the client's ERROR, the last timeout): a run still waiting for its chunks
-            // never goes out, and a chunk that comes in is not waited for.
+        if self.t.is_over() {
+            // Over (the client's ERROR, the last timeout, a failure whose ERROR is still to
+            // go): a run still waiting for its chunks never goes out, and a chunk that comes
+            // in is not waited for.
             self.stalled = None;
         }
         loop {

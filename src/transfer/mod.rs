@@ -600,6 +600,12 @@ impl Transfer {
         self.oack && !self.answered
     }
 
+    /// Whether the transfer has ended, or ends once the ERROR it queued has gone out: no more
+    /// DATA is to be sent.
+    pub fn is_over(&self) -> bool {
+        self.outcome.is_some()
+    }
+
     /// How the transfer ended, once it has; the driver then closes the socket.
     pub fn outcome(&self) -> Option<Outcome> {
         if self.pending.is_some() || self.then.is_some() {
