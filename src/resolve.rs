@@ -411,7 +411,7 @@ impl From<io::Error> for ResolveError {
 ///   `pxelinux.0` under the root, as with `in.tftpd -s`. This differs from nobodd, which joins
 ///   the name onto its base path so that an absolute name escapes it.
 /// - **The rest is resolved by the kernel, confined.** `..` and symlinks work while they stay
-///   beneath the root (`a/../b`, a link to `../shared/initrd` from a subdirectory) and are an
+///   beneath the root (`a/../b`, a link to `../common/initrd` from a subdirectory) and are an
 ///   [`AccessViolation`](ResolveError::AccessViolation) when they would leave it, as is every
 ///   absolute symlink and every `/proc` magic link. Mount points beneath the root are crossed.
 /// - **Only regular files are served, and nothing else is opened.** An empty name (the root
