@@ -26,21 +26,10 @@ pub mod html;
 /// and `steps`. A change that renames or removes a field, or changes its meaning, bumps it.
 pub const SCHEMA: u32 = 2;
 
-/// Everything one worker (and, merged, the whole run) measured.
-#[derive(Debug, Clone)]
-pub struct Stats {
-    /// RRQ to final ACK of each successful transfer, in µs.
-    pub transfer: Histogram<u64>,
-    /// RRQ to block 1 of each transfer that got one, in µs.
-    pub first_block: Histogram<u64>,
-    /// Transfers that completed with every check passed.
-    pub ok: u64,
-    /// Failed transfers by reason.
-    pub failures: BTreeMap<Failure, u64>,
-    /// The message of the first ERROR seen with each code, to tell "busy" from "not found".
-    pub error_messages: BTreeMap<u16, String>,
-    /// Payload bytes received in order, over all transfers.
-    pub bytes: u64,
+/// What the clients counted on the wire, summed over transfers; in the JSON summary as fields
+/// of their own.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
     /// Packets re-sent because the client's timer expired.
     pub retransmits: u64,
     /// ACKs re-sent at once on a duplicate or out-of-order block.
@@ -59,6 +48,39 @@ pub struct Stats {
     pub dropped_out: u64,
     /// Sends the kernel refused for lack of buffer space (counted as lost packets).
     pub send_drops: u64,
+}
+
+impl Counts {
+    fn add(&mut self, other: &Counts) {
+        self.retransmits += other.retransmits;
+        self.reacks += other.reacks;
+        self.stray_blocks += other.stray_blocks;
+        self.stray_datagrams += other.stray_datagrams;
+        self.options_ignored += other.options_ignored;
+        self.coalesced += other.coalesced;
+        self.dropped_in += other.dropped_in;
+        self.dropped_out += other.dropped_out;
+        self.send_drops += other.send_drops;
+    }
+}
+
+/// Everything one worker (and, merged, the whole run) measured.
+#[derive(Debug, Clone)]
+pub struct Stats {
+    /// RRQ to final ACK of each successful transfer, in µs.
+    pub transfer: Histogram<u64>,
+    /// RRQ to block 1 of each transfer that got one, in µs.
+    pub first_block: Histogram<u64>,
+    /// Transfers that completed with every check passed.
+    pub ok: u64,
+    /// Failed transfers by reason.
+    pub failures: BTreeMap<Failure, u64>,
+    /// The message of the first ERROR seen with each code, to tell "busy" from "not found".
+    pub error_messages: BTreeMap<u16, String>,
+    /// Payload bytes received in order, over all transfers.
+    pub bytes: u64,
+    /// What the clients counted on the wire.
+    pub counts: Counts,
     /// The most transfers in flight at once.
     pub peak_active: u64,
     /// Wall time of the run, from the first RRQ to the last transfer's end.
@@ -101,15 +123,7 @@ impl Stats {
             failures: BTreeMap::new(),
             error_messages: BTreeMap::new(),
             bytes: 0,
-            retransmits: 0,
-            reacks: 0,
-            stray_blocks: 0,
-            stray_datagrams: 0,
-            coalesced: 0,
-            options_ignored: 0,
-            dropped_in: 0,
-            dropped_out: 0,
-            send_drops: 0,
+            counts: Counts::default(),
             peak_active: 0,
             elapsed: Duration::ZERO,
             probes: 0,
@@ -129,7 +143,7 @@ impl Stats {
             Some(Err(why)) => *self.failures.entry(why).or_default() += 1,
             None => {}
         }
-        self.retransmits += u64::from(client.counters().retransmits);
+        self.counts.retransmits += u64::from(client.counters().retransmits);
     }
 
     /// Records that a machine finished step `step` this long after its power-on.
@@ -178,10 +192,10 @@ impl Stats {
         }
         let counters = client.counters();
         self.bytes += client.bytes();
-        self.retransmits += u64::from(counters.retransmits);
-        self.reacks += u64::from(counters.reacks);
-        self.stray_blocks += u64::from(counters.stray_blocks);
-        self.options_ignored += u64::from(counters.options_ignored);
+        self.counts.retransmits += u64::from(counters.retransmits);
+        self.counts.reacks += u64::from(counters.reacks);
+        self.counts.stray_blocks += u64::from(counters.stray_blocks);
+        self.counts.options_ignored += u64::from(counters.options_ignored);
     }
 
     /// Adds another worker's figures.
@@ -199,15 +213,7 @@ impl Stats {
                 .or_insert_with(|| message.clone());
         }
         self.bytes += other.bytes;
-        self.retransmits += other.retransmits;
-        self.reacks += other.reacks;
-        self.stray_blocks += other.stray_blocks;
-        self.stray_datagrams += other.stray_datagrams;
-        self.coalesced += other.coalesced;
-        self.options_ignored += other.options_ignored;
-        self.dropped_in += other.dropped_in;
-        self.dropped_out += other.dropped_out;
-        self.send_drops += other.send_drops;
+        self.counts.add(&other.counts);
         self.peak_active += other.peak_active;
         self.elapsed = self.elapsed.max(other.elapsed);
         self.probes += other.probes;
@@ -450,27 +456,31 @@ pub fn table(setup: &Setup, stats: &Stats, verdicts: &[Verdict]) -> String {
     let _ = writeln!(
         out,
         "{:<14}{} timer re-sends, {} re-ACKs, {} out-of-order blocks, {} stray datagrams",
-        "retransmits", stats.retransmits, stats.reacks, stats.stray_blocks, stats.stray_datagrams
+        "retransmits",
+        stats.counts.retransmits,
+        stats.counts.reacks,
+        stats.counts.stray_blocks,
+        stats.counts.stray_datagrams
     );
-    if stats.dropped_in + stats.dropped_out + stats.send_drops > 0 {
+    if stats.counts.dropped_in + stats.counts.dropped_out + stats.counts.send_drops > 0 {
         let _ = writeln!(
             out,
             "{:<14}{} received and {} sent dropped (simulated), {} sends refused by the kernel",
-            "loss", stats.dropped_in, stats.dropped_out, stats.send_drops
+            "loss", stats.counts.dropped_in, stats.counts.dropped_out, stats.counts.send_drops
         );
     }
-    if stats.coalesced > 0 {
+    if stats.counts.coalesced > 0 {
         let _ = writeln!(
             out,
             "{:<14}{} receives each held a whole GSO window (UDP_GRO)",
-            "coalesced", stats.coalesced
+            "coalesced", stats.counts.coalesced
         );
     }
-    if stats.options_ignored > 0 {
+    if stats.counts.options_ignored > 0 {
         let _ = writeln!(
             out,
             "{:<14}{} transfers answered without an OACK (options ignored)",
-            "options", stats.options_ignored
+            "options", stats.counts.options_ignored
         );
     }
     if stats.probes > 0 {
@@ -593,15 +603,8 @@ pub struct Summary {
     pub probes: u64,
     pub machines: Machines,
     pub steps: Vec<StepSummary>,
-    pub retransmits: u64,
-    pub reacks: u64,
-    pub stray_blocks: u64,
-    pub stray_datagrams: u64,
-    pub options_ignored: u64,
-    pub coalesced: u64,
-    pub dropped_in: u64,
-    pub dropped_out: u64,
-    pub send_drops: u64,
+    #[serde(flatten)]
+    pub counts: Counts,
     /// Failed transfers by reason (`timeout`, `ERROR 1`, …).
     pub failures: BTreeMap<String, u64>,
     /// The last message of each ERROR code received.
@@ -720,15 +723,7 @@ pub fn json(setup: &Setup, stats: &Stats, verdicts: &[Verdict]) -> String {
                 done_us: stats.steps.get(i).map(Latencies::of).unwrap_or_default(),
             })
             .collect(),
-        retransmits: stats.retransmits,
-        reacks: stats.reacks,
-        stray_blocks: stats.stray_blocks,
-        stray_datagrams: stats.stray_datagrams,
-        options_ignored: stats.options_ignored,
-        coalesced: stats.coalesced,
-        dropped_in: stats.dropped_in,
-        dropped_out: stats.dropped_out,
-        send_drops: stats.send_drops,
+        counts: stats.counts,
         failures: stats
             .failures
             .iter()

@@ -491,27 +491,27 @@ impl<'a> Worker<'a> {
             };
             for i in 0..n {
                 let Some(from) = self.batch.source(i) else {
-                    self.stats.stray_datagrams += 1;
+                    self.stats.counts.stray_datagrams += 1;
                     continue;
                 };
                 if self.batch.truncated(i) && self.batch.gro_size(i).is_some() {
                     // A coalesced train longer than the buffer: its last datagram would look
                     // like a short block. (A single datagram cut short is passed on: the client
                     // sees a block longer than blksize and fails the transfer for it.)
-                    self.stats.stray_datagrams += 1;
+                    self.stats.counts.stray_datagrams += 1;
                     continue;
                 }
                 // The simulated loss of the first datagram is drawn before it can make a TID.
                 let first_lost = self.plan.loss > 0.0 && self.rng.chance(self.plan.loss);
                 let slot = &mut self.slots[index as usize];
                 if first_lost && slot.peer.is_none() {
-                    self.stats.dropped_in += 1;
+                    self.stats.counts.dropped_in += 1;
                     continue;
                 }
                 match slot.peer {
                     // RFC 1350 §4: the first reply's source port is the server's TID.
                     None if !Client::is_first_reply(self.batch.segment(i, 0)) => {
-                        self.stats.stray_datagrams += 1;
+                        self.stats.counts.stray_datagrams += 1;
                         continue;
                     }
                     None => {
@@ -532,7 +532,7 @@ impl<'a> Worker<'a> {
                     }
                     // RFC 1350 §4: a datagram from another TID is not part of this transfer.
                     Some(peer) if peer != from => {
-                        self.stats.stray_datagrams += 1;
+                        self.stats.counts.stray_datagrams += 1;
                         continue;
                     }
                     Some(_) => {}
@@ -540,7 +540,7 @@ impl<'a> Worker<'a> {
                 // With UDP_GRO one receive may hold a whole window: one datagram per segment.
                 let segments = self.batch.segments(i);
                 if segments > 1 {
-                    self.stats.coalesced += 1;
+                    self.stats.counts.coalesced += 1;
                 }
                 for j in 0..segments {
                     let lost = match j {
@@ -548,7 +548,7 @@ impl<'a> Worker<'a> {
                         _ => self.plan.loss > 0.0 && self.rng.chance(self.plan.loss),
                     };
                     if lost {
-                        self.stats.dropped_in += 1;
+                        self.stats.counts.dropped_in += 1;
                         continue;
                     }
                     let slot = &mut self.slots[index as usize];
@@ -620,7 +620,7 @@ impl<'a> Worker<'a> {
         let rrq = &self.seq.legs[machine.leg].rrq;
         while let Some(transmit) = client.poll_transmit() {
             if self.plan.loss > 0.0 && self.rng.chance(self.plan.loss) {
-                self.stats.dropped_out += 1;
+                self.stats.counts.dropped_out += 1;
                 continue;
             }
             let mut ack = [0; 5];
@@ -661,7 +661,7 @@ impl<'a> Worker<'a> {
                 let err = io::Error::last_os_error();
                 match err.raw_os_error() {
                     // A full socket buffer is a lost packet: the timer will re-send it.
-                    Some(libc::EAGAIN | libc::ENOBUFS) => self.stats.send_drops += 1,
+                    Some(libc::EAGAIN | libc::ENOBUFS) => self.stats.counts.send_drops += 1,
                     Some(libc::EINTR) => {}
                     errno => client.abort(now, Failure::Io(errno.unwrap_or(0))),
                 }

@@ -141,13 +141,13 @@ fn gso_windows_are_taken_whole_and_split_with_gro() {
     c.windowsize = Some(8);
     let stats = run_plan(&plan(server, 2, 4), &c, "file");
     assert_eq!((stats.ok, stats.failed()), (4, 0), "{:?}", stats.failures);
-    assert!(stats.coalesced > 0, "no window arrived whole");
+    assert!(stats.counts.coalesced > 0, "no window arrived whole");
     // Without GRO the same trains arrive as single datagrams.
     let mut p = plan(server, 2, 4);
     p.gro = false;
     let stats = run_plan(&p, &c, "file");
     assert_eq!((stats.ok, stats.failed()), (4, 0), "{:?}", stats.failures);
-    assert_eq!(stats.coalesced, 0);
+    assert_eq!(stats.counts.coalesced, 0);
 }
 
 #[test]
@@ -162,8 +162,8 @@ fn event_loop_recovers_from_simulated_loss() {
     c.windowsize = Some(4);
     let stats = run_plan(&plan, &c, "file");
     assert_eq!((stats.ok, stats.failed()), (8, 0), "{:?}", stats.failures);
-    assert!(stats.dropped_in + stats.dropped_out > 0);
-    assert!(stats.retransmits + stats.reacks > 0);
+    assert!(stats.counts.dropped_in + stats.counts.dropped_out > 0);
+    assert!(stats.counts.retransmits + stats.counts.reacks > 0);
 }
 
 #[test]
@@ -186,7 +186,7 @@ fn event_loop_counts_errors_and_timeouts() {
     c.retries = 2;
     let stats = run_plan(&plan(silent.local_addr().unwrap(), 2, 2), &c, "file");
     assert_eq!(stats.failures.get(&Failure::Timeout), Some(&2));
-    assert_eq!(stats.retransmits, 4);
+    assert_eq!(stats.counts.retransmits, 4);
 }
 
 #[test]
