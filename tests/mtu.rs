@@ -55,23 +55,33 @@ fn ready() -> bool {
     supported() && util::client("curl").is_some() && util::client("atftp").is_some()
 }
 
+/// Serves the big file with `args` on a link whose MTU is `mtu` (the veth's own when `None`),
+/// fetches it with the largest blocks, and returns the blksize each client was granted.
+fn largest_blocks_on(mtu: Option<&str>, args: &[&str], what: &str) -> Vec<String> {
+    let path = Path2::new();
+    if let Some(mtu) = mtu {
+        for ns in [&path.server, &path.client] {
+            must(ip(&["-n", ns, "link", "set", "veth0", "mtu", mtu]));
+        }
+    }
+    let (dir, sha) = served();
+    let start = std::time::Instant::now();
+    let server = Server::start(&path, dir.path(), args);
+    fetch_largest_blocks(&path, &sha, &server);
+    eprintln!("{what}: both fetched in {:?}", start.elapsed());
+    let granted = granted(&server);
+    eprintln!("log:\n{}", server.log());
+    granted
+}
+
 #[test]
 fn blocks_are_capped_to_the_interface_mtu() {
     if !ready() {
         return;
     }
     let _alone = util::exclusive();
-    let path = Path2::new();
-    for ns in [&path.server, &path.client] {
-        must(ip(&["-n", ns, "link", "set", "veth0", "mtu", "1400"]));
-    }
-    let (dir, sha) = served();
-    let start = std::time::Instant::now();
-    let server = Server::start(&path, dir.path(), &[]);
-    fetch_largest_blocks(&path, &sha, &server);
-    eprintln!("capped to the link: both fetched in {:?}", start.elapsed());
-    let granted = granted(&server);
-    assert_eq!(granted, ["1368", "1368"], "log:\n{}", server.log());
+    let granted = largest_blocks_on(Some("1400"), &[], "capped to the link");
+    assert_eq!(granted, ["1368", "1368"]);
 }
 
 #[test]
@@ -80,11 +90,8 @@ fn the_mtu_can_be_set_by_hand() {
         return;
     }
     let _alone = util::exclusive();
-    let path = Path2::new();
-    let (dir, sha) = served();
-    let server = Server::start(&path, dir.path(), &["--mtu", "1200"]);
-    fetch_largest_blocks(&path, &sha, &server);
-    assert_eq!(granted(&server), ["1168", "1168"], "log:\n{}", server.log());
+    let granted = largest_blocks_on(None, &["--mtu", "1200"], "set by hand");
+    assert_eq!(granted, ["1168", "1168"]);
 }
 
 /// `--mtu 65536` turns the cap off: on the same 1400-byte link a client asking for 65464 gets
@@ -96,22 +103,6 @@ fn the_mtu_cap_can_be_turned_off() {
         return;
     }
     let _alone = util::exclusive();
-    let path = Path2::new();
-    for ns in [&path.server, &path.client] {
-        must(ip(&["-n", ns, "link", "set", "veth0", "mtu", "1400"]));
-    }
-    let (dir, sha) = served();
-    let start = std::time::Instant::now();
-    let server = Server::start(&path, dir.path(), &["--mtu", "65536"]);
-    fetch_largest_blocks(&path, &sha, &server);
-    assert_eq!(
-        granted(&server),
-        ["65464", "65464"],
-        "log:\n{}",
-        server.log()
-    );
-    eprintln!(
-        "uncapped, fragmented: both fetched in {:?}",
-        start.elapsed()
-    );
+    let granted = largest_blocks_on(Some("1400"), &["--mtu", "65536"], "uncapped, fragmented");
+    assert_eq!(granted, ["65464", "65464"]);
 }
