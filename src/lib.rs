@@ -31,6 +31,7 @@
 //! its executors).
 
 pub mod client;
+pub mod image;
 pub mod netascii;
 pub mod options;
 pub mod packet;

@@ -1,7 +1,8 @@
 //! `ringtftpd`: serve a directory over TFTP, read-only, built for boot storms.
 //!
 //! Command-line compatible with `python -m nobodd.tftpd`: `ringtftpd [PORT] [--bind ADDR]
-//! [--directory DIR]`, port 6969 by default.
+//! [--directory DIR]`, port 6969 by default; and with `nobodd-tftpd`'s `--board
+//! SERIAL,FILENAME[,PART[,IP]]` and configuration files.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -13,7 +14,8 @@ mod daemon;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use ringtftp::options::{Limits, BLKSIZE_MAX, BLKSIZE_MIN, TIMEOUT_MAX, TIMEOUT_MIN};
-use ringtftp::resolve::{DirectoryResolver, Remap};
+use ringtftp::resolve::boards::{Board, BoardResolver};
+use ringtftp::resolve::{DirectoryResolver, Remap, Resolver};
 use ringtftp::server::{BackendChoice, Config, Server};
 use ringtftp::transfer;
 
@@ -29,7 +31,9 @@ use daemon::user::Identity;
 /// transfers finish for up to --grace seconds. DIR is followed: a new tree renamed into place,
 /// or a symlink flipped to one, is served within a second. SIGHUP looks DIR up at once and
 /// re-reads --map-file (a bad one keeps the rules in force). Under a memory limit (cgroup), the
-/// defaults not given are sized to fit it.
+/// defaults not given are sized to fit it. Boards (--board, and nobodd's configuration files:
+/// /etc/nobodd/nobodd.conf and the others nobodd reads) serve Raspberry Pi boot partitions from
+/// inside OS images, as nobodd-tftpd does.
 ///
 /// Started by systemd with a socket (LISTEN_FDS; see dist/systemd/ringtftpd.socket), it serves
 /// that socket and ignores PORT and --bind; with NOTIFY_SOCKET set it sends READY=1 once
@@ -42,6 +46,7 @@ use daemon::user::Identity;
 ///   ringtftpd -b 10.0.0.1 --port-range 40000-40999
 ///   ringtftpd 69 -d /srv/tftp --client-dirs --map-file /etc/tftpd.map
 ///   ringtftpd 69 -d /srv/tftp --user tftp --metrics 127.0.0.1:9469
+///   ringtftpd 69 --board 1234abcd,/srv/images/ubuntu.img   a Pi's boot partition, as nobodd
 #[derive(Debug, Parser)]
 #[command(
     name = "ringtftpd",
@@ -50,17 +55,26 @@ use daemon::user::Identity;
     max_term_width = 100
 )]
 pub(crate) struct Cli {
-    /// Port to listen on: a number or a service name such as `tftp`.
-    #[arg(default_value = "6969", value_name = "PORT")]
-    port: String,
+    /// Port to listen on: a number or a service name such as `tftp` [default: 6969, or
+    /// nobodd's configured port].
+    #[arg(value_name = "PORT")]
+    port: Option<String>,
 
     /// Address to listen on [default: all interfaces, IPv4 and IPv6].
     #[arg(short, long, value_name = "ADDR")]
     bind: Option<IpAddr>,
 
-    /// Directory to serve [default: the current directory].
+    /// Directory to serve [default: the current directory, unless boards are served].
     #[arg(short, long, value_name = "DIR")]
     directory: Option<PathBuf>,
+
+    /// Serve a Raspberry Pi's boot files from inside an OS image, as nobodd-tftpd does: the
+    /// FAT partition PART (default 1) of FILENAME (an image file or a block device) appears
+    /// as the directory SERIAL/, to the address IP only if given. Repeatable; boards in
+    /// nobodd's configuration files are served too. With boards and no --directory, only the
+    /// boards are served; with both, a board's SERIAL/ comes first.
+    #[arg(long = "board", value_name = "SERIAL,FILENAME[,PART[,IP]]", value_parser = parse_board)]
+    boards: Vec<Board>,
 
     /// Shards (threads, each with its own socket on PORT) [default: one per CPU].
     #[arg(long, value_name = "N")]
@@ -201,32 +215,83 @@ fn run(cli: Cli) -> Result<()> {
     let passed = systemd::take_listen_fds().context("socket activation (LISTEN_FDS)")?;
     let notifier = Notifier::from_env()?;
     let identity = cli.user.as_deref().map(Identity::lookup).transpose()?;
-    let port = parse_port(&cli.port)?;
-    let directory = match &cli.directory {
-        Some(dir) => dir.clone(),
-        None => std::env::current_dir().context("cannot read the current directory")?,
+    let nobodd = daemon::nobodd::read()?;
+    let port = match (&cli.port, &nobodd.port) {
+        (Some(port), _) | (None, Some(port)) => parse_port(port)?,
+        (None, None) => 6969,
     };
-    if !directory.exists() {
-        bail!("directory {} does not exist", directory.display());
-    }
-    if !directory.is_dir() {
-        bail!("{} is not a directory", directory.display());
-    }
-    let mut resolver = DirectoryResolver::new(&directory)
-        .with_context(|| format!("cannot open directory {}", directory.display()))?
-        .with_client_dirs(cli.client_dirs);
+    let bind_addr = match (cli.bind, nobodd.listen.as_deref()) {
+        (Some(addr), _) => Some(addr),
+        // "systemd" (and inetd's "stdin", which ringtftpd does not take): the socket passed.
+        (None, Some(listen)) => listen.parse().ok(),
+        (None, None) => None,
+    };
+    let mut boards = nobodd.boards;
+    boards.extend(cli.boards.iter().cloned());
+    let directory = match &cli.directory {
+        Some(dir) => Some(dir.clone()),
+        None if boards.is_empty() => {
+            Some(std::env::current_dir().context("cannot read the current directory")?)
+        }
+        None => None,
+    };
     let mut map = None;
-    if let Some(file) = &cli.map_file {
-        let (text, rules) = load_map_file(file)?;
-        tracing::info!(
-            rules = rules.len(),
-            "remapping names with {}",
-            file.display()
-        );
-        resolver = resolver.with_remap(rules);
-        map = Some(text);
-    }
-    let resolver = Arc::new(resolver);
+    let directory_resolver = match &directory {
+        Some(directory) => {
+            if !directory.exists() {
+                bail!("directory {} does not exist", directory.display());
+            }
+            if !directory.is_dir() {
+                bail!("{} is not a directory", directory.display());
+            }
+            let mut resolver = DirectoryResolver::new(directory)
+                .with_context(|| format!("cannot open directory {}", directory.display()))?
+                .with_client_dirs(cli.client_dirs);
+            if let Some(file) = &cli.map_file {
+                let (text, rules) = load_map_file(file)?;
+                tracing::info!(
+                    rules = rules.len(),
+                    "remapping names with {}",
+                    file.display()
+                );
+                resolver = resolver.with_remap(rules);
+                map = Some(text);
+            }
+            Some(Arc::new(resolver))
+        }
+        None => None,
+    };
+    let resolver: Arc<dyn Resolver> = if boards.is_empty() {
+        directory_resolver
+            .clone()
+            .expect("a directory without boards")
+    } else {
+        for file in &nobodd.files {
+            tracing::info!("read boards from {}", file.display());
+        }
+        let behind = directory_resolver
+            .clone()
+            .map(|dir| Box::new(dir) as Box<dyn Resolver>);
+        let boards = BoardResolver::new(boards, behind)?;
+        for board in boards.boards() {
+            tracing::info!(
+                serial = format!("{:08x}", board.serial),
+                image = %board.image.display(),
+                partition = board.partition,
+                ip = ?board.ip,
+                "board {:08x}: partition {} of {}{}",
+                board.serial,
+                board.partition,
+                board.image.display(),
+                board.ip.map(|ip| format!(", to {ip} only")).unwrap_or_default()
+            );
+        }
+        Arc::new(boards)
+    };
+    let serving = match &directory {
+        Some(dir) => dir.display().to_string(),
+        None => "boards".to_string(),
+    };
     let (min, max) = (TIMEOUT_MIN.as_secs_f64(), TIMEOUT_MAX.as_secs_f64());
     if !(min..=max).contains(&cli.timeout) {
         bail!("--timeout must lie between {min} and {max} seconds");
@@ -276,7 +341,7 @@ fn run(cli: Cli) -> Result<()> {
 
     let signals = block_stop_signals();
     let server = match passed.len() {
-        0 => bind(cli.bind, port, resolver.clone(), config)?,
+        0 => bind(bind_addr, port, resolver.clone(), config)?,
         1 => {
             let socket = socket2::Socket::from(passed.into_iter().next().expect("one socket"));
             Server::adopt(socket, resolver.clone(), config)
@@ -304,12 +369,12 @@ fn run(cli: Cli) -> Result<()> {
         );
     }
     tracing::info!(
-        directory = %directory.display(),
+        directory = %serving,
         address = %handle.local_addr(),
         shards = handle.shards(),
         backend = %handle.backend(),
         "serving {} on {} with {} shard{} ({})",
-        directory.display(),
+        serving,
         handle.local_addr(),
         handle.shards(),
         if handle.shards() == 1 { "" } else { "s" },
@@ -330,7 +395,9 @@ fn run(cli: Cli) -> Result<()> {
     handle.release();
 
     let signal = wait_for_signal(&signals, || {
-        reload(&resolver, cli.map_file.as_deref(), &mut map);
+        if let Some(resolver) = &directory_resolver {
+            reload(resolver, cli.map_file.as_deref(), &mut map);
+        }
     });
     tracing::info!(
         signal,
@@ -419,7 +486,7 @@ fn reload(resolver: &DirectoryResolver, map_file: Option<&Path>, map: &mut Optio
 fn bind(
     addr: Option<IpAddr>,
     port: u16,
-    resolver: Arc<DirectoryResolver>,
+    resolver: Arc<dyn Resolver>,
     config: Config,
 ) -> Result<Server> {
     let explain = |e: std::io::Error, addr: SocketAddr| -> anyhow::Error {
@@ -476,6 +543,10 @@ fn service_port(name: &str) -> Option<u16> {
             .then(|| port.parse().ok())
             .flatten()
     })
+}
+
+fn parse_board(s: &str) -> Result<Board, String> {
+    Board::parse(s)
 }
 
 fn parse_range(s: &str) -> Result<(u16, u16), String> {

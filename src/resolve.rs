@@ -29,14 +29,16 @@ use std::fs::File;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use crate::image::Extent;
 use crate::packet::ErrorCode;
 
+pub mod boards;
 pub(crate) mod neighbour;
 pub mod remap;
 
@@ -136,7 +138,7 @@ impl Source {
     /// descriptor into its registered buffers instead.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         match self {
-            Source::File(file) => file.file.read_at(buf, offset),
+            Source::File(file) => file.read_at(buf, offset),
             Source::Memory(bytes) => Ok(copy_at(bytes, buf, offset)),
             Source::Custom(source) => source.read_at(buf, offset),
         }
@@ -184,11 +186,39 @@ pub trait ReadAt: Send + Sync + fmt::Debug + 'static {
     }
 }
 
-/// An open regular file, with the identity it had when it was opened.
+/// An open regular file, with the identity it had when it was opened; or a file inside a disk
+/// image, read through the image's descriptor at the extents its filesystem gives it.
 #[derive(Debug)]
 pub struct FileSource {
     file: File,
     id: FileId,
+    len: u64,
+    layout: Layout,
+}
+
+/// Where a [`FileSource`]'s bytes lie in the descriptor it is read through.
+#[derive(Debug, Clone, Default)]
+pub enum Layout {
+    /// At their own offsets: a plain file.
+    #[default]
+    Whole,
+    /// In these runs of the descriptor, in file order: a file inside a disk image (see
+    /// [`crate::image`]), whose clusters the executors read straight from the image.
+    Extents(Arc<[Extent]>),
+}
+
+impl Layout {
+    /// Where the file's byte `at` lies in the descriptor, and how many of the `len` bytes from
+    /// there lie after it without a break; `None` past the extents.
+    pub fn place(&self, at: u64, len: usize) -> Option<(u64, usize)> {
+        match self {
+            Layout::Whole => Some((at, len)),
+            Layout::Extents(extents) => {
+                let (offset, run) = crate::image::locate(extents, at)?;
+                Some((offset, len.min(usize::try_from(run).unwrap_or(usize::MAX))))
+            }
+        }
+    }
 }
 
 impl FileSource {
@@ -203,7 +233,35 @@ impl FileSource {
         }
         Ok(FileSource {
             id: FileId::from_metadata(&meta),
+            len: meta.size(),
             file,
+            layout: Layout::Whole,
+        })
+    }
+
+    /// A file of `len` bytes lying in `extents` of `image` (a disk image file or a block
+    /// device), as [`crate::image::Fat::find`] gives them. Its identity is the image's, told
+    /// apart from the image's other files by where it starts: a rewritten image is a new
+    /// version of every file in it.
+    pub fn in_image(image: File, extents: Vec<Extent>, len: u64) -> io::Result<FileSource> {
+        let meta = image.metadata()?;
+        if !meta.is_file() && !meta.file_type().is_block_device() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not an image file or a block device",
+            ));
+        }
+        let within = extents
+            .first()
+            .map_or(u64::MAX, |e| e.offset.saturating_add(1));
+        Ok(FileSource {
+            id: FileId {
+                within,
+                ..FileId::from_metadata(&meta)
+            },
+            len,
+            file: image,
+            layout: Layout::Extents(extents.into()),
         })
     }
 
@@ -219,7 +277,12 @@ impl FileSource {
 
     /// The length in bytes when it was opened.
     pub fn len(&self) -> u64 {
-        self.id.size
+        self.len
+    }
+
+    /// Where its bytes lie in [`file`](Self::file).
+    pub fn layout(&self) -> &Layout {
+        &self.layout
     }
 
     /// Whether the file was empty when it was opened.
@@ -227,9 +290,27 @@ impl FileSource {
         self.len() == 0
     }
 
+    /// Reads into `buf` from the file's byte `offset`, as `pread(2)` does (the generic slow
+    /// path; the executors read through [`layout`](Self::layout) themselves).
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        if let Layout::Whole = self.layout {
+            return self.file.read_at(buf, offset);
+        }
+        let left = usize::try_from(self.len.saturating_sub(offset)).unwrap_or(usize::MAX);
+        match self.layout.place(offset, buf.len().min(left)) {
+            Some((at, run)) if run > 0 => self.file.read_at(&mut buf[..run], at),
+            _ => Ok(0),
+        }
+    }
+
     /// Gives up the open file.
     pub fn into_file(self) -> File {
         self.file
+    }
+
+    /// Gives up the open file and where the bytes lie in it.
+    pub fn into_parts(self) -> (File, Layout) {
+        (self.file, self.layout)
     }
 }
 
@@ -270,6 +351,9 @@ pub struct FileId {
     pub ctime_sec: i64,
     /// Last status change, nanoseconds within the second (`st_ctime_nsec`).
     pub ctime_nsec: i64,
+    /// For a file inside a disk image, the image offset of its first byte plus one (0 for a
+    /// file of its own): the other fields are the image's.
+    pub within: u64,
 }
 
 impl FileId {
@@ -288,7 +372,10 @@ impl FileId {
     /// changes of the change time alone (a `chmod`, a new hard link) count as changes.
     pub fn unchanged_in(&self, file: &File) -> io::Result<bool> {
         let meta = file.metadata()?;
-        let now = FileId::from_metadata(&meta);
+        let now = FileId {
+            within: self.within,
+            ..FileId::from_metadata(&meta)
+        };
         Ok(now == *self
             || meta.nlink() == 0
                 && FileId {
@@ -307,6 +394,7 @@ impl FileId {
             size: meta.size(),
             ctime_sec: meta.ctime(),
             ctime_nsec: meta.ctime_nsec(),
+            within: 0,
         }
     }
 }
@@ -682,7 +770,12 @@ impl DirectoryResolver {
         } else {
             self.open_file(&dir, &name)?
         };
-        Ok(Source::File(FileSource { id, file }))
+        Ok(Source::File(FileSource {
+            len: id.size,
+            id,
+            file,
+            layout: Layout::Whole,
+        }))
     }
 
     /// Opens `name` from the client's MAC directory, else its address directory, else the root

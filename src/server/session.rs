@@ -359,7 +359,7 @@ impl<F: FileHandle> Session<F> {
                 // checked as each chunk comes in (one fstat per 64 KiB), so the client never gets
                 // more than the chunks it already had of the old version, rather than learning
                 // of it only before the last block.
-                if let Data::File(file, id) = &self.data {
+                if let Data::File(file, id, _) = &self.data {
                     if !file.unchanged(id) {
                         return self.abort(now, Ending::FileChanged);
                     }
@@ -480,7 +480,7 @@ impl<F: FileHandle> Session<F> {
         // Never let a client finish a file that changed under it: what it got may mix two
         // versions.
         if last == self.t.last_block() {
-            if let Data::File(file, id) = &self.data {
+            if let Data::File(file, id, _) = &self.data {
                 if !file.unchanged(id) {
                     self.abort(now, Ending::FileChanged);
                     return None;

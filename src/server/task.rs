@@ -29,6 +29,7 @@ use super::shared_port::SharedPort;
 use super::socket::{self, MainSocket, RecvBatch};
 use super::window::{chunk_len, read_custom, Data, FileHandle, OpenFiles};
 use super::Shared;
+use crate::resolve::Layout;
 
 /// Room for an ACK, or an ERROR with a message as long as RFC 1350's 512-byte packets allow;
 /// longer datagrams are cut, which is harmless. Each transfer keeps one armed, so it is small.
@@ -433,11 +434,11 @@ async fn read<I: Io>(
     client: &Client<I::File>,
     index: u64,
 ) -> Result<Rc<Chunk>, ReadError> {
-    let (file, id, len) = {
+    let (file, id, layout, len) = {
         let session = client.session.borrow();
         let len = session.transfer().len();
         match session.data() {
-            Data::File(file, id) => (file.clone(), *id, len),
+            Data::File(file, id, layout) => (file.clone(), *id, layout.clone(), len),
             Data::Custom(source) => {
                 return read_custom(&state.budget, &**source, len, index).map(Rc::new)
             }
@@ -450,7 +451,9 @@ async fn read<I: Io>(
             Lookup::Hit(chunk) => return Ok(chunk),
             Lookup::Wait(loading) => loading.wait().await,
             Lookup::Miss => {
-                let chunk = read_chunk(state, &file, len, index).await.map(Rc::new);
+                let chunk = read_chunk(state, &file, &layout, len, index)
+                    .await
+                    .map(Rc::new);
                 match &chunk {
                     Ok(chunk) => state.cache.insert(id, index, chunk.clone()),
                     Err(_) => state.cache.abandon(id, index),
@@ -461,10 +464,12 @@ async fn read<I: Io>(
     }
 }
 
-/// Reads chunk `index` of a file of `len` bytes, however many reads it takes.
+/// Reads chunk `index` of a file of `len` bytes lying in `file` as `layout` says, however many
+/// reads it takes (one per extent it crosses, in a disk image).
 async fn read_chunk<I: Io>(
     state: &State<I>,
     file: &I::File,
+    layout: &Layout,
     len: u64,
     index: u64,
 ) -> Result<Chunk, ReadError> {
@@ -474,7 +479,11 @@ async fn read_chunk<I: Io>(
     let mut buf = state.io.chunk_buffer();
     let mut done = 0;
     while done < want {
-        let (result, returned) = I::read(file, buf, done, want, start + done as u64).await;
+        // Past the extents is a file that lost its bytes, like one that shrank.
+        let Some((at, run)) = layout.place(start + done as u64, want - done) else {
+            return Err(ReadError::Changed);
+        };
+        let (result, returned) = I::read(file, buf, done, done + run, at).await;
         buf = returned;
         match result {
             // The file is shorter than it was when the transfer opened it.

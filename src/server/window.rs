@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use super::cache::{header, Budget, Chunk, Piece, CHUNK};
 use super::ending::ReadError;
-use crate::resolve::{FileId, ReadAt, Source};
+use crate::resolve::{FileId, Layout, ReadAt, Source};
 use crate::transfer::Transfer;
 
 /// A shard's open files by identity, so concurrent transfers of one file share one descriptor
@@ -36,15 +36,16 @@ impl<F> OpenFiles<F> {
         match source {
             Source::File(file) => {
                 let id = file.id();
+                let (file, layout) = file.into_parts();
                 if let Some(open) = self.0.get(&id).and_then(Weak::upgrade) {
-                    return Data::File(open, id);
+                    return Data::File(open, id, layout);
                 }
-                let open = Rc::new(adopt(file.into_file()));
+                let open = Rc::new(adopt(file));
                 if self.0.len() >= 1024 {
                     self.0.retain(|_, f| f.strong_count() > 0);
                 }
                 self.0.insert(id, Rc::downgrade(&open));
-                Data::File(open, id)
+                Data::File(open, id, layout)
             }
             Source::Memory(bytes) => Data::Memory(bytes),
             Source::Custom(custom) => Data::Custom(custom),
@@ -54,9 +55,10 @@ impl<F> OpenFiles<F> {
 
 /// Where a transfer's bytes come from.
 pub(crate) enum Data<F> {
-    /// An open file, read by the backend (fixed reads under io_uring), and what it was when
-    /// opened.
-    File(Rc<F>, FileId),
+    /// An open file, read by the backend (fixed reads under io_uring), what it was when
+    /// opened, and where the transfer's bytes lie in it (all of it, or a file's extents in a
+    /// disk image).
+    File(Rc<F>, FileId, Layout),
     /// Bytes in memory (generated per client, or a netascii encoding), sent without a copy.
     Memory(Arc<[u8]>),
     /// Any other source, read synchronously into private chunks.

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use super::pattern_at;
 use crate::options::Negotiated;
 use crate::packet::{self, ErrorCode, Mode, Packet, DATA_HEADER_LEN};
-use crate::resolve::FileId;
+use crate::resolve::{FileId, Layout};
 use crate::server::sans_io::{
     Budget, Chunk, ChunkMemory, Data, Datagrams, Ending, FileHandle, Io, Meta, Pace, Piece,
     ReadError, Sent, Session, CHUNK,
@@ -192,7 +192,7 @@ impl CheckedSession {
         };
         let data = match &memory {
             Some(bytes) => Data::Memory(bytes.clone()),
-            None => Data::File(file.clone(), FILE_ID),
+            None => Data::File(file.clone(), FILE_ID, Layout::Whole),
         };
         let meta = Meta {
             peer: SocketAddr::from((Ipv4Addr::LOCALHOST, 4069)),
@@ -719,4 +719,5 @@ const FILE_ID: FileId = FileId {
     size: 0,
     ctime_sec: 0,
     ctime_nsec: 0,
+    within: 0,
 };

@@ -10,7 +10,7 @@ use io_uring::{opcode, types};
 
 use super::bufs::SlabBuf;
 use super::{push, user_data, Conn, Engine, Op};
-use crate::resolve::FileId;
+use crate::resolve::{FileId, Layout};
 use crate::server::cache::{Chunk, Lease, Lookup, CHUNK};
 use crate::server::ending::ReadError;
 use crate::server::window::{chunk_len, read_custom, Data};
@@ -26,6 +26,9 @@ enum Buf {
 pub(super) struct ReadOp {
     file: Rc<std::fs::File>,
     id: FileId,
+    /// Where the file's bytes lie in `file`: a read stops at the end of an extent, and the
+    /// next one goes on from the next extent.
+    layout: Layout,
     index: u64,
     buf: Buf,
     /// Bytes wanted, and read so far (a read may return fewer).
@@ -51,7 +54,7 @@ impl Engine {
     pub(super) fn read(&mut self, conn: &mut Conn, slot: u32, index: u64, now: Instant) {
         let len = conn.session.transfer().len();
         let chunk = match conn.session.data() {
-            Data::File(file, id) => match self.cache.lookup(*id, index) {
+            Data::File(file, id, layout) => match self.cache.lookup(*id, index) {
                 Lookup::Hit(chunk) => Ok(chunk),
                 Lookup::Wait(_) => match self.loading.get(&(*id, index)) {
                     Some(&read) => {
@@ -65,8 +68,8 @@ impl Engine {
                     None => Err(ReadError::Failed),
                 },
                 Lookup::Miss => {
-                    let (file, id) = (file.clone(), *id);
-                    self.start_read(file, id, index, len, (slot, conn.gen));
+                    let (file, id, layout) = (file.clone(), *id, layout.clone());
+                    self.start_read(file, id, layout, index, len, (slot, conn.gen));
                     return;
                 }
             },
@@ -83,6 +86,7 @@ impl Engine {
         &mut self,
         file: Rc<std::fs::File>,
         id: FileId,
+        layout: Layout,
         index: u64,
         len: u64,
         waiter: (u32, u32),
@@ -99,6 +103,7 @@ impl Engine {
         let op = ReadOp {
             file,
             id,
+            layout,
             index,
             buf,
             want: chunk_len(len, index),
@@ -126,8 +131,13 @@ impl Engine {
             return;
         };
         let fd = types::Fd(std::os::fd::AsRawFd::as_raw_fd(&*op.file));
-        let offset = op.index * CHUNK as u64 + op.done as u64;
-        let left = (op.want - op.done) as u32;
+        // Past the extents (never, for a filesystem the image reader accepted), a read of
+        // nothing completes with 0 and ends the transfers as a file that shrank would.
+        let (offset, left) = op
+            .layout
+            .place(op.index * CHUNK as u64 + op.done as u64, op.want - op.done)
+            .unwrap_or((0, 0));
+        let left = left as u32;
         let entry = match &mut op.buf {
             Buf::Slab(buf) => {
                 // SAFETY: `done` < `want` <= CHUNK, within the registered buffer.

@@ -1,0 +1,211 @@
+//! nobodd's configuration files, read as `nobodd-tftpd` reads them, so that a nobodd user's
+//! boards move to ringtftpd by changing the command alone.
+//!
+//! The files, later ones overriding earlier ones key by key: `/etc/nobodd/nobodd.conf`,
+//! `/usr/local/etc/nobodd/nobodd.conf`, `$XDG_CONFIG_HOME/nobodd/nobodd.conf` (`~/.config` by
+//! default), then every `*.conf` in the `[tftp]` section's `includedir` (`/etc/nobodd/conf.d`
+//! by default) in sorted order. They are INI files as Python's `configparser` reads them:
+//! `[section]` headers, `key = value` or `key: value`, `#` and `;` comment lines, keys in any
+//! case. What ringtftpd takes from them:
+//!
+//! - `[board:SERIAL]` sections: `image` (relative to the file that names it), `partition`
+//!   (default 1) and `ip`, as `--board SERIAL,IMAGE,PARTITION,IP` would give them;
+//! - `[tftp]` `listen` (an address; `systemd` means the socket systemd passes, which ringtftpd
+//!   takes whenever one is passed) and `port`, where the command line gives neither.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use ringtftp::resolve::boards::{parse_ip, parse_partition, parse_serial, Board};
+
+/// What the files say.
+#[derive(Debug, Default)]
+pub struct Settings {
+    pub boards: Vec<Board>,
+    pub listen: Option<String>,
+    pub port: Option<String>,
+    /// The files read, in order.
+    pub files: Vec<PathBuf>,
+}
+
+/// A value and the file it came from (relative paths are relative to it).
+type Sections = BTreeMap<String, BTreeMap<String, (String, PathBuf)>>;
+
+/// Reads nobodd's files where they exist; a file that exists but cannot be read or parsed, or a
+/// board section that is wrong, is an error naming it.
+pub fn read() -> Result<Settings> {
+    let mut sections = Sections::new();
+    let mut files = Vec::new();
+    for file in locations() {
+        if file.exists() {
+            parse_file(&file, &mut sections)?;
+            files.push(file);
+        }
+    }
+    let include = match sections.get("tftp").and_then(|s| s.get("includedir")) {
+        Some((dir, from)) => relative_to(from, dir),
+        None => PathBuf::from("/etc/nobodd/conf.d"),
+    };
+    if let Ok(entries) = std::fs::read_dir(&include) {
+        let mut included: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "conf"))
+            .collect();
+        included.sort();
+        for file in included {
+            parse_file(&file, &mut sections)?;
+            files.push(file);
+        }
+    }
+    let mut settings = Settings {
+        files,
+        ..Settings::default()
+    };
+    if let Some(tftp) = sections.get("tftp") {
+        settings.listen = tftp.get("listen").map(|(v, _)| v.clone());
+        settings.port = tftp.get("port").map(|(v, _)| v.clone());
+    }
+    for (name, keys) in &sections {
+        let Some(serial) = name.strip_prefix("board:") else {
+            continue;
+        };
+        settings.boards.push(board(serial, keys).with_context(|| {
+            let file = keys.values().next().map(|(_, f)| f.display().to_string());
+            format!(
+                "section [{name}] of {}",
+                file.unwrap_or_else(|| "nobodd's configuration".into())
+            )
+        })?);
+    }
+    Ok(settings)
+}
+
+/// Where nobodd looks, in its order.
+fn locations() -> Vec<PathBuf> {
+    let config_home = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".config")));
+    let mut files = vec![
+        PathBuf::from("/etc/nobodd/nobodd.conf"),
+        PathBuf::from("/usr/local/etc/nobodd/nobodd.conf"),
+    ];
+    files.extend(config_home.map(|dir| dir.join("nobodd/nobodd.conf")));
+    files
+}
+
+fn board(serial: &str, keys: &BTreeMap<String, (String, PathBuf)>) -> Result<Board> {
+    let serial = parse_serial(serial).map_err(anyhow::Error::msg)?;
+    let Some((image, from)) = keys.get("image") else {
+        bail!("no image = line");
+    };
+    let partition = match keys.get("partition") {
+        Some((p, _)) => parse_partition(p).map_err(anyhow::Error::msg)?,
+        None => 1,
+    };
+    let ip = match keys.get("ip") {
+        Some((ip, _)) => Some(parse_ip(ip).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
+    Ok(Board {
+        serial,
+        image: relative_to(from, image),
+        partition,
+        ip,
+    })
+}
+
+/// `path` as written in `file`: relative to the file's directory.
+fn relative_to(file: &Path, path: &str) -> PathBuf {
+    let path = Path::new(path);
+    match file.parent() {
+        Some(dir) if path.is_relative() => dir.join(path),
+        _ => path.to_path_buf(),
+    }
+}
+
+/// Adds `file`'s sections to `sections`, its keys replacing those already there.
+fn parse_file(file: &Path, sections: &mut Sections) -> Result<()> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    parse(&text, file, sections)
+        .with_context(|| format!("bad configuration file {}", file.display()))
+}
+
+fn parse(text: &str, file: &Path, sections: &mut Sections) -> Result<()> {
+    let mut section: Option<String> = None;
+    let mut last_key: Option<String> = None;
+    for (n, line) in text.lines().enumerate() {
+        let n = n + 1;
+        let trimmed = line.trim();
+        if trimmed.is_empty() || trimmed.starts_with('#') || trimmed.starts_with(';') {
+            continue;
+        }
+        // An indented line goes on with the value above, as configparser reads it.
+        if line.starts_with([' ', '\t']) {
+            if let (Some(s), Some(k)) = (&section, &last_key) {
+                if let Some((value, _)) = sections.get_mut(s).and_then(|s| s.get_mut(k)) {
+                    value.push('\n');
+                    value.push_str(trimmed);
+                    continue;
+                }
+            }
+        }
+        if let Some(name) = trimmed.strip_prefix('[') {
+            let Some(name) = name.strip_suffix(']') else {
+                bail!("line {n}: a section header without its closing ]");
+            };
+            let name = name.trim().to_string();
+            sections.entry(name.clone()).or_default();
+            section = Some(name);
+            last_key = None;
+            continue;
+        }
+        let Some(at) = trimmed.find(['=', ':']) else {
+            bail!("line {n}: expected KEY = VALUE");
+        };
+        let Some(current) = &section else {
+            bail!("line {n}: a setting before any [section]");
+        };
+        let key = trimmed[..at].trim().to_lowercase();
+        let value = trimmed[at + 1..].trim().to_string();
+        sections
+            .entry(current.clone())
+            .or_default()
+            .insert(key.clone(), (value, file.to_path_buf()));
+        last_key = Some(key);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sections_merge_and_image_paths_are_relative_to_their_file() {
+        let mut sections = Sections::new();
+        let text = "[tftp]\nlisten = ::\nport = 69\n\n# a board\n[board:0123ABCD]\nimage = pi.img\nPartition: 2\n";
+        parse(text, Path::new("/etc/nobodd/nobodd.conf"), &mut sections).unwrap();
+        parse(
+            "[board:0123abcd]\nip = 192.0.2.9\n",
+            Path::new("/etc/nobodd/conf.d/a.conf"),
+            &mut sections,
+        )
+        .unwrap();
+        let b = board("0123ABCD", &sections["board:0123ABCD"]).unwrap();
+        assert_eq!(b.serial, 0x0123abcd);
+        assert_eq!(b.image, Path::new("/etc/nobodd/pi.img"));
+        assert_eq!(b.partition, 2);
+        assert!(
+            board("0123abcd", &sections["board:0123abcd"]).is_err(),
+            "no image"
+        );
+        assert_eq!(sections["tftp"]["port"].0, "69");
+        let mut bad = Sections::new();
+        assert!(parse("image = x\n", Path::new("a"), &mut bad).is_err());
+        assert!(parse("[tftp\n", Path::new("a"), &mut bad).is_err());
+        assert!(parse("[tftp]\njunk\n", Path::new("a"), &mut bad).is_err());
+    }
+}

@@ -1,0 +1,341 @@
+//! Boot partitions served from inside OS images, one per board: nobodd's `BootHandler`.
+//!
+//! A Raspberry Pi netbooting with its default `TFTP_PREFIX` asks for its files under a
+//! directory named after its serial number (`1234abcd/start4.elf`). nobodd answers from the FAT
+//! boot partition inside the OS image configured for that serial, with no loop mount; so does
+//! [`BoardResolver`], through [`crate::image`]: a file's clusters become the extents of a
+//! [`FileSource`], which the executors read from the image like any file (fixed reads into
+//! registered buffers, shared through the chunk cache).
+//!
+//! As in nobodd: the first component of the name is the serial in hexadecimal (any case,
+//! leading zeros allowed); a board configured with an address is served to that address only
+//! (anyone else gets an access violation); a serial no board has is not found, or is handed to
+//! the resolver behind (a directory served beside the boards). Unlike nobodd, every image is
+//! opened and its partition and filesystem checked when the resolver is made, so a bad board
+//! is a start-up error, and an image rewritten or replaced under the server is read again
+//! before the next request is answered from it.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::fs::File;
+use std::io::{Seek, SeekFrom};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use super::{FileId, FileSource, ResolveError, Resolver, Source};
+use crate::image::{self, Fat, ImageError};
+
+/// One board: nobodd's `--board SERIAL,FILENAME[,PART[,IP]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Board {
+    /// The serial number the board asks under (its files are `SERIAL/NAME`).
+    pub serial: u32,
+    /// The OS image (or block device) holding its boot partition.
+    pub image: PathBuf,
+    /// The boot partition's number in the image's partition table (1 by default).
+    pub partition: u32,
+    /// The only address served this board's files, if any.
+    pub ip: Option<IpAddr>,
+}
+
+impl Board {
+    /// Parses `SERIAL,FILENAME[,PART[,IP]]`; an empty PART is 1.
+    pub fn parse(text: &str) -> Result<Board, String> {
+        let parts: Vec<&str> = text.split(',').collect();
+        if !(2..=4).contains(&parts.len()) {
+            return Err(format!(
+                "expected SERIAL,FILENAME[,PART[,IP]] instead of {text:?}"
+            ));
+        }
+        let serial = parse_serial(parts[0])?;
+        let partition = match parts.get(2).map(|p| p.trim()) {
+            None | Some("") => 1,
+            Some(part) => parse_partition(part)?,
+        };
+        let ip = parts.get(3).map(|ip| parse_ip(ip)).transpose()?;
+        Ok(Board {
+            serial,
+            image: PathBuf::from(parts[1]),
+            partition,
+            ip,
+        })
+    }
+}
+
+/// A serial number as nobodd reads one: hexadecimal; 16 digits or more starting `10000000` or
+/// `00000000` (as the Pi's OTP and `/proc/cpuinfo` show it) keep their last 8.
+pub fn parse_serial(text: &str) -> Result<u32, String> {
+    let mut digits = text.trim();
+    if digits.len() >= 16 && (digits.starts_with("10000000") || digits.starts_with("00000000")) {
+        digits = &digits[8..];
+    }
+    let digits = digits
+        .strip_prefix("0x")
+        .or_else(|| digits.strip_prefix("0X"))
+        .unwrap_or(digits);
+    u64::from_str_radix(digits, 16)
+        .ok()
+        .and_then(|n| u32::try_from(n).ok())
+        .ok_or_else(|| format!("invalid serial number {text:?}"))
+}
+
+/// A partition number, from 1.
+pub fn parse_partition(text: &str) -> Result<u32, String> {
+    match text.trim().parse() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("invalid partition number {text:?}")),
+    }
+}
+
+/// An address a board is limited to.
+pub fn parse_ip(text: &str) -> Result<IpAddr, String> {
+    text.trim()
+        .parse()
+        .map_err(|_| format!("invalid IP address {text:?}"))
+}
+
+/// Why a board cannot be served: for the operator, at start-up.
+#[derive(Debug)]
+pub struct BoardError {
+    pub board: Board,
+    pub error: ImageError,
+}
+
+impl fmt::Display for BoardError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "board {:08x}: image {} partition {}: {}",
+            self.board.serial,
+            self.board.image.display(),
+            self.board.partition,
+            self.error
+        )
+    }
+}
+
+impl std::error::Error for BoardError {}
+
+/// Serves each board's boot partition under `SERIAL/`, and hands every other name to the
+/// resolver behind, if any. See the [module docs](self).
+pub struct BoardResolver {
+    boards: HashMap<u32, Served>,
+    behind: Option<Box<dyn Resolver>>,
+}
+
+impl fmt::Debug for BoardResolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BoardResolver")
+            .field("boards", &self.boards.len())
+            .field("behind", &self.behind.is_some())
+            .finish()
+    }
+}
+
+/// A board and its image as last opened.
+struct Served {
+    board: Board,
+    image: RwLock<Arc<Opened>>,
+}
+
+/// An image, open, with its boot partition's filesystem read.
+struct Opened {
+    file: File,
+    /// The image's identity when its filesystem was read: a request finding another (the
+    /// image rewritten in place, or another file renamed over its path) reads it again.
+    id: FileId,
+    fat: Fat,
+}
+
+impl Opened {
+    fn open(board: &Board) -> Result<Opened, ImageError> {
+        let file = File::open(&board.image).map_err(ImageError::Io)?;
+        let id = FileId::of(&file).map_err(ImageError::Io)?;
+        // A block device's size is where its end is, not `st_size`.
+        let len = (&file).seek(SeekFrom::End(0)).map_err(ImageError::Io)?;
+        let part = image::partition(&file, len, board.partition)?;
+        let fat = Fat::open(&file, &part)?;
+        Ok(Opened { file, id, fat })
+    }
+
+    /// Whether the image at `path` is still the one open here, with the same bytes.
+    fn current(&self, path: &Path) -> bool {
+        let same_file = std::fs::metadata(path)
+            .map(|meta| {
+                use std::os::unix::fs::MetadataExt;
+                (meta.dev(), meta.ino()) == (self.id.dev, self.id.ino)
+            })
+            .unwrap_or(true);
+        // A path that names nothing for now (between two renames): the open image stands.
+        same_file && self.id.unchanged_in(&self.file).unwrap_or(false)
+    }
+}
+
+impl BoardResolver {
+    /// Opens every board's image and reads its boot partition; the first that cannot be
+    /// served is the error. A serial given twice: the later board stands (as in nobodd, where
+    /// `--board` comes after the configuration files).
+    pub fn new(
+        boards: impl IntoIterator<Item = Board>,
+        behind: Option<Box<dyn Resolver>>,
+    ) -> Result<BoardResolver, BoardError> {
+        let mut served = HashMap::new();
+        for board in boards {
+            let opened = Opened::open(&board).map_err(|error| BoardError {
+                board: board.clone(),
+                error,
+            })?;
+            served.insert(
+                board.serial,
+                Served {
+                    board,
+                    image: RwLock::new(Arc::new(opened)),
+                },
+            );
+        }
+        Ok(BoardResolver {
+            boards: served,
+            behind,
+        })
+    }
+
+    /// The boards served, in no order.
+    pub fn boards(&self) -> impl Iterator<Item = &Board> {
+        self.boards.values().map(|s| &s.board)
+    }
+
+    /// The image of `served` as it is now: read again if it changed since it was opened.
+    fn image(&self, served: &Served) -> Result<Arc<Opened>, ResolveError> {
+        let opened = served
+            .image
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if opened.current(&served.board.image) {
+            return Ok(opened);
+        }
+        let mut slot = served.image.write().unwrap_or_else(|e| e.into_inner());
+        if !Arc::ptr_eq(&slot, &opened) {
+            // Another request read it again meanwhile.
+            return Ok(slot.clone());
+        }
+        match Opened::open(&served.board) {
+            Ok(fresh) => {
+                tracing::info!(board = format!("{:08x}", served.board.serial), image = %served.board.image.display(), "board {:08x}: its image changed; read again", served.board.serial);
+                *slot = Arc::new(fresh);
+                Ok(slot.clone())
+            }
+            Err(error) => {
+                // Serving from the filesystem read before would mix two versions.
+                tracing::warn!(board = format!("{:08x}", served.board.serial), image = %served.board.image.display(), %error, "board {:08x}: its image changed and cannot be read", served.board.serial);
+                Err(image_error(error))
+            }
+        }
+    }
+}
+
+impl Resolver for BoardResolver {
+    fn resolve(&self, filename: &str, peer: SocketAddr) -> Result<Source, ResolveError> {
+        let name = filename.replace('\\', "/");
+        let mut parts = name.split('/').filter(|p| !p.is_empty() && *p != ".");
+        let served = parts
+            .next()
+            .and_then(|first| parse_serial(first).ok())
+            .and_then(|serial| self.boards.get(&serial));
+        let Some(served) = served else {
+            return match &self.behind {
+                Some(behind) => behind.resolve(filename, peer),
+                None => Err(ResolveError::NotFound),
+            };
+        };
+        if let Some(ip) = served.board.ip {
+            if ip.to_canonical() != peer.ip().to_canonical() {
+                return Err(ResolveError::Refused("IP does not match".into()));
+            }
+        }
+        // `..` within the partition climbs, never above its root: nothing outside a board's
+        // partition has a name here.
+        let mut path: Vec<&str> = Vec::new();
+        for part in parts {
+            if part == ".." {
+                path.pop();
+            } else {
+                path.push(part);
+            }
+        }
+        if path.is_empty() {
+            return Err(ResolveError::NotAFile);
+        }
+        let opened = self.image(served)?;
+        let entry = opened
+            .fat
+            .find(&opened.file, &path.join("/"))
+            .map_err(|error| {
+                if let ImageError::Corrupt(_) = error {
+                    tracing::warn!(board = format!("{:08x}", served.board.serial), image = %served.board.image.display(), %error, file = filename, "board {:08x}: bad filesystem", served.board.serial);
+                }
+                image_error(error)
+            })?;
+        if entry.is_dir {
+            return Err(ResolveError::NotAFile);
+        }
+        let file = opened.file.try_clone()?;
+        Ok(Source::File(FileSource::in_image(
+            file,
+            entry.extents,
+            entry.len,
+        )?))
+    }
+}
+
+/// What a client is told: nothing that names the image.
+fn image_error(error: ImageError) -> ResolveError {
+    match error {
+        ImageError::NotFound => ResolveError::NotFound,
+        ImageError::NotAFile => ResolveError::NotAFile,
+        ImageError::Io(e) => ResolveError::Io(e),
+        ImageError::NoSuchPartition(_) | ImageError::Corrupt(_) => {
+            ResolveError::Other("Bad boot partition in the board's image".into())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boards_parse_as_nobodd_reads_them() {
+        let board = Board::parse("1234ABCD,ubuntu.img").unwrap();
+        assert_eq!(
+            board,
+            Board {
+                serial: 0x1234abcd,
+                image: "ubuntu.img".into(),
+                partition: 1,
+                ip: None
+            }
+        );
+        let board = Board::parse("100000001234abcd,/srv/pi.img,2,192.0.2.5").unwrap();
+        assert_eq!(board.serial, 0x1234abcd);
+        assert_eq!(board.partition, 2);
+        assert_eq!(board.ip, Some("192.0.2.5".parse().unwrap()));
+        assert_eq!(
+            Board::parse("abc,x.img,,").map(|b| b.partition),
+            Err("invalid IP address \"\"".to_string())
+        );
+        assert_eq!(Board::parse("abc,x.img,").unwrap().partition, 1);
+        for bad in [
+            "1234abcd",
+            "xyz,a.img",
+            "123456789,a.img",
+            "1,a.img,0",
+            "1,a.img,one",
+            "1,a.img,1,not-an-ip",
+            "1,a.img,1,::1,extra",
+        ] {
+            assert!(Board::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
