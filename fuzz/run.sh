@@ -19,7 +19,7 @@ cd "$(dirname "$0")"
 
 secs="${1:-20}"
 case "$secs" in '' | *[!0-9]*) echo "usage: fuzz/run.sh [SECONDS]" >&2; exit 2 ;; esac
-targets=(packet_parse options_negotiate netascii transfer_events)
+targets=(packet_parse options_negotiate netascii transfer_events image_read)
 cargo_fuzz_version=0.13.2
 # Per-input limit: an input that runs this long is reported as a hang (a crash).
 input_timeout=25
