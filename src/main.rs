@@ -261,33 +261,16 @@ fn run(cli: Cli) -> Result<()> {
         }
         None => None,
     };
-    let resolver: Arc<dyn Resolver> = if boards.is_empty() {
-        directory_resolver
-            .clone()
-            .expect("a directory without boards")
-    } else {
-        for file in &nobodd.files {
-            tracing::info!("read boards from {}", file.display());
-        }
-        let behind = directory_resolver
-            .clone()
-            .map(|dir| Box::new(dir) as Box<dyn Resolver>);
-        let boards = BoardResolver::new(boards, behind)?;
-        for board in boards.boards() {
-            tracing::info!(
-                serial = format!("{:08x}", board.serial),
-                image = %board.image.display(),
-                partition = board.partition,
-                ip = ?board.ip,
-                "board {:08x}: partition {} of {}{}",
-                board.serial,
-                board.partition,
-                board.image.display(),
-                board.ip.map(|ip| format!(", to {ip} only")).unwrap_or_default()
-            );
-        }
-        Arc::new(boards)
-    };
+    for file in &nobodd.files {
+        tracing::info!("read nobodd's configuration from {}", file.display());
+    }
+    // Always in front, boards or not: a SIGHUP may bring boards that nobodd's files gained.
+    let behind = directory_resolver
+        .clone()
+        .map(|dir| Box::new(dir) as Box<dyn Resolver>);
+    let boards = Arc::new(BoardResolver::new(boards, behind)?);
+    log_boards(&boards.boards());
+    let resolver: Arc<dyn Resolver> = boards.clone();
     let serving = match &directory {
         Some(dir) => dir.display().to_string(),
         None => "boards".to_string(),
@@ -398,6 +381,7 @@ fn run(cli: Cli) -> Result<()> {
         if let Some(resolver) = &directory_resolver {
             reload(resolver, cli.map_file.as_deref(), &mut map);
         }
+        reload_boards(&boards, &cli.boards);
     });
     tracing::info!(
         signal,
@@ -479,6 +463,53 @@ fn reload(resolver: &DirectoryResolver, map_file: Option<&Path>, map: &mut Optio
             *map = Some(text);
         }
         Err(e) => tracing::error!("SIGHUP: {e:#}; the rules in force stay as they were"),
+    }
+}
+
+/// Says which boards are served.
+fn log_boards(boards: &[Board]) {
+    for board in boards {
+        tracing::info!(
+            serial = format!("{:08x}", board.serial),
+            image = %board.image.display(),
+            partition = board.partition,
+            ip = ?board.ip,
+            "board {:08x}: partition {} of {}{}",
+            board.serial,
+            board.partition,
+            board.image.display(),
+            board.ip.map(|ip| format!(", to {ip} only")).unwrap_or_default()
+        );
+    }
+}
+
+/// SIGHUP: nobodd's configuration files are read again and every board's image opened again
+/// (as `nobodd-tftpd` reloads, after `nobodd-prep` or an operator added a board); a file or a
+/// board that cannot be read leaves the boards served as they were.
+fn reload_boards(resolver: &BoardResolver, given: &[Board]) {
+    let settings = match daemon::nobodd::read() {
+        Ok(settings) => settings,
+        Err(e) => {
+            tracing::error!("SIGHUP: {e:#}; the boards served stay as they were");
+            return;
+        }
+    };
+    let mut boards = settings.boards;
+    boards.extend(given.iter().cloned());
+    let before = resolver.boards();
+    match resolver.set_boards(boards) {
+        Ok(()) => {
+            let after = resolver.boards();
+            if after == before {
+                tracing::info!(boards = after.len(), "SIGHUP: the boards are unchanged");
+            } else {
+                let n = after.len();
+                let plural = if n == 1 { "" } else { "s" };
+                tracing::info!(boards = n, "SIGHUP: {n} board{plural} now");
+                log_boards(&after);
+            }
+        }
+        Err(e) => tracing::error!("SIGHUP: {e}; the boards served stay as they were"),
     }
 }
 

@@ -120,14 +120,15 @@ impl std::error::Error for BoardError {}
 /// Serves each board's boot partition under `SERIAL/`, and hands every other name to the
 /// resolver behind, if any. See the [module docs](self).
 pub struct BoardResolver {
-    boards: HashMap<u32, Served>,
+    /// Replaced whole by [`set_boards`](Self::set_boards); a request takes the map as it is.
+    boards: RwLock<Arc<HashMap<u32, Served>>>,
     behind: Option<Box<dyn Resolver>>,
 }
 
 impl fmt::Debug for BoardResolver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BoardResolver")
-            .field("boards", &self.boards.len())
+            .field("boards", &self.current().len())
             .field("behind", &self.behind.is_some())
             .finish()
     }
@@ -180,29 +181,33 @@ impl BoardResolver {
         boards: impl IntoIterator<Item = Board>,
         behind: Option<Box<dyn Resolver>>,
     ) -> Result<BoardResolver, BoardError> {
-        let mut served = HashMap::new();
-        for board in boards {
-            let opened = Opened::open(&board).map_err(|error| BoardError {
-                board: board.clone(),
-                error,
-            })?;
-            served.insert(
-                board.serial,
-                Served {
-                    board,
-                    image: RwLock::new(Arc::new(opened)),
-                },
-            );
-        }
         Ok(BoardResolver {
-            boards: served,
+            boards: RwLock::new(Arc::new(open_all(boards)?)),
             behind,
         })
     }
 
-    /// The boards served, in no order.
-    pub fn boards(&self) -> impl Iterator<Item = &Board> {
-        self.boards.values().map(|s| &s.board)
+    /// Serves `boards` from now on, in place of those served (nobodd's reload, after a board
+    /// was added to its configuration): all of them are opened first, so on an error the
+    /// boards served stay as they were. Running transfers keep the images they opened.
+    pub fn set_boards(&self, boards: impl IntoIterator<Item = Board>) -> Result<(), BoardError> {
+        let fresh = Arc::new(open_all(boards)?);
+        *self.boards.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        Ok(())
+    }
+
+    /// The boards served, by serial.
+    pub fn boards(&self) -> Vec<Board> {
+        let mut boards: Vec<Board> = self.current().values().map(|s| s.board.clone()).collect();
+        boards.sort_by_key(|b| b.serial);
+        boards
+    }
+
+    fn current(&self) -> Arc<HashMap<u32, Served>> {
+        self.boards
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The image of `served` as it is now: read again if it changed since it was opened.
@@ -235,14 +240,40 @@ impl BoardResolver {
     }
 }
 
+/// Opens every board's image; a serial given twice: the later board stands.
+fn open_all(boards: impl IntoIterator<Item = Board>) -> Result<HashMap<u32, Served>, BoardError> {
+    let mut served = HashMap::new();
+    for board in boards {
+        let opened = Opened::open(&board).map_err(|error| BoardError {
+            board: board.clone(),
+            error,
+        })?;
+        served.insert(
+            board.serial,
+            Served {
+                board,
+                image: RwLock::new(Arc::new(opened)),
+            },
+        );
+    }
+    Ok(served)
+}
+
 impl Resolver for BoardResolver {
     fn resolve(&self, filename: &str, peer: SocketAddr) -> Result<Source, ResolveError> {
+        let boards = self.current();
+        if boards.is_empty() {
+            return match &self.behind {
+                Some(behind) => behind.resolve(filename, peer),
+                None => Err(ResolveError::NotFound),
+            };
+        }
         let name = filename.replace('\\', "/");
         let mut parts = name.split('/').filter(|p| !p.is_empty() && *p != ".");
         let served = parts
             .next()
             .and_then(|first| parse_serial(first).ok())
-            .and_then(|serial| self.boards.get(&serial));
+            .and_then(|serial| boards.get(&serial));
         let Some(served) = served else {
             return match &self.behind {
                 Some(behind) => behind.resolve(filename, peer),
