@@ -147,3 +147,16 @@ mod resources;
 // parser of the text format); on every backend, a UEFI tsize probe (OACK answered with ERROR 8)
 // counted as outcome "probe", not "client_error", and logged at debug level only.
 mod ops;
+
+// Raspberry Pi boot partitions from inside OS images (--board, nobodd's job), built with
+// mkfs.fat, mtools and sfdisk: every file of a FAT32 in MBR partition 1 (firmware, a long name,
+// a nested directory, an empty and a fragmented file) byte-exact to every client on every
+// backend, the serial in any case or without its leading zero; FAT12, FAT16, a GPT, a logical
+// partition and a bare filesystem; a board limited to 127.0.0.2 (ERROR 2 to others); boards
+// beside --directory; directories refused, `..` confined to the partition, WRQ refused, netascii;
+// bad boards (missing, cut, past the end, not FAT) stopping the start and named; corrupt cluster
+// chains (loops, past the last cluster) ERROR 0 at once while the rest is served; an image
+// rewritten in place or renamed over read again, and on every backend one changed mid-transfer
+// never served as a mix; nobodd's configuration files; and nobodd-tftpd (RINGTFTP_NOBODD)
+// serving the same bytes.
+mod images;

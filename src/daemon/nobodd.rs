@@ -29,8 +29,10 @@ pub struct Settings {
     pub files: Vec<PathBuf>,
 }
 
-/// A value and the file it came from (relative paths are relative to it).
-type Sections = BTreeMap<String, BTreeMap<String, (String, PathBuf)>>;
+/// Each section: the file whose header last named it, and its keys, each value with the file
+/// it came from (relative paths are relative to it).
+type Sections = BTreeMap<String, (PathBuf, Keys)>;
+type Keys = BTreeMap<String, (String, PathBuf)>;
 
 /// Reads nobodd's files where they exist; a file that exists but cannot be read or parsed, or a
 /// board section that is wrong, is an error naming it.
@@ -43,7 +45,7 @@ pub fn read() -> Result<Settings> {
             files.push(file);
         }
     }
-    let include = match sections.get("tftp").and_then(|s| s.get("includedir")) {
+    let include = match sections.get("tftp").and_then(|(_, s)| s.get("includedir")) {
         Some((dir, from)) => relative_to(from, dir),
         None => PathBuf::from("/etc/nobodd/conf.d"),
     };
@@ -62,21 +64,18 @@ pub fn read() -> Result<Settings> {
         files,
         ..Settings::default()
     };
-    if let Some(tftp) = sections.get("tftp") {
+    if let Some((_, tftp)) = sections.get("tftp") {
         settings.listen = tftp.get("listen").map(|(v, _)| v.clone());
         settings.port = tftp.get("port").map(|(v, _)| v.clone());
     }
-    for (name, keys) in &sections {
+    for (name, (file, keys)) in &sections {
         let Some(serial) = name.strip_prefix("board:") else {
             continue;
         };
-        settings.boards.push(board(serial, keys).with_context(|| {
-            let file = keys.values().next().map(|(_, f)| f.display().to_string());
-            format!(
-                "section [{name}] of {}",
-                file.unwrap_or_else(|| "nobodd's configuration".into())
-            )
-        })?);
+        settings.boards.push(
+            board(serial, keys)
+                .with_context(|| format!("section [{name}] of {}", file.display()))?,
+        );
     }
     Ok(settings)
 }
@@ -95,7 +94,7 @@ fn locations() -> Vec<PathBuf> {
     files
 }
 
-fn board(serial: &str, keys: &BTreeMap<String, (String, PathBuf)>) -> Result<Board> {
+fn board(serial: &str, keys: &Keys) -> Result<Board> {
     let serial = parse_serial(serial).map_err(anyhow::Error::msg)?;
     let Some((image, from)) = keys.get("image") else {
         bail!("no image = line");
@@ -145,7 +144,7 @@ fn parse(text: &str, file: &Path, sections: &mut Sections) -> Result<()> {
         // An indented line goes on with the value above, as configparser reads it.
         if line.starts_with([' ', '\t']) {
             if let (Some(s), Some(k)) = (&section, &last_key) {
-                if let Some((value, _)) = sections.get_mut(s).and_then(|s| s.get_mut(k)) {
+                if let Some((value, _)) = sections.get_mut(s).and_then(|(_, s)| s.get_mut(k)) {
                     value.push('\n');
                     value.push_str(trimmed);
                     continue;
@@ -157,7 +156,10 @@ fn parse(text: &str, file: &Path, sections: &mut Sections) -> Result<()> {
                 bail!("line {n}: a section header without its closing ]");
             };
             let name = name.trim().to_string();
-            sections.entry(name.clone()).or_default();
+            sections
+                .entry(name.clone())
+                .or_insert_with(|| (file.to_path_buf(), Keys::new()))
+                .0 = file.to_path_buf();
             section = Some(name);
             last_key = None;
             continue;
@@ -170,10 +172,9 @@ fn parse(text: &str, file: &Path, sections: &mut Sections) -> Result<()> {
         };
         let key = trimmed[..at].trim().to_lowercase();
         let value = trimmed[at + 1..].trim().to_string();
-        sections
-            .entry(current.clone())
-            .or_default()
-            .insert(key.clone(), (value, file.to_path_buf()));
+        if let Some((_, keys)) = sections.get_mut(current) {
+            keys.insert(key.clone(), (value, file.to_path_buf()));
+        }
         last_key = Some(key);
     }
     Ok(())
@@ -194,15 +195,19 @@ mod tests {
             &mut sections,
         )
         .unwrap();
-        let b = board("0123ABCD", &sections["board:0123ABCD"]).unwrap();
+        let b = board("0123ABCD", &sections["board:0123ABCD"].1).unwrap();
         assert_eq!(b.serial, 0x0123abcd);
         assert_eq!(b.image, Path::new("/etc/nobodd/pi.img"));
         assert_eq!(b.partition, 2);
         assert!(
-            board("0123abcd", &sections["board:0123abcd"]).is_err(),
+            board("0123abcd", &sections["board:0123abcd"].1).is_err(),
             "no image"
         );
-        assert_eq!(sections["tftp"]["port"].0, "69");
+        assert_eq!(sections["tftp"].1["port"].0, "69");
+        assert_eq!(
+            sections["board:0123abcd"].0,
+            Path::new("/etc/nobodd/conf.d/a.conf")
+        );
         let mut bad = Sections::new();
         assert!(parse("image = x\n", Path::new("a"), &mut bad).is_err());
         assert!(parse("[tftp\n", Path::new("a"), &mut bad).is_err());
