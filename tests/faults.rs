@@ -495,22 +495,6 @@ fn loadgen_windows_byte_exact_at_10_percent_loss(backend: Backend) {
     loadgen_at(10, Some(backend));
 }
 
-/// `<target>/debug/loadgen` (next to `ringtftpd`), built by `cargo test --workspace` (the
-/// loadgen package's own integration test makes cargo build it).
-fn loadgen() -> Option<PathBuf> {
-    let exe = Path::new(env!("CARGO_BIN_EXE_ringtftpd"));
-    let path = exe.parent()?.join("loadgen");
-    if path.is_file() {
-        return Some(path);
-    }
-    let why = format!(
-        "{} not built (cargo test --workspace builds it)",
-        path.display()
-    );
-    util::skip::missing(&why, "cargo build -p loadgen");
-    None
-}
-
 /// At 20 % loss each way, 2 concurrent transfers of a 128 KiB file by loadgen (windowsize 4,
 /// blksize 1468, 20 retries at 1 s): all byte-exact, none failed. (A 1 MiB file at this loss
 /// takes from seconds to minutes: too long for a test run.)
@@ -525,7 +509,9 @@ fn loadgen_at(percent: u32, backend: Option<Backend>) {
     if !supported() {
         return;
     }
-    let Some(loadgen) = loadgen() else { return };
+    let Some(loadgen) = util::loadgen() else {
+        return;
+    };
     let _alone = util::exclusive();
     let path = Path2::new();
     let (dir, _) = served();

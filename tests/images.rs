@@ -1561,3 +1561,58 @@ tftptest!(every_file_matches_nobodd_tftpd_byte_for_byte, |dir| {
         reference.log()
     );
 });
+
+/// A room of Raspberry Pi 4s booting from one image: loadgen's `raspberrypi` profile (a `tsize`
+/// probe abandoned after the OACK, then the download lock-step in 1024-byte blocks) runs a
+/// boot sequence like `examples/pi-room.toml` on 40 machines powered on over a second, every
+/// file under the board's serial and checked against its SHA-256: every machine boots.
+#[test]
+fn a_room_of_pis_boots_from_one_image_with_loadgen() {
+    if !tools() {
+        return;
+    }
+    let Some(loadgen) = crate::util::loadgen() else {
+        return;
+    };
+    let dir = TempDir::new("images-room");
+    let mut spec = Spec::new(Fs::Fat32, Table::Mbr, 61);
+    spec.extra = vec![
+        ("bcm2711-rpi-4-b.dtb".into(), pattern(52_000, 62)),
+        ("vmlinuz".into(), pattern(1 << 20, 63)),
+        ("initrd.img".into(), pattern(2 << 20, 64)),
+    ];
+    let image = build(dir.path(), "room", spec);
+    let steps = [
+        "start4.elf",
+        "fixup4.dat",
+        "config.txt",
+        "bcm2711-rpi-4-b.dtb",
+        "cmdline.txt",
+        "vmlinuz",
+        "initrd.img",
+    ];
+    let mut scenario = String::from("profile = \"raspberrypi\"\n");
+    for step in steps {
+        scenario += &format!(
+            "\n[[step]]\nfile = \"{SERIAL}/{step}\"\nsha256 = \"{}\"\n",
+            sha256(image.bytes(step))
+        );
+    }
+    let scenario_file = dir.join("room.toml");
+    fs::write(&scenario_file, scenario).expect("write the scenario");
+    let home = empty_dir(&dir, "home");
+    let daemon = serve(&strings(&["--board", &image.board(SERIAL)]), &home);
+    let mut cmd = Command::new(loadgen);
+    cmd.arg(daemon.addr().to_string())
+        .arg("--scenario")
+        .arg(&scenario_file)
+        .args(["--power-on", "40", "--over", "1s", "--quiet"]);
+    let done = run(cmd, Duration::from_secs(120));
+    assert!(done.success(), "{}\n{}", done.describe(), daemon.log());
+    println!("{}", done.stdout);
+    assert!(
+        done.stdout.contains("40 booted, 0 failed"),
+        "{}",
+        done.stdout
+    );
+}

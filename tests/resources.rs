@@ -370,12 +370,6 @@ fn a_file_changed_mid_transfer_is_never_served_as_a_mix(backend: Backend) {
     assert!(!daemon.log().contains("panicked"));
 }
 
-/// `<target>/debug/loadgen`, built beside `ringtftpd` by `cargo test --workspace`.
-fn loadgen() -> std::path::PathBuf {
-    let exe = Path::new(env!("CARGO_BIN_EXE_ringtftpd"));
-    exe.with_file_name("loadgen")
-}
-
 /// Descriptors open in process `pid`.
 fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |dir| dir.count())
@@ -404,7 +398,9 @@ fn peak_rss_kib(pid: u32) -> u64 {
 
 #[test]
 fn ten_thousand_clients_at_once_complete_within_bounded_memory() {
-    let loadgen = loadgen();
+    let Some(loadgen) = crate::util::loadgen() else {
+        return;
+    };
     if !loadgen.is_file() {
         let what = format!("{} not built", loadgen.display());
         crate::util::skip::missing(&what, "cargo build -p loadgen");

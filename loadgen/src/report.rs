@@ -486,7 +486,7 @@ pub fn table(setup: &Setup, stats: &Stats, verdicts: &[Verdict]) -> String {
     if stats.probes > 0 {
         let _ = writeln!(
             out,
-            "{:<14}{} size probes refused with ERROR 8 as edk2 does",
+            "{:<14}{} size probes refused with ERROR 8 after the OACK (edk2, Raspberry Pi)",
             "probes", stats.probes
         );
     }

@@ -180,3 +180,19 @@ fn sha256_matches_known_vectors() {
         "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
     );
 }
+
+/// `<target>/debug/loadgen` (next to `ringtftpd`), built by `cargo test --workspace` (the
+/// loadgen package's own integration test makes cargo build it).
+pub fn loadgen() -> Option<PathBuf> {
+    let exe = Path::new(env!("CARGO_BIN_EXE_ringtftpd"));
+    let path = exe.parent()?.join("loadgen");
+    if path.is_file() {
+        return Some(path);
+    }
+    let why = format!(
+        "{} not built (cargo test --workspace builds it)",
+        path.display()
+    );
+    skip::missing(&why, "cargo build -p loadgen");
+    None
+}
