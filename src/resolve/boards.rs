@@ -137,7 +137,9 @@ impl fmt::Debug for BoardResolver {
 /// A board and its image as last opened.
 struct Served {
     board: Board,
-    image: RwLock<Arc<Opened>>,
+    /// Shared by every board naming the same image and partition (a room of Pis booting one
+    /// image): one descriptor, one copy of the FAT, one identity for the chunk cache.
+    image: Arc<RwLock<Arc<Opened>>>,
 }
 
 /// An image, open, with its boot partition's filesystem read.
@@ -240,21 +242,26 @@ impl BoardResolver {
     }
 }
 
-/// Opens every board's image; a serial given twice: the later board stands.
+/// Opens every board's image, once per image and partition; a serial given twice: the later
+/// board stands.
 fn open_all(boards: impl IntoIterator<Item = Board>) -> Result<HashMap<u32, Served>, BoardError> {
     let mut served = HashMap::new();
+    let mut images: HashMap<(PathBuf, u32), Arc<RwLock<Arc<Opened>>>> = HashMap::new();
     for board in boards {
-        let opened = Opened::open(&board).map_err(|error| BoardError {
-            board: board.clone(),
-            error,
-        })?;
-        served.insert(
-            board.serial,
-            Served {
-                board,
-                image: RwLock::new(Arc::new(opened)),
-            },
-        );
+        let key = (board.image.clone(), board.partition);
+        let image = match images.get(&key) {
+            Some(image) => image.clone(),
+            None => {
+                let opened = Opened::open(&board).map_err(|error| BoardError {
+                    board: board.clone(),
+                    error,
+                })?;
+                let image = Arc::new(RwLock::new(Arc::new(opened)));
+                images.insert(key, image.clone());
+                image
+            }
+        };
+        served.insert(board.serial, Served { board, image });
     }
     Ok(served)
 }
