@@ -1616,3 +1616,52 @@ fn a_room_of_pis_boots_from_one_image_with_loadgen() {
         done.stdout
     );
 }
+
+/// A loop device made read-only from an image, detached on drop.
+struct Loop(String);
+
+impl Loop {
+    /// `losetup --find --show --read-only IMAGE`; `None` where this host cannot (not root, no
+    /// loop driver).
+    fn attach(image: &Path) -> Option<Loop> {
+        let mut cmd = Command::new(program("losetup")?);
+        cmd.args(["--find", "--show", "--read-only"]).arg(image);
+        let done = run(cmd, TOOL_TIMEOUT);
+        done.success().then(|| Loop(done.stdout.trim().to_string()))
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        if let Some(losetup) = program("losetup") {
+            let mut cmd = Command::new(losetup);
+            cmd.args(["--detach", &self.0]);
+            run(cmd, TOOL_TIMEOUT);
+        }
+    }
+}
+
+/// A board's image may be a block device (an SD card in a reader, a disk, here a loop device
+/// over the image): its size is found by seeking to its end, and every file is served
+/// byte-exact through the same fixed reads.
+#[test]
+fn a_block_device_is_served_like_an_image_file() {
+    if !tools() {
+        return;
+    }
+    if !crate::util::is_root() {
+        skip::missing("a loop device needs root", "run the tests as root");
+        return;
+    }
+    let dir = TempDir::new("images-block-device");
+    let image = build(dir.path(), "dev", Spec::new(Fs::Fat32, Table::Mbr, 71));
+    let Some(device) = Loop::attach(&image.path) else {
+        skip::unsupported("losetup cannot attach a loop device here");
+        return;
+    };
+    let home = empty_dir(&dir, "home");
+    let board = format!("{SERIAL},{},1", device.0);
+    let daemon = serve(&strings(&["--board", &board]), &home);
+    let failures = fetch_every_file(daemon.addr(), SERIAL, &image.files);
+    assert!(failures.is_empty(), "{failures:#?}\n{}", daemon.log());
+}

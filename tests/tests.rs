@@ -157,6 +157,6 @@ mod ops;
 // bad boards (missing, cut, past the end, not FAT) stopping the start and named; corrupt cluster
 // chains (loops, past the last cluster) ERROR 0 at once while the rest is served; an image
 // rewritten in place or renamed over read again, and on every backend one changed mid-transfer
-// never served as a mix; nobodd's configuration files; and nobodd-tftpd (RINGTFTP_NOBODD)
-// serving the same bytes.
+// never served as a mix; nobodd's configuration files; nobodd-tftpd (RINGTFTP_NOBODD) serving
+// the same bytes; a loop device as the image; a room of 40 Pis booting with loadgen.
 mod images;
