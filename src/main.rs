@@ -31,9 +31,10 @@ use daemon::user::Identity;
 /// transfers finish for up to --grace seconds. DIR is followed: a new tree renamed into place,
 /// or a symlink flipped to one, is served within a second. SIGHUP looks DIR up at once and
 /// re-reads --map-file (a bad one keeps the rules in force). Under a memory limit (cgroup), the
-/// defaults not given are sized to fit it. Boards (--board, and nobodd's configuration files:
-/// /etc/nobodd/nobodd.conf and the others nobodd reads) serve Raspberry Pi boot partitions from
-/// inside OS images, as nobodd-tftpd does.
+/// defaults not given are sized to fit it. Boards (--board, and with --nobodd-config those of
+/// nobodd's configuration files) serve Raspberry Pi boot partitions from inside OS images, as
+/// nobodd-tftpd does; the images must be readable by --user, which reads them again when they
+/// change.
 ///
 /// Started by systemd with a socket (LISTEN_FDS; see dist/systemd/ringtftpd.socket), it serves
 /// that socket and ignores PORT and --bind; with NOTIFY_SOCKET set it sends READY=1 once
@@ -56,7 +57,7 @@ use daemon::user::Identity;
 )]
 pub(crate) struct Cli {
     /// Port to listen on: a number or a service name such as `tftp` [default: 6969, or
-    /// nobodd's configured port].
+    /// nobodd's configured port with --nobodd-config].
     #[arg(value_name = "PORT")]
     port: Option<String>,
 
@@ -70,11 +71,18 @@ pub(crate) struct Cli {
 
     /// Serve a Raspberry Pi's boot files from inside an OS image, as nobodd-tftpd does: the
     /// FAT partition PART (default 1) of FILENAME (an image file or a block device) appears
-    /// as the directory SERIAL/, to the address IP only if given. Repeatable; boards in
-    /// nobodd's configuration files are served too. With boards and no --directory, only the
-    /// boards are served; with both, a board's SERIAL/ comes first.
+    /// as the directory SERIAL/, to the address IP only if given. Repeatable. With boards and
+    /// no --directory, only the boards are served; with both, a board's SERIAL/ comes first.
     #[arg(long = "board", value_name = "SERIAL,FILENAME[,PART[,IP]]", value_parser = parse_board)]
     boards: Vec<Board>,
+
+    /// Also read nobodd's configuration files, as nobodd-tftpd does: /etc/nobodd/nobodd.conf,
+    /// /usr/local/etc/nobodd/nobodd.conf, $XDG_CONFIG_HOME/nobodd/nobodd.conf, then *.conf in
+    /// [tftp] includedir. Their [board:SERIAL] sections are boards (a --board for the same
+    /// serial wins); [tftp] listen and port apply where --bind and PORT are not given. SIGHUP
+    /// reads them again.
+    #[arg(long)]
+    nobodd_config: bool,
 
     /// Shards (threads, each with its own socket on PORT) [default: one per CPU].
     #[arg(long, value_name = "N")]
@@ -215,19 +223,24 @@ fn run(cli: Cli) -> Result<()> {
     let passed = systemd::take_listen_fds().context("socket activation (LISTEN_FDS)")?;
     let notifier = Notifier::from_env()?;
     let identity = cli.user.as_deref().map(Identity::lookup).transpose()?;
-    let nobodd = daemon::nobodd::read()?;
+    let nobodd = match cli.nobodd_config {
+        true => daemon::nobodd::read()?,
+        false => daemon::nobodd::Settings::default(),
+    };
     let port = match (&cli.port, &nobodd.port) {
         (Some(port), _) | (None, Some(port)) => parse_port(port)?,
         (None, None) => 6969,
     };
     let bind_addr = match (cli.bind, nobodd.listen.as_deref()) {
         (Some(addr), _) => Some(addr),
-        // "systemd" (and inetd's "stdin", which ringtftpd does not take): the socket passed.
-        (None, Some(listen)) => listen.parse().ok(),
+        (None, Some(listen)) => daemon::nobodd::listen_address(listen, !passed.is_empty())?,
         (None, None) => None,
     };
     let mut boards = nobodd.boards;
     boards.extend(cli.boards.iter().cloned());
+    if directory_options(&cli) && cli.directory.is_none() && !boards.is_empty() {
+        bail!("--client-dirs and --map-file apply to --directory, and boards are served without one: give --directory too");
+    }
     let directory = match &cli.directory {
         Some(dir) => Some(dir.clone()),
         None if boards.is_empty() => {
@@ -381,7 +394,7 @@ fn run(cli: Cli) -> Result<()> {
         if let Some(resolver) = &directory_resolver {
             reload(resolver, cli.map_file.as_deref(), &mut map);
         }
-        reload_boards(&boards, &cli.boards);
+        reload_boards(&boards, &cli.boards, cli.nobodd_config);
     });
     tracing::info!(
         signal,
@@ -466,6 +479,11 @@ fn reload(resolver: &DirectoryResolver, map_file: Option<&Path>, map: &mut Optio
     }
 }
 
+/// Whether options that shape the directory's names were given.
+fn directory_options(cli: &Cli) -> bool {
+    cli.client_dirs || cli.map_file.is_some()
+}
+
 /// Says which boards are served.
 fn log_boards(boards: &[Board]) {
     for board in boards {
@@ -483,12 +501,13 @@ fn log_boards(boards: &[Board]) {
     }
 }
 
-/// SIGHUP: nobodd's configuration files are read again and every board's image opened again
-/// (as `nobodd-tftpd` reloads, after `nobodd-prep` or an operator added a board); a file or a
-/// board that cannot be read leaves the boards served as they were.
-fn reload_boards(resolver: &BoardResolver, given: &[Board]) {
-    let settings = match daemon::nobodd::read() {
-        Ok(settings) => settings,
+/// SIGHUP: nobodd's configuration files are read again (with --nobodd-config) and every
+/// board's image opened again (as `nobodd-tftpd` reloads, after `nobodd-prep` or an operator
+/// added a board); a file or a board that cannot be read leaves the boards served as they
+/// were. A changed `[tftp]` listen or port takes a restart.
+fn reload_boards(resolver: &BoardResolver, given: &[Board], nobodd_config: bool) {
+    let settings = match nobodd_config.then(daemon::nobodd::read).transpose() {
+        Ok(settings) => settings.unwrap_or_default(),
         Err(e) => {
             tracing::error!("SIGHUP: {e:#}; the boards served stay as they were");
             return;

@@ -29,13 +29,13 @@ use std::fs::File;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use crate::image::Extent;
+use crate::image::Extents;
 use crate::packet::ErrorCode;
 
 pub mod boards;
@@ -204,7 +204,7 @@ pub enum Layout {
     Whole,
     /// In these runs of the descriptor, in file order: a file inside a disk image (see
     /// [`crate::image`]), whose clusters the executors read straight from the image.
-    Extents(Arc<[Extent]>),
+    Extents(Arc<Extents>),
 }
 
 impl Layout {
@@ -214,7 +214,7 @@ impl Layout {
         match self {
             Layout::Whole => Some((at, len)),
             Layout::Extents(extents) => {
-                let (offset, run) = crate::image::locate(extents, at)?;
+                let (offset, run) = extents.locate(at)?;
                 Some((offset, len.min(usize::try_from(run).unwrap_or(usize::MAX))))
             }
         }
@@ -240,29 +240,24 @@ impl FileSource {
     }
 
     /// A file of `len` bytes lying in `extents` of `image` (a disk image file or a block
-    /// device), as [`crate::image::Fat::find`] gives them. Its identity is the image's, told
-    /// apart from the image's other files by where it starts: a rewritten image is a new
-    /// version of every file in it.
-    pub fn in_image(image: File, extents: Vec<Extent>, len: u64) -> io::Result<FileSource> {
-        let meta = image.metadata()?;
-        if !meta.is_file() && !meta.file_type().is_block_device() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "not an image file or a block device",
-            ));
-        }
-        let within = extents
-            .first()
-            .map_or(u64::MAX, |e| e.offset.saturating_add(1));
-        Ok(FileSource {
+    /// device), as [`crate::image::Fat::find`] gives them. `image_id` is the image's identity
+    /// when the filesystem those extents came from was read, not now: an image rewritten in
+    /// between then fails the first check a transfer makes, rather than pass it with stale
+    /// extents. The file is told apart from the image's other files by where it lies.
+    pub fn in_image(image: File, image_id: FileId, extents: Extents, len: u64) -> FileSource {
+        let within = Within {
+            offset: extents.first().map_or(0, |e| e.offset),
+            len,
+        };
+        FileSource {
             id: FileId {
-                within,
-                ..FileId::from_metadata(&meta)
+                within: Some(within),
+                ..image_id
             },
             len,
             file: image,
-            layout: Layout::Extents(extents.into()),
-        })
+            layout: Layout::Extents(Arc::new(extents)),
+        }
     }
 
     /// The open file.
@@ -301,11 +296,6 @@ impl FileSource {
             Some((at, run)) if run > 0 => self.file.read_at(&mut buf[..run], at),
             _ => Ok(0),
         }
-    }
-
-    /// Gives up the open file.
-    pub fn into_file(self) -> File {
-        self.file
     }
 
     /// Gives up the open file and where the bytes lie in it.
@@ -351,9 +341,20 @@ pub struct FileId {
     pub ctime_sec: i64,
     /// Last status change, nanoseconds within the second (`st_ctime_nsec`).
     pub ctime_nsec: i64,
-    /// For a file inside a disk image, the image offset of its first byte plus one (0 for a
-    /// file of its own): the other fields are the image's.
-    pub within: u64,
+    /// For a file inside a disk image, where in the image it lies; the other fields are then
+    /// the image's.
+    pub within: Option<Within>,
+}
+
+/// Where a file lies inside a disk image: what tells its files apart in a [`FileId`]. Two
+/// directory entries with the same first byte and length (a hostile image can cross-link
+/// them) hold the same bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Within {
+    /// The image offset of the file's first byte (0 for an empty file).
+    pub offset: u64,
+    /// The file's length.
+    pub len: u64,
 }
 
 impl FileId {
@@ -394,7 +395,7 @@ impl FileId {
             size: meta.size(),
             ctime_sec: meta.ctime(),
             ctime_nsec: meta.ctime_nsec(),
-            within: 0,
+            within: None,
         }
     }
 }

@@ -1366,10 +1366,11 @@ fn an_image_changed_mid_transfer_is_never_served_as_a_mix(backend: Backend) {
     assert!(fetch(addr, &start4).unwrap() == one.bytes("start4.elf"));
 }
 
-// nobodd's configuration: `$XDG_CONFIG_HOME/nobodd/nobodd.conf` with a board whose image is
-// relative to it, and an includedir whose file adds a board limited to 127.0.0.2; served with
-// no --board at all. A `[board:...]` section without an image, or with a bad ip, stops the start
-// naming the file.
+// nobodd's configuration (`--nobodd-config`): `$XDG_CONFIG_HOME/nobodd/nobodd.conf` with a
+// board whose image is relative to it, and an includedir whose file adds a board limited to
+// 127.0.0.2; served with no --board at all. Without the flag the files are not read. A
+// `[board:...]` section without an image, with a bad ip or partition, or with an unknown key
+// stops the start naming the file.
 tftptest!(boards_in_nobodd_configuration_files_are_served, |dir| {
     if !tools() {
         return;
@@ -1393,7 +1394,17 @@ tftptest!(boards_in_nobodd_configuration_files_are_served, |dir| {
         "[board:00b0a7d5]\nimage = ../home/nobodd/disk.img\npartition = 5\nip = 127.0.0.2\n",
     )
     .unwrap();
-    let daemon = serve(&[], &home);
+    let plain = serve(&[], &home);
+    let (code, _, _) = error_for(
+        &Peer::new(plain.addr()),
+        plain.addr(),
+        &format!("{SERIAL}/config.txt"),
+        &[],
+    );
+    assert_eq!(code, 1, "nobodd's files are read only when asked");
+    drop(plain);
+    let nobodd_config = strings(&["--nobodd-config"]);
+    let daemon = serve(&nobodd_config, &home);
     let failures = fetch_every_file(daemon.addr(), SERIAL, &image.files);
     assert!(
         failures.is_empty(),
@@ -1434,7 +1445,7 @@ tftptest!(boards_in_nobodd_configuration_files_are_served, |dir| {
         ),
     )
     .unwrap();
-    let daemon = serve_with(&[], |cmd| {
+    let daemon = serve_with(&nobodd_config, |cmd| {
         cmd.env_remove("XDG_CONFIG_HOME")
             .env("HOME", &other_home)
             .current_dir(&other_home);
@@ -1457,9 +1468,13 @@ tftptest!(boards_in_nobodd_configuration_files_are_served, |dir| {
         ),
         // Not a key to tell which file it came from.
         ("an empty section", "[board:1234]\n"),
+        (
+            "an unknown key",
+            "[board:1234]\nimage = disk.img\npartiton = 5\n",
+        ),
     ] {
         fs::write(&conf, section).unwrap();
-        let done = start(&[], &home);
+        let done = start(&nobodd_config, &home);
         eprintln!("{what}: {}", done.stderr.trim());
         assert_fails_saying(what, &done, &[&conf.to_string_lossy()]);
     }
@@ -1664,4 +1679,32 @@ fn a_block_device_is_served_like_an_image_file() {
     let daemon = serve(&strings(&["--board", &board]), &home);
     let failures = fetch_every_file(daemon.addr(), SERIAL, &image.files);
     assert!(failures.is_empty(), "{failures:#?}\n{}", daemon.log());
+}
+
+/// `--client-dirs` and `--map-file` shape the directory's names: given with boards and no
+/// `--directory`, they would silently do nothing, so the start fails and says why.
+#[test]
+fn directory_options_without_a_directory_are_refused_beside_boards() {
+    if !tools() {
+        return;
+    }
+    let dir = TempDir::new("images-directory-options");
+    let image = build(dir.path(), "opts", Spec::new(Fs::Fat12, Table::Bare, 81));
+    let home = empty_dir(&dir, "home");
+    let map = dir.join("tftpd.map");
+    fs::write(&map, "rg \\\\ /\n").expect("write the map file");
+    let board = image.board(SERIAL);
+    for extra in [
+        vec!["--client-dirs".to_string()],
+        vec!["--map-file".to_string(), map.display().to_string()],
+    ] {
+        let mut args = strings(&["--board", &board]);
+        args.extend(extra);
+        let done = start(&args, &home);
+        assert_fails_saying(
+            "a directory option without --directory",
+            &done,
+            &["--directory"],
+        );
+    }
 }

@@ -4,16 +4,18 @@
 //! The files, later ones overriding earlier ones key by key: `/etc/nobodd/nobodd.conf`,
 //! `/usr/local/etc/nobodd/nobodd.conf`, `$XDG_CONFIG_HOME/nobodd/nobodd.conf` (`~/.config` by
 //! default), then every `*.conf` in the `[tftp]` section's `includedir` (`/etc/nobodd/conf.d`
-//! by default) in sorted order. They are INI files as Python's `configparser` reads them:
-//! `[section]` headers, `key = value` or `key: value`, `#` and `;` comment lines, keys in any
-//! case. What ringtftpd takes from them:
+//! by default) in sorted order. They are INI files as nobodd's `configparser` reads them:
+//! `[section]` headers, `key = value`, `#` and `;` comment lines, keys in any case, indented
+//! lines going on with the value above. What ringtftpd takes from them (`--nobodd-config`):
 //!
 //! - `[board:SERIAL]` sections: `image` (relative to the file that names it), `partition`
-//!   (default 1) and `ip`, as `--board SERIAL,IMAGE,PARTITION,IP` would give them;
-//! - `[tftp]` `listen` (an address; `systemd` means the socket systemd passes, which ringtftpd
-//!   takes whenever one is passed) and `port`, where the command line gives neither.
+//!   (default 1) and `ip`, as `--board SERIAL,IMAGE,PARTITION,IP` would give them; any other
+//!   key is an error (nobodd refuses them too), so `partiton = 2` is not silently partition 1;
+//! - `[tftp]` `listen` (an address, or `systemd`: the socket systemd passes) and `port`, where
+//!   the command line gives neither.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -29,9 +31,17 @@ pub struct Settings {
     pub files: Vec<PathBuf>,
 }
 
-/// Each section: the file whose header last named it, and its keys, each value with the file
-/// it came from (relative paths are relative to it).
-type Sections = BTreeMap<String, (PathBuf, Keys)>;
+/// Each section: the file whose header last named it, where it first appeared (boards are
+/// taken in that order, so a later section for the same serial wins), and its keys, each value
+/// with the file it came from (relative paths are relative to it).
+type Sections = BTreeMap<String, Section>;
+
+struct Section {
+    file: PathBuf,
+    order: usize,
+    keys: Keys,
+}
+
 type Keys = BTreeMap<String, (String, PathBuf)>;
 
 /// Reads nobodd's files where they exist; a file that exists but cannot be read or parsed, or a
@@ -45,7 +55,7 @@ pub fn read() -> Result<Settings> {
             files.push(file);
         }
     }
-    let include = match sections.get("tftp").and_then(|(_, s)| s.get("includedir")) {
+    let include = match sections.get("tftp").and_then(|s| s.keys.get("includedir")) {
         Some((dir, from)) => relative_to(from, dir),
         None => PathBuf::from("/etc/nobodd/conf.d"),
     };
@@ -64,20 +74,39 @@ pub fn read() -> Result<Settings> {
         files,
         ..Settings::default()
     };
-    if let Some((_, tftp)) = sections.get("tftp") {
-        settings.listen = tftp.get("listen").map(|(v, _)| v.clone());
-        settings.port = tftp.get("port").map(|(v, _)| v.clone());
+    if let Some(tftp) = sections.get("tftp") {
+        settings.listen = tftp.keys.get("listen").map(|(v, _)| v.clone());
+        settings.port = tftp.keys.get("port").map(|(v, _)| v.clone());
     }
-    for (name, (file, keys)) in &sections {
-        let Some(serial) = name.strip_prefix("board:") else {
-            continue;
-        };
+    let mut boards: Vec<(&String, &Section)> = sections
+        .iter()
+        .filter(|(name, _)| name.starts_with("board:"))
+        .collect();
+    boards.sort_by_key(|(_, section)| section.order);
+    for (name, section) in boards {
+        let serial = &name["board:".len()..];
         settings.boards.push(
-            board(serial, keys)
-                .with_context(|| format!("section [{name}] of {}", file.display()))?,
+            board(serial, &section.keys)
+                .with_context(|| format!("section [{name}] of {}", section.file.display()))?,
         );
     }
     Ok(settings)
+}
+
+/// The address `[tftp] listen` names: `None` for `systemd` (or inetd's `stdin`), where a
+/// socket was passed; an error for anything else that is not an IP address (nobodd fails
+/// there too), rather than listening everywhere.
+pub fn listen_address(listen: &str, passed: bool) -> Result<Option<IpAddr>> {
+    match listen.trim() {
+        "systemd" | "stdin" if passed => Ok(None),
+        "systemd" | "stdin" => {
+            bail!("nobodd's configuration says listen = {listen}, but no socket was passed (LISTEN_FDS)")
+        }
+        address => match address.parse() {
+            Ok(ip) => Ok(Some(ip)),
+            Err(_) => bail!("nobodd's configuration says listen = {address}: not an IP address"),
+        },
+    }
 }
 
 /// Where nobodd looks, in its order.
@@ -96,6 +125,12 @@ fn locations() -> Vec<PathBuf> {
 
 fn board(serial: &str, keys: &Keys) -> Result<Board> {
     let serial = parse_serial(serial).map_err(anyhow::Error::msg)?;
+    if let Some(key) = keys
+        .keys()
+        .find(|k| !["image", "partition", "ip"].contains(&k.as_str()))
+    {
+        bail!("unknown key {key:?} (a board takes image, partition and ip)");
+    }
     let Some((image, from)) = keys.get("image") else {
         bail!("no image = line");
     };
@@ -144,7 +179,7 @@ fn parse(text: &str, file: &Path, sections: &mut Sections) -> Result<()> {
         // An indented line goes on with the value above, as configparser reads it.
         if line.starts_with([' ', '\t']) {
             if let (Some(s), Some(k)) = (&section, &last_key) {
-                if let Some((value, _)) = sections.get_mut(s).and_then(|(_, s)| s.get_mut(k)) {
+                if let Some((value, _)) = sections.get_mut(s).and_then(|s| s.keys.get_mut(k)) {
                     value.push('\n');
                     value.push_str(trimmed);
                     continue;
@@ -156,15 +191,20 @@ fn parse(text: &str, file: &Path, sections: &mut Sections) -> Result<()> {
                 bail!("line {n}: a section header without its closing ]");
             };
             let name = name.trim().to_string();
+            let order = sections.len();
             sections
                 .entry(name.clone())
-                .or_insert_with(|| (file.to_path_buf(), Keys::new()))
-                .0 = file.to_path_buf();
+                .or_insert_with(|| Section {
+                    file: file.to_path_buf(),
+                    order,
+                    keys: Keys::new(),
+                })
+                .file = file.to_path_buf();
             section = Some(name);
             last_key = None;
             continue;
         }
-        let Some(at) = trimmed.find(['=', ':']) else {
+        let Some(at) = trimmed.find('=') else {
             bail!("line {n}: expected KEY = VALUE");
         };
         let Some(current) = &section else {
@@ -172,8 +212,10 @@ fn parse(text: &str, file: &Path, sections: &mut Sections) -> Result<()> {
         };
         let key = trimmed[..at].trim().to_lowercase();
         let value = trimmed[at + 1..].trim().to_string();
-        if let Some((_, keys)) = sections.get_mut(current) {
-            keys.insert(key.clone(), (value, file.to_path_buf()));
+        if let Some(section) = sections.get_mut(current) {
+            section
+                .keys
+                .insert(key.clone(), (value, file.to_path_buf()));
         }
         last_key = Some(key);
     }
@@ -187,7 +229,7 @@ mod tests {
     #[test]
     fn sections_merge_and_image_paths_are_relative_to_their_file() {
         let mut sections = Sections::new();
-        let text = "[tftp]\nlisten = ::\nport = 69\n\n# a board\n[board:0123ABCD]\nimage = pi.img\nPartition: 2\n";
+        let text = "[tftp]\nlisten = ::\nport = 69\n\n# a board\n[board:0123ABCD]\nimage = pi.img\nPartition = 2\n";
         parse(text, Path::new("/etc/nobodd/nobodd.conf"), &mut sections).unwrap();
         parse(
             "[board:0123abcd]\nip = 192.0.2.9\n",
@@ -195,19 +237,30 @@ mod tests {
             &mut sections,
         )
         .unwrap();
-        let b = board("0123ABCD", &sections["board:0123ABCD"].1).unwrap();
+        let b = board("0123ABCD", &sections["board:0123ABCD"].keys).unwrap();
         assert_eq!(b.serial, 0x0123abcd);
         assert_eq!(b.image, Path::new("/etc/nobodd/pi.img"));
         assert_eq!(b.partition, 2);
         assert!(
-            board("0123abcd", &sections["board:0123abcd"].1).is_err(),
+            board("0123abcd", &sections["board:0123abcd"].keys).is_err(),
             "no image"
         );
-        assert_eq!(sections["tftp"].1["port"].0, "69");
+        assert_eq!(sections["tftp"].keys["port"].0, "69");
         assert_eq!(
-            sections["board:0123abcd"].0,
+            sections["board:0123abcd"].file,
             Path::new("/etc/nobodd/conf.d/a.conf")
         );
+        let mut typo = Keys::new();
+        typo.insert("image".into(), ("a.img".into(), "/x.conf".into()));
+        typo.insert("partiton".into(), ("2".into(), "/x.conf".into()));
+        assert!(board("1", &typo).is_err(), "an unknown key");
+        assert_eq!(
+            listen_address("::1", false).unwrap(),
+            Some("::1".parse().unwrap())
+        );
+        assert_eq!(listen_address("systemd", true).unwrap(), None);
+        assert!(listen_address("systemd", false).is_err());
+        assert!(listen_address("localhost", false).is_err());
         let mut bad = Sections::new();
         assert!(parse("image = x\n", Path::new("a"), &mut bad).is_err());
         assert!(parse("[tftp\n", Path::new("a"), &mut bad).is_err());

@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::fs::File;
 
-use super::{le16, le32, read_at, DirEntry, Entry, Extent, ImageError, Partition};
+use super::{le16, le32, read_at, DirEntry, Entry, Extent, Extents, ImageError, Partition};
 
 /// The largest FAT read into memory: 16 Mi clusters of FAT32, 64 GiB of 4 KiB clusters.
 const MAX_FAT_BYTES: u64 = 64 << 20;
@@ -220,13 +220,13 @@ impl Fat {
             return Ok(Entry {
                 len: 0,
                 is_dir: true,
-                extents: Vec::new(),
+                extents: Extents::default(),
             });
         }
         Ok(Entry {
             len: raw.size.into(),
             is_dir: false,
-            extents: self.extents(raw.cluster, raw.size.into())?,
+            extents: Extents::new(self.extents(raw.cluster, raw.size.into())?),
         })
     }
 

@@ -58,7 +58,67 @@ pub struct Entry {
     /// Whether it is a directory (which has no extents: it is not served).
     pub is_dir: bool,
     /// Where the file's bytes lie in the image, in file order.
-    pub extents: Vec<Extent>,
+    pub extents: Extents,
+}
+
+/// A file's extents, in file order, with where each starts in the file: the one holding a byte
+/// is found by binary search, as a hostile image may cut a file into a million pieces and a
+/// chunk read looks one up per piece it crosses.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Extents {
+    runs: Vec<Extent>,
+    /// `starts[i]`: the file offset of `runs[i]`'s first byte.
+    starts: Vec<u64>,
+}
+
+impl Extents {
+    /// The extents `runs`, in file order (cut where their lengths would add up past 2^64, which
+    /// no file inside an image reaches).
+    pub fn new(mut runs: Vec<Extent>) -> Extents {
+        let mut starts = Vec::with_capacity(runs.len());
+        let mut at = 0u64;
+        for run in &runs {
+            let Some(end) = at.checked_add(run.len) else {
+                break;
+            };
+            starts.push(at);
+            at = end;
+        }
+        runs.truncate(starts.len());
+        Extents { runs, starts }
+    }
+
+    /// Maps the file's byte `at` to its place in the image: the image offset, and how many
+    /// bytes of the file lie contiguously from there. `None` at or past the end.
+    pub fn locate(&self, at: u64) -> Option<(u64, u64)> {
+        // The last extent starting at or before `at`.
+        let i = self
+            .starts
+            .partition_point(|&start| start <= at)
+            .checked_sub(1)?;
+        let (run, into) = (self.runs[i], at - self.starts[i]);
+        if into >= run.len {
+            return None;
+        }
+        Some((run.offset.checked_add(into)?, run.len - into))
+    }
+}
+
+impl std::ops::Deref for Extents {
+    type Target = [Extent];
+
+    fn deref(&self) -> &[Extent] {
+        &self.runs
+    }
+}
+
+impl<'a> IntoIterator for &'a Extents {
+    type Item = &'a Extent;
+    type IntoIter = std::slice::Iter<'a, Extent>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.runs.iter()
+    }
 }
 
 /// A run of bytes of the file, contiguous in the image: `offset` is absolute in the image
@@ -100,6 +160,19 @@ pub enum ImageError {
     NoSuchPartition(u32),
     /// The partition table or filesystem is inconsistent; says what is wrong.
     Corrupt(&'static str),
+}
+
+impl ImageError {
+    /// The same error again, for a caller that keeps one and reports it more than once.
+    pub fn again(&self) -> ImageError {
+        match self {
+            ImageError::Io(e) => ImageError::Io(io::Error::new(e.kind(), e.to_string())),
+            ImageError::NotFound => ImageError::NotFound,
+            ImageError::NotAFile => ImageError::NotAFile,
+            ImageError::NoSuchPartition(n) => ImageError::NoSuchPartition(*n),
+            ImageError::Corrupt(what) => ImageError::Corrupt(what),
+        }
+    }
 }
 
 impl fmt::Display for ImageError {
@@ -153,35 +226,18 @@ fn le64(b: &[u8], at: usize) -> u64 {
         .map_or(0, u64::from_le_bytes)
 }
 
-/// Maps the file's byte `at` to its place in the image: the image offset, and how many bytes
-/// of the file lie contiguously from there. `None` at or past the end of the extents.
-///
-/// A linear scan: files on a boot partition have one extent or a few.
-pub fn locate(extents: &[Extent], at: u64) -> Option<(u64, u64)> {
-    let mut start = 0u64;
-    for extent in extents {
-        let end = start.checked_add(extent.len)?;
-        if at < end {
-            let into = at - start;
-            return Some((extent.offset.checked_add(into)?, end - at));
-        }
-        start = end;
-    }
-    None
-}
-
 /// Reads the file's bytes from its logical offset `at` into `buf` through its extents, with
 /// `pread`; returns how many bytes were read: fewer than `buf.len()` only at the end of the file
 /// (0 at or past it).
 ///
-/// The slow path, for tests and the executors without io_uring.
-pub fn read_extents(file: &File, extents: &[Extent], at: u64, buf: &mut [u8]) -> io::Result<usize> {
+/// For tests and tools: the server reads through [`crate::resolve::Layout`].
+pub fn read_extents(file: &File, extents: &Extents, at: u64, buf: &mut [u8]) -> io::Result<usize> {
     let mut done = 0usize;
     while done < buf.len() {
         let Some(pos) = at.checked_add(done as u64) else {
             break;
         };
-        let Some((offset, run)) = locate(extents, pos) else {
+        let Some((offset, run)) = extents.locate(pos) else {
             break;
         };
         let take = usize::try_from(run)

@@ -276,7 +276,10 @@ fn gpt(file: &File, image_len: u64) -> Result<Vec<Partition>, ImageError> {
         if last < first {
             return Err(ImageError::Corrupt("GPT partition ends before it starts"));
         }
-        let (offset, len) = span(first, last - first + 1, image_len)?;
+        let count = (last - first).checked_add(1).ok_or(ImageError::Corrupt(
+            "GPT partition past the end of the image",
+        ))?;
+        let (offset, len) = span(first, count, image_len)?;
         found.push(Partition {
             number,
             offset,

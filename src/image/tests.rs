@@ -569,16 +569,23 @@ fn crc32_is_ieee() {
 #[test]
 fn locate_maps_offsets_through_extents() {
     let extent = |offset, len| Extent { offset, len };
-    let extents = [extent(100, 10), extent(500, 5)];
-    assert_eq!(locate(&extents, 0), Some((100, 10)));
-    assert_eq!(locate(&extents, 9), Some((109, 1)));
-    assert_eq!(locate(&extents, 10), Some((500, 5)));
-    assert_eq!(locate(&extents, 14), Some((504, 1)));
-    assert_eq!(locate(&extents, 15), None);
-    assert_eq!(locate(&[], 0), None);
-    let huge = [extent(u64::MAX, u64::MAX); 2];
-    assert_eq!(locate(&huge, 1), None);
-    assert_eq!(locate(&huge, u64::MAX), None);
+    let extents = Extents::new(vec![extent(100, 10), extent(500, 5), extent(900, 1)]);
+    assert_eq!(extents.locate(0), Some((100, 10)));
+    assert_eq!(extents.locate(9), Some((109, 1)));
+    assert_eq!(extents.locate(10), Some((500, 5)));
+    assert_eq!(extents.locate(14), Some((504, 1)));
+    assert_eq!(extents.locate(15), Some((900, 1)));
+    assert_eq!(extents.locate(16), None);
+    assert_eq!(Extents::default().locate(0), None);
+    let huge = Extents::new(vec![extent(u64::MAX, u64::MAX); 2]);
+    assert_eq!(huge.locate(1), None);
+    assert_eq!(huge.locate(u64::MAX), None);
+    // A file cut into a million pieces is still found at once.
+    let pieces = Extents::new((0..1_000_000).map(|i| extent(i * 1024, 512)).collect());
+    assert_eq!(
+        pieces.locate(512 * 999_999 + 3),
+        Some((1024 * 999_999 + 3, 509))
+    );
 }
 
 /// Checks every file and directory of [`tree`] in partition `number` of `image`.

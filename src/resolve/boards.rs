@@ -20,8 +20,10 @@ use std::fmt;
 use std::fs::File;
 use std::io::{Seek, SeekFrom};
 use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use super::{FileId, FileSource, ResolveError, Resolver, Source};
 use crate::image::{self, Fat, ImageError};
@@ -128,19 +130,30 @@ pub struct BoardResolver {
 impl fmt::Debug for BoardResolver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BoardResolver")
-            .field("boards", &self.current().len())
+            .field("boards", &self.snapshot().len())
             .field("behind", &self.behind.is_some())
             .finish()
     }
 }
 
-/// A board and its image as last opened.
+/// A board and its image.
 struct Served {
     board: Board,
     /// Shared by every board naming the same image and partition (a room of Pis booting one
-    /// image): one descriptor, one copy of the FAT, one identity for the chunk cache.
-    image: Arc<RwLock<Arc<Opened>>>,
+    /// image): one copy of the FAT, one identity for the chunk cache.
+    image: Arc<ImageSlot>,
 }
+
+/// An image as last opened, and when reading it again last failed.
+struct ImageSlot {
+    opened: RwLock<Arc<Opened>>,
+    /// A changed image that could not be read (half copied, say) is tried again only after
+    /// [`RETRY_AFTER`], not by every request of a storm.
+    failed: Mutex<Option<(Instant, ImageError)>>,
+}
+
+/// How long a changed image that could not be read is left before it is tried again.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// An image, open, with its boot partition's filesystem read.
 struct Opened {
@@ -153,6 +166,11 @@ struct Opened {
 
 impl Opened {
     fn open(board: &Board) -> Result<Opened, ImageError> {
+        // Only a file or a block device: opening a FIFO would wait for a writer.
+        let meta = std::fs::metadata(&board.image).map_err(ImageError::Io)?;
+        if !meta.is_file() && !meta.file_type().is_block_device() {
+            return Err(ImageError::Corrupt("not an image file or a block device"));
+        }
         let file = File::open(&board.image).map_err(ImageError::Io)?;
         let id = FileId::of(&file).map_err(ImageError::Io)?;
         // A block device's size is where its end is, not `st_size`.
@@ -163,12 +181,9 @@ impl Opened {
     }
 
     /// Whether the image at `path` is still the one open here, with the same bytes.
-    fn current(&self, path: &Path) -> bool {
+    fn still_matches(&self, path: &Path) -> bool {
         let same_file = std::fs::metadata(path)
-            .map(|meta| {
-                use std::os::unix::fs::MetadataExt;
-                (meta.dev(), meta.ino()) == (self.id.dev, self.id.ino)
-            })
+            .map(|meta| (meta.dev(), meta.ino()) == (self.id.dev, self.id.ino))
             .unwrap_or(true);
         // A path that names nothing for now (between two renames): the open image stands.
         same_file && self.id.unchanged_in(&self.file).unwrap_or(false)
@@ -200,12 +215,13 @@ impl BoardResolver {
 
     /// The boards served, by serial.
     pub fn boards(&self) -> Vec<Board> {
-        let mut boards: Vec<Board> = self.current().values().map(|s| s.board.clone()).collect();
+        let mut boards: Vec<Board> = self.snapshot().values().map(|s| s.board.clone()).collect();
         boards.sort_by_key(|b| b.serial);
         boards
     }
 
-    fn current(&self) -> Arc<HashMap<u32, Served>> {
+    /// The boards as they are now (a reload replaces the map, never changes it).
+    fn snapshot(&self) -> Arc<HashMap<u32, Served>> {
         self.boards
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -214,39 +230,87 @@ impl BoardResolver {
 
     /// The image of `served` as it is now: read again if it changed since it was opened.
     fn image(&self, served: &Served) -> Result<Arc<Opened>, ResolveError> {
-        let opened = served
-            .image
+        let slot = &served.image;
+        let opened = slot
+            .opened
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        if opened.current(&served.board.image) {
+        if opened.still_matches(&served.board.image) {
             return Ok(opened);
         }
-        let mut slot = served.image.write().unwrap_or_else(|e| e.into_inner());
-        if !Arc::ptr_eq(&slot, &opened) {
-            // Another request read it again meanwhile.
-            return Ok(slot.clone());
+        let mut failed = slot.failed.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, error)) = &*failed {
+            if at.elapsed() < RETRY_AFTER {
+                return Err(image_error(error.again()));
+            }
         }
+        let mut current = slot.opened.write().unwrap_or_else(|e| e.into_inner());
+        if !Arc::ptr_eq(&current, &opened) {
+            // Another request read it again meanwhile.
+            return Ok(current.clone());
+        }
+        let serial = format!("{:08x}", served.board.serial);
+        let path = served.board.image.display();
         match Opened::open(&served.board) {
             Ok(fresh) => {
-                tracing::info!(board = format!("{:08x}", served.board.serial), image = %served.board.image.display(), "board {:08x}: its image changed; read again", served.board.serial);
-                *slot = Arc::new(fresh);
-                Ok(slot.clone())
+                tracing::info!(board = serial, image = %path, "board {serial}: its image changed; read again");
+                *current = Arc::new(fresh);
+                *failed = None;
+                Ok(current.clone())
             }
             Err(error) => {
                 // Serving from the filesystem read before would mix two versions.
-                tracing::warn!(board = format!("{:08x}", served.board.serial), image = %served.board.image.display(), %error, "board {:08x}: its image changed and cannot be read", served.board.serial);
-                Err(image_error(error))
+                tracing::warn!(board = serial, image = %path, %error, "board {serial}: its image changed and cannot be read");
+                let answer = image_error(error.again());
+                *failed = Some((Instant::now(), error));
+                Err(answer)
             }
         }
     }
+
+    /// The board a name asks under, and the path within its partition: `..` climbs within
+    /// the partition, never above its root (nothing outside a board's partition has a name
+    /// here). `None` where the first component is no board's serial.
+    fn split<'a>(
+        boards: &'a HashMap<u32, Served>,
+        name: &'a str,
+    ) -> Option<(&'a Served, Vec<&'a str>)> {
+        let mut parts = name.split('/').filter(|p| !p.is_empty() && *p != ".");
+        let serial = parts.next().and_then(request_serial)?;
+        let served = boards.get(&serial)?;
+        let mut path = Vec::new();
+        for part in parts {
+            if part == ".." {
+                path.pop();
+            } else {
+                path.push(part);
+            }
+        }
+        Some((served, path))
+    }
+}
+
+/// The serial a request's first component names, as nobodd's handler reads it: hexadecimal
+/// (`int(part, 16)`), any case, an optional `0x`.
+fn request_serial(part: &str) -> Option<u32> {
+    let digits = part
+        .strip_prefix("0x")
+        .or_else(|| part.strip_prefix("0X"))
+        .unwrap_or(part);
+    // from_str_radix alone would take a sign.
+    if !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    // Leading zeros are allowed (up to 32 digits in all).
+    u32::try_from(u128::from_str_radix(digits, 16).ok()?).ok()
 }
 
 /// Opens every board's image, once per image and partition; a serial given twice: the later
 /// board stands.
 fn open_all(boards: impl IntoIterator<Item = Board>) -> Result<HashMap<u32, Served>, BoardError> {
     let mut served = HashMap::new();
-    let mut images: HashMap<(PathBuf, u32), Arc<RwLock<Arc<Opened>>>> = HashMap::new();
+    let mut images: HashMap<(PathBuf, u32), Arc<ImageSlot>> = HashMap::new();
     for board in boards {
         let key = (board.image.clone(), board.partition);
         let image = match images.get(&key) {
@@ -256,7 +320,10 @@ fn open_all(boards: impl IntoIterator<Item = Board>) -> Result<HashMap<u32, Serv
                     board: board.clone(),
                     error,
                 })?;
-                let image = Arc::new(RwLock::new(Arc::new(opened)));
+                let image = Arc::new(ImageSlot {
+                    opened: RwLock::new(Arc::new(opened)),
+                    failed: Mutex::new(None),
+                });
                 images.insert(key, image.clone());
                 image
             }
@@ -268,20 +335,9 @@ fn open_all(boards: impl IntoIterator<Item = Board>) -> Result<HashMap<u32, Serv
 
 impl Resolver for BoardResolver {
     fn resolve(&self, filename: &str, peer: SocketAddr) -> Result<Source, ResolveError> {
-        let boards = self.current();
-        if boards.is_empty() {
-            return match &self.behind {
-                Some(behind) => behind.resolve(filename, peer),
-                None => Err(ResolveError::NotFound),
-            };
-        }
+        let boards = self.snapshot();
         let name = filename.replace('\\', "/");
-        let mut parts = name.split('/').filter(|p| !p.is_empty() && *p != ".");
-        let served = parts
-            .next()
-            .and_then(|first| parse_serial(first).ok())
-            .and_then(|serial| boards.get(&serial));
-        let Some(served) = served else {
+        let Some((served, path)) = Self::split(&boards, &name) else {
             return match &self.behind {
                 Some(behind) => behind.resolve(filename, peer),
                 None => Err(ResolveError::NotFound),
@@ -292,38 +348,30 @@ impl Resolver for BoardResolver {
                 return Err(ResolveError::Refused("IP does not match".into()));
             }
         }
-        // `..` within the partition climbs, never above its root: nothing outside a board's
-        // partition has a name here.
-        let mut path: Vec<&str> = Vec::new();
-        for part in parts {
-            if part == ".." {
-                path.pop();
-            } else {
-                path.push(part);
-            }
-        }
         if path.is_empty() {
             return Err(ResolveError::NotAFile);
         }
         let opened = self.image(served)?;
-        let entry = opened
-            .fat
-            .find(&opened.file, &path.join("/"))
-            .map_err(|error| {
+        let entry = match opened.fat.find(&opened.file, &path.join("/")) {
+            Ok(entry) => entry,
+            Err(error) => {
                 if let ImageError::Corrupt(_) = error {
-                    tracing::warn!(board = format!("{:08x}", served.board.serial), image = %served.board.image.display(), %error, file = filename, "board {:08x}: bad filesystem", served.board.serial);
+                    let serial = format!("{:08x}", served.board.serial);
+                    tracing::warn!(board = serial, file = filename, %error, "board {serial}: bad filesystem");
                 }
-                image_error(error)
-            })?;
+                return Err(image_error(error));
+            }
+        };
         if entry.is_dir {
             return Err(ResolveError::NotAFile);
         }
         let file = opened.file.try_clone()?;
         Ok(Source::File(FileSource::in_image(
             file,
+            opened.id,
             entry.extents,
             entry.len,
-        )?))
+        )))
     }
 }
 

@@ -426,7 +426,7 @@ mod tests {
             size: 100,
             ctime_sec: 0,
             ctime_nsec: 0,
-            within: 0,
+            within: None,
         }
     }
 

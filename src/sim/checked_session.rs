@@ -719,5 +719,5 @@ const FILE_ID: FileId = FileId {
     size: 0,
     ctime_sec: 0,
     ctime_nsec: 0,
-    within: 0,
+    within: None,
 };
