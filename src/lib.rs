@@ -28,7 +28,8 @@
 //! Read on in that order: [`packet`] (the wire), [`options`] (negotiation), [`netascii`] (the
 //! text mode), [`transfer`] (the state machine and how a driver drives it), [`client`] (its
 //! counterpart), [`resolve`] (where files come from), [`server`] (the shards, the session and
-//! its executors).
+//! its executors). [`image`] reads files out of the FAT boot partitions of disk images, for
+//! [`resolve::boards`] (nobodd's `--board`).
 
 pub mod client;
 pub mod image;

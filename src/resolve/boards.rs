@@ -424,4 +424,26 @@ mod tests {
             assert!(Board::parse(bad).is_err(), "{bad}");
         }
     }
+
+    #[test]
+    fn a_request_names_its_board_as_nobodd_reads_it() {
+        for (part, serial) in [
+            ("1234abcd", Some(0x1234abcd)),
+            ("1234ABCD", Some(0x1234abcd)),
+            ("01234abcd", Some(0x1234abcd)),
+            ("0x1234abcd", Some(0x1234abcd)),
+            ("00000000000000000000001234abcd", Some(0x1234abcd)),
+            ("0", Some(0)),
+            ("abc", Some(0xabc)),
+            // Not hexadecimal, a sign, past 32 bits, empty: no board's.
+            ("start4.elf", None),
+            ("+1234abcd", None),
+            ("-1", None),
+            ("123456789", None),
+            ("0x", None),
+            ("", None),
+        ] {
+            assert_eq!(request_serial(part), serial, "{part:?}");
+        }
+    }
 }
