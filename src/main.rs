@@ -61,9 +61,14 @@ pub(crate) struct Cli {
     #[arg(value_name = "PORT")]
     port: Option<String>,
 
-    /// Address to listen on [default: all interfaces, IPv4 and IPv6].
-    #[arg(short, long, value_name = "ADDR")]
-    bind: Option<IpAddr>,
+    /// The port, as nobodd-tftpd spells it (instead of PORT).
+    #[arg(long = "port", value_name = "PORT", conflicts_with = "port")]
+    port_option: Option<String>,
+
+    /// Address to listen on [default: all interfaces, IPv4 and IPv6]. --listen, as
+    /// nobodd-tftpd spells it, is the same; `systemd` there means the socket systemd passes.
+    #[arg(short, long, visible_alias = "listen", value_name = "ADDR", value_parser = parse_listen)]
+    bind: Option<Listen>,
 
     /// Directory to serve [default: the current directory, unless boards are served].
     #[arg(short, long, value_name = "DIR")]
@@ -227,12 +232,16 @@ fn run(cli: Cli) -> Result<()> {
         true => daemon::nobodd::read()?,
         false => daemon::nobodd::Settings::default(),
     };
-    let port = match (&cli.port, &nobodd.port) {
+    let port = match (cli.port.as_ref().or(cli.port_option.as_ref()), &nobodd.port) {
         (Some(port), _) | (None, Some(port)) => parse_port(port)?,
         (None, None) => 6969,
     };
     let bind_addr = match (cli.bind, nobodd.listen.as_deref()) {
-        (Some(addr), _) => Some(addr),
+        (Some(Listen::Address(addr)), _) => Some(addr),
+        (Some(Listen::Systemd), _) if passed.is_empty() => {
+            bail!("--listen systemd, but systemd passed no socket (LISTEN_FDS)")
+        }
+        (Some(Listen::Systemd), _) => None,
         (None, Some(listen)) => daemon::nobodd::listen_address(listen, !passed.is_empty())?,
         (None, None) => None,
     };
@@ -593,6 +602,23 @@ fn service_port(name: &str) -> Option<u16> {
             .then(|| port.parse().ok())
             .flatten()
     })
+}
+
+/// Where to listen: an address, or (nobodd's `--listen systemd`) the socket systemd passes.
+#[derive(Debug, Clone, Copy)]
+enum Listen {
+    Address(IpAddr),
+    Systemd,
+}
+
+fn parse_listen(s: &str) -> Result<Listen, String> {
+    match s {
+        "systemd" => Ok(Listen::Systemd),
+        _ => s
+            .parse()
+            .map(Listen::Address)
+            .map_err(|_| format!("{s:?} is not an IP address")),
+    }
 }
 
 fn parse_board(s: &str) -> Result<Board, String> {

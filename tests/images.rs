@@ -1708,3 +1708,35 @@ fn directory_options_without_a_directory_are_refused_beside_boards() {
         );
     }
 }
+
+/// nobodd-tftpd's own spelling of the address and port (`--listen ADDR --port PORT`) works
+/// unchanged, so a unit's `ExecStart=` moves over by changing the program's name.
+#[test]
+fn nobodd_tftpd_s_command_line_works_unchanged() {
+    if !tools() {
+        return;
+    }
+    let dir = TempDir::new("images-nobodd-command-line");
+    let image = build(dir.path(), "cmd", Spec::new(Fs::Fat16, Table::Mbr, 91));
+    let home = empty_dir(&dir, "home");
+    let board = image.board(SERIAL);
+    let daemon = Daemon::spawn(IpAddr::V4(Ipv4Addr::LOCALHOST), |port| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringtftpd"));
+        cmd.args(["--listen", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--board", &board])
+            .env("NO_COLOR", "1")
+            .env("XDG_CONFIG_HOME", &home)
+            .current_dir(&home);
+        cmd
+    });
+    let name = format!("{SERIAL}/config.txt");
+    assert!(fetch(daemon.addr(), &name).unwrap() == image.bytes("config.txt"));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringtftpd"));
+    cmd.args(["--listen", "systemd", "--board", &board])
+        .env("NO_COLOR", "1")
+        .env_remove("LISTEN_FDS")
+        .env("XDG_CONFIG_HOME", &home)
+        .current_dir(&home);
+    let done = run(cmd, START_TIMEOUT);
+    assert_fails_saying("--listen systemd without a socket", &done, &["LISTEN_FDS"]);
+}
