@@ -16,7 +16,7 @@
 //!              handle_* in, poll_io(now) -> send / read / arm / close out
 //!    executors only do what the sessions ask, one per shard: the io_uring engine (multishot
 //!              receives, provided buffers, READ_FIXED into registered chunks, batched
-//!              submissions, a timer wheel), tokio-uring, or epoll
+//!              submissions, a timer wheel), tokio-uring, or one epoll loop
 //!  client: the read side of a transfer, sans-IO too (loadgen and the tests drive it)
 //! ```
 //!

@@ -202,7 +202,7 @@ enum BackendArg {
     IoUring,
     /// A task per transfer on tokio-uring, with registered buffers and fixed reads.
     TokioUring,
-    /// A task per transfer on epoll (what a container's default seccomp profile allows).
+    /// One epoll loop per shard (what a container's default seccomp profile allows).
     Epoll,
 }
 

@@ -13,8 +13,9 @@ use std::time::Instant;
 use super::cache::{ChunkCache, Lease, CHUNK};
 use super::ending::{Busy, ErrorReply, Refusal};
 use super::request::{self, Admission};
-use super::session::Meta;
+use super::session::{Meta, Session};
 use super::socket::{self, MainSocket};
+use super::window::{FileHandle, OpenFiles};
 use super::Shared;
 use crate::netascii;
 use crate::options::Negotiated;
@@ -69,6 +70,47 @@ pub(crate) struct Prepared {
     pub meta: Meta,
     /// The transfer's place in the server's limits, given back when dropped.
     pub slot: Slot,
+}
+
+/// What is left of a [`Prepared`] transfer once its session is made.
+pub(crate) struct Opening {
+    pub socket: Option<std::net::UdpSocket>,
+    pub local: Option<IpAddr>,
+    pub lease: Option<Lease>,
+    pub slot: Slot,
+}
+
+impl Prepared {
+    /// The transfer's session, reading its file through `files` (one descriptor for all the
+    /// shard's transfers of a file; `adopt` wraps one newly opened for the executor), told
+    /// whether its client has answered and holding its first chunk's place; and what is left.
+    pub(crate) fn into_session<F: FileHandle>(
+        self,
+        files: &mut OpenFiles<F>,
+        adopt: impl FnOnce(std::fs::File) -> F,
+    ) -> (Session<F>, Opening) {
+        let Prepared {
+            socket,
+            local,
+            source,
+            lease,
+            first_chunk,
+            transfer,
+            meta,
+            slot,
+        } = self;
+        let data = files.data(source, adopt);
+        let mut session = Session::new(meta, transfer, data);
+        session.tell_answered(slot.answered());
+        session.reserve_first_chunk(first_chunk);
+        let rest = Opening {
+            socket,
+            local,
+            lease,
+            slot,
+        };
+        (session, rest)
+    }
 }
 
 /// Decides what to do with one datagram on the main port (RFC 1350 §4): `repeat_of(filename)`

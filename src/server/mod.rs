@@ -35,13 +35,15 @@ mod metrics;
 mod raspberrypi;
 mod record;
 // Sockets, and the executors that only do I/O.
-mod epoll;
 mod mtu;
+mod poll;
 mod ring;
 mod shard;
 mod shared_port;
+mod slots;
 mod socket;
 mod task;
+mod timer;
 mod uring;
 
 /// The sans-IO session and what an executor hands it and gets back, for the simulation
@@ -176,8 +178,8 @@ pub enum BackendChoice {
     /// A task per transfer on tokio-uring's runtime, with registered buffers and fixed reads.
     /// Refuses to start without io_uring.
     TokioUring,
-    /// A task per transfer on tokio's epoll reactor: what runs under a seccomp profile that
-    /// blocks io_uring.
+    /// The epoll engine: one loop per shard driving every session, what runs under a seccomp
+    /// profile that blocks io_uring.
     Epoll,
 }
 
@@ -206,7 +208,7 @@ pub enum Backend {
         /// Whether the block buffers are registered with the ring (fixed reads).
         registered_buffers: bool,
     },
-    /// epoll through tokio, chosen or where io_uring is unavailable.
+    /// The epoll engine, chosen or where io_uring is unavailable.
     Epoll,
 }
 

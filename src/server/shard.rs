@@ -3,7 +3,7 @@
 //! `SO_REUSEPORT` hash picks the shard for each client address and port.
 //!
 //! This file only starts the executor the configuration chose ([`BackendChoice`]): the io_uring
-//! engine ([`super::ring`]), tokio-uring or epoll ([`super::task`]). With `auto`, a shard whose
+//! engine ([`super::ring`]), tokio-uring ([`super::task`]) or the epoll engine ([`super::poll`]). With `auto`, a shard whose
 //! ring the kernel or sandbox refuses says so once and serves on epoll.
 
 use std::io;
@@ -84,7 +84,7 @@ fn tokio_uring(
     Ok(())
 }
 
-/// Serves on epoll through a current-thread tokio runtime.
+/// Serves on epoll: the engine of [`super::poll`].
 fn epoll(
     index: usize,
     socket: Socket,
@@ -92,20 +92,5 @@ fn epoll(
     stop: watch::Receiver<bool>,
     ready: std::sync::mpsc::Sender<Backend>,
 ) {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            tracing::error!(shard = index, error = %e, "cannot create a runtime");
-            return;
-        }
-    };
-    let local = tokio::task::LocalSet::new();
-    let _ = ready.send(Backend::Epoll);
-    local.block_on(
-        &rt,
-        super::task::serve(super::epoll::Epoll, socket, shared, stop),
-    );
+    super::poll::run(index, socket, shared, stop, ready);
 }

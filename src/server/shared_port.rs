@@ -1,5 +1,5 @@
-//! A single-port transfer's view of its shard's main socket, for the executors that run a task
-//! per transfer (epoll, tokio-uring): the shard's receive loop hands each datagram from the
+//! A single-port transfer's view of its shard's main socket, for the executor that runs a task
+//! per transfer (tokio-uring): the shard's receive loop hands each datagram from the
 //! client's address and port to the transfer's inbox, and sends go from the main socket to
 //! that address, with the source address and, for a window, the GSO segment size as control
 //! messages.

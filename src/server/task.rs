@@ -1,5 +1,5 @@
-//! The task-per-transfer executor, for the I/O that runs on a tokio runtime ([`Io`]): epoll
-//! ([`super::epoll`]) and tokio-uring ([`super::uring`]). A shard's loop reads its main socket
+//! The task-per-transfer executor, for the I/O that runs on a tokio runtime ([`Io`]):
+//! tokio-uring ([`super::uring`]). A shard's loop reads its main socket
 //! and hands each request to [`admit::decide`]; each transfer is a task that does what its
 //! [`Session`] asks and feeds it what happens, in the order the session documents. It decides
 //! nothing of its own.
@@ -18,7 +18,7 @@ use socket2::Socket;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{watch, Notify};
 
-use super::admit::{self, Decision, Prepared};
+use super::admit::{self, Decision, Opening, Prepared};
 use super::cache::{Budget, Chunk, ChunkCache, ChunkMemory, Lookup, Piece, CHUNK};
 use super::ending::{Ending, ReadError, Refusal};
 use super::pace::Pace;
@@ -27,7 +27,7 @@ use super::request;
 use super::session::{Io as Next, Sent, Session};
 use super::shared_port::SharedPort;
 use super::socket::{self, MainSocket, RecvBatch};
-use super::window::{chunk_len, read_custom, Data, FileHandle, OpenFiles};
+use super::window::{chunk_len, read_custom, read_progress, Data, FileHandle, OpenFiles};
 use super::Shared;
 use crate::resolve::Layout;
 
@@ -273,24 +273,15 @@ fn spawn<I: Io>(
     main: &Rc<AsyncFd<MainSocket>>,
     prepared: Prepared,
 ) -> Result<(), Refusal> {
-    let Prepared {
+    let (mut session, rest) =
+        prepared.into_session(&mut state.files.borrow_mut(), |file| state.io.file(file));
+    let Opening {
         socket,
         local,
-        source,
         lease,
-        first_chunk,
-        transfer,
-        meta,
         slot,
-    } = prepared;
-    let peer = meta.peer;
-    let data = state
-        .files
-        .borrow_mut()
-        .data(source, |file| state.io.file(file));
-    let mut session = Session::new(meta, transfer, data);
-    session.tell_answered(slot.answered());
-    session.reserve_first_chunk(first_chunk);
+    } = rest;
+    let peer = session.meta().peer;
     let (sock, port) = match socket {
         Some(socket) => {
             let sock = state.io.socket(socket).map_err(|e| {
@@ -485,16 +476,7 @@ async fn read_chunk<I: Io>(
         };
         let (result, returned) = I::read(file, buf, done, done + run, at).await;
         buf = returned;
-        match result {
-            // The file is shorter than it was when the transfer opened it.
-            Ok(0) => return Err(ReadError::Changed),
-            Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "read failed");
-                return Err(ReadError::Failed);
-            }
-        }
+        done += read_progress(result)?;
     }
     Ok(Chunk::new(buf, want, lease))
 }

@@ -208,6 +208,21 @@ pub(crate) fn chunk_len(len: u64, index: u64) -> usize {
     len.saturating_sub(start).min(CHUNK as u64) as usize
 }
 
+/// What one read toward a chunk came to: how many bytes it brought (0 for a read interrupted
+/// by a signal, to try again), or why the chunk cannot be had: a read of nothing before the
+/// chunk is whole means the file is shorter than when the transfer opened it.
+pub(crate) fn read_progress(result: io::Result<usize>) -> Result<usize, ReadError> {
+    match result {
+        Ok(0) => Err(ReadError::Changed),
+        Ok(n) => Ok(n),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(0),
+        Err(e) => {
+            tracing::warn!(error = %e, "read failed");
+            Err(ReadError::Failed)
+        }
+    }
+}
+
 /// Reads chunk `index` of a source that is neither an open file nor bytes in memory (a
 /// resolver's own [`ReadAt`]), synchronously into heap memory.
 pub(crate) fn read_custom(

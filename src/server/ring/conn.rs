@@ -13,11 +13,12 @@ use crate::server::admit::{Prepared, Slot};
 use crate::server::cache::{Lease, Piece};
 use crate::server::ending::Ending;
 use crate::server::session::{Datagrams, Io, Sent, Session};
+use crate::server::slots::{self, Opened};
 use crate::server::socket::Reply;
 use crate::server::window::OpenFiles;
 
 /// A running transfer.
-pub(super) struct Conn {
+pub(crate) struct Conn {
     pub gen: u32,
     pub session: Session<std::fs::File>,
     /// The transfer socket (closed when the transfer is dropped); `None` in single-port mode.
@@ -52,38 +53,13 @@ impl Conn {
         (main_fd, main_v6): (RawFd, bool),
         files: &mut OpenFiles<std::fs::File>,
     ) -> Self {
-        let Prepared {
+        let Opened {
+            session,
             socket,
-            local,
-            source,
+            reply,
             lease,
-            first_chunk,
-            transfer,
-            meta,
             slot,
-        } = prepared;
-        let data = files.data(source, |file| file);
-        let peer = meta.peer;
-        let mut session = Session::new(meta, transfer, data);
-        session.tell_answered(slot.answered());
-        session.reserve_first_chunk(first_chunk);
-        let segment = session.gso_segment();
-        let reply = match &socket {
-            Some(socket) => {
-                if let Some(segment) = segment {
-                    session.set_gso(crate::server::socket::enable_gso(
-                        socket.as_raw_fd(),
-                        segment,
-                    ));
-                }
-                None
-            }
-            // From the main socket, GSO is asked per send, by a control message.
-            None => {
-                session.set_gso(true);
-                Some(Reply::new(peer, local, main_v6, segment.unwrap_or(0)))
-            }
-        };
+        } = slots::open(prepared, files, main_v6);
         Self {
             gen,
             session,
@@ -150,13 +126,15 @@ impl Conn {
     }
 }
 
+crate::server::slots::running!(Conn);
+
 impl Engine {
     /// Flushes every transfer marked since the last flush, with one clock reading: the sends
     /// leave with the submission that follows at once.
     pub(super) fn flush_dirty(&mut self, now: Instant) {
-        let mut dirty = std::mem::take(&mut self.dirty);
+        let mut dirty = std::mem::take(&mut self.slots.dirty);
         for &slot in &dirty {
-            let Some(mut conn) = self.conns[slot as usize].take() else {
+            let Some(mut conn) = self.slots.take_slot(slot) else {
                 continue;
             };
             conn.dirty = false;
@@ -164,13 +142,13 @@ impl Engine {
             if conn.ending.is_some() && !conn.sending && !conn.receiving {
                 self.free(slot, conn);
             } else {
-                self.conns[slot as usize] = Some(conn);
+                self.slots.put(slot, conn);
             }
         }
         dirty.clear();
         // Flushing may mark transfers again: they wait for the next.
-        dirty.append(&mut self.dirty);
-        self.dirty = dirty;
+        dirty.append(&mut self.slots.dirty);
+        self.slots.dirty = dirty;
     }
 
     /// Does what the session asks until it asks nothing more.
@@ -184,7 +162,7 @@ impl Engine {
                 }
                 Io::Read(index) => self.read(conn, slot, index, now),
                 Io::Arm(at) => {
-                    conn.timer_at = Some(self.wheel.insert(at, (slot, conn.gen)));
+                    self.slots.arm(conn, slot, at);
                 }
                 Io::Close(ending) => self.finish(conn, slot, ending),
             }
@@ -192,7 +170,7 @@ impl Engine {
     }
 
     pub(super) fn on_send(&mut self, slot: u32, gen: u32, result: i32) {
-        let Some(mut conn) = self.take_conn(slot, gen) else {
+        let Some(mut conn) = self.slots.take(slot, gen) else {
             return;
         };
         conn.sending = false;
@@ -207,7 +185,7 @@ impl Engine {
             self.free(slot, conn);
             return;
         }
-        self.mark(&mut conn, slot);
-        self.put_conn(slot, conn);
+        self.slots.mark(&mut conn, slot);
+        self.slots.put(slot, conn);
     }
 }

@@ -13,7 +13,7 @@
 //! - file data is read once per 64 KiB chunk with `READ_FIXED` into registered buffers
 //!   ([`bufs::Slab`]), shared through the shard's chunk cache, and sent from there (a window of
 //!   blocks, RFC 7440, as one GSO send);
-//! - retransmission timers live in a wheel of our own ([`timer::Wheel`]);
+//! - retransmission timers live in a wheel of our own ([`super::timer::Wheel`]);
 //! - nothing is allocated, and no future or waker exists, per datagram.
 //!
 //! The main socket is polled with one multishot poll and drained with `recvmmsg`, which also
@@ -28,14 +28,13 @@
 mod bufs;
 mod conn;
 mod reads;
-mod timer;
 
 #[cfg(test)]
 mod tests;
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -44,20 +43,19 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use socket2::Socket;
 use tokio::sync::watch;
 
-use super::admit::{self, Decision, Prepared};
+use super::admit::Prepared;
 use super::cache::{ChunkCache, CHUNK};
 use super::ending::Ending;
 use super::pace::Pace;
 use super::record;
-use super::request;
-use super::socket::{MainSocket, RecvBatch};
+use super::slots::{self, MainPort, Slots, Turns};
+use super::socket::MainSocket;
 use super::window::OpenFiles;
 use super::{Backend, Shared};
 use crate::resolve::FileId;
 use bufs::{RecvRing, Slab};
 use conn::Conn;
 use reads::ReadOp;
-use timer::Wheel;
 
 /// Submission queue entries; a full queue is submitted early, so this bounds nothing.
 const SQ_ENTRIES: u32 = 4096;
@@ -80,9 +78,6 @@ const BGID: u16 = 0;
 const IDLE_WAIT: Duration = Duration::from_millis(100);
 /// Rounds of producing leftover completions before the timers are given up for a turn.
 const FINISH_ROUNDS: usize = 16;
-/// Turns in a row a shard may put off its timers (a receive ran short of buffers, completions
-/// kept coming): past this, they fire anyway, so a flood cannot stall every transfer.
-const STARVED_TURNS_MAX: u32 = 8;
 /// `recvmmsg` batches taken from the main socket per wake-up before the ring gets a turn.
 const MAIN_BATCHES: usize = 16;
 
@@ -210,36 +205,24 @@ pub(crate) fn run_with(
         registered_buffers: slab.is_some(),
     });
     let mut engine = Engine {
-        main_ip: main.local_addr().map(|a| a.ip()).ok(),
         ring,
         recv,
         slab,
-        conns: Vec::new(),
-        gens: Vec::new(),
-        free: Vec::new(),
+        slots: Slots::new(GEN_MASK),
         fixed_free: (0..fixed).rev().collect(),
-        active: HashMap::new(),
         files: OpenFiles::new(),
         cache: ChunkCache::new(shared.config.block_cache),
         reads: Vec::new(),
         reads_free: Vec::new(),
         loading: HashMap::new(),
-        wheel: Wheel::new(Instant::now()),
         pace: Pace::new(Instant::now()),
-        dirty: Vec::new(),
         rearm: Vec::new(),
-        expired: Vec::new(),
         cqes: Vec::with_capacity(1024),
-        main: Some(main),
+        main: MainPort::new(main, shared.config.single_port),
         main_id,
-        single_port: shared.config.single_port,
-        accepting: true,
-        main_more: false,
-        batch: Some(Box::new(RecvBatch::new())),
-        running: 0,
         counts: Counts::default(),
         starved: false,
-        starved_turns: 0,
+        turns: Turns::default(),
         spilled: 0,
         shared,
         stop,
@@ -344,14 +327,9 @@ pub(super) struct Engine {
     ring: IoUring,
     recv: RecvRing,
     slab: Option<Slab>,
-    /// Transfers by slot; a slot's generation tells a live transfer from an earlier one.
-    conns: Vec<Option<Box<Conn>>>,
-    gens: Vec<u32>,
-    free: Vec<u32>,
+    slots: Slots<Conn>,
     /// Free slots of the fixed-file table.
     fixed_free: Vec<u32>,
-    /// Transfers by client transfer ID, for repeated requests.
-    active: HashMap<SocketAddr, (u32, u32)>,
     /// Open files by identity, so transfers of one file share one descriptor.
     files: OpenFiles<std::fs::File>,
     cache: ChunkCache,
@@ -359,32 +337,19 @@ pub(super) struct Engine {
     reads_free: Vec<u32>,
     /// Chunk reads in flight, by file and chunk.
     loading: HashMap<(FileId, u64), u32>,
-    wheel: Wheel,
     /// The clients' round trips, a floor under every transfer's timeout.
     pace: Pace,
-    /// Transfers with something to send or to arm.
-    dirty: Vec<u32>,
     /// Transfers whose receive ended and must be armed again.
     rearm: Vec<u32>,
-    expired: Vec<((u32, u32), u64)>,
     cqes: Vec<(u64, i32, u32)>,
-    main: Option<MainSocket>,
+    main: MainPort,
     /// The main socket's descriptor and whether it is IPv6, for single-port transfers.
     main_id: (RawFd, bool),
-    /// Every transfer answers from the main socket, told apart by the client's address.
-    single_port: bool,
-    /// Whether new requests are taken (not once stopping).
-    accepting: bool,
-    main_ip: Option<IpAddr>,
-    /// The main socket had more than one wake-up's worth of requests.
-    main_more: bool,
-    batch: Option<Box<RecvBatch>>,
-    running: usize,
     counts: Counts,
     /// A receive ran out of buffers in this turn's completions (or completions kept coming).
     starved: bool,
-    /// Turns in a row the timers were put off for it.
-    starved_turns: u32,
+    /// How the loop goes from one wait to the next (timers put off, a stop).
+    turns: Turns,
     /// Chunk reads into heap buffers because the slab was empty.
     spilled: u64,
     shared: Arc<Shared>,
@@ -395,21 +360,11 @@ impl Engine {
     /// The loop: send what the transfers ask for, submit and wait, handle every completion,
     /// then the timers that are due.
     fn serve(&mut self) {
-        let mut stopping: Option<Instant> = None;
         loop {
             let now = Instant::now();
             self.flush_dirty(now);
-            if let Some(deadline) = stopping {
-                if self.running == 0 {
-                    break;
-                }
-                if now >= deadline {
-                    tracing::warn!(
-                        running = self.running,
-                        "grace period over; abandoning running transfers"
-                    );
-                    break;
-                }
+            if self.turns.done(self.slots.running) {
+                break;
             }
             let before_wait = Instant::now();
             self.starved = false;
@@ -420,15 +375,11 @@ impl Engine {
             // Timers only once every completion the wait produced has been handled, and only
             // for deadlines that passed before it began (see the module documentation). A
             // receive that ran out of buffers may leave datagrams unseen: no timers this turn.
-            if self.starved && self.starved_turns < STARVED_TURNS_MAX {
-                self.starved_turns += 1;
-            } else {
-                self.starved_turns = 0;
-                self.expire(before_wait);
+            if self.turns.timers(self.starved) {
+                self.slots.expire(before_wait, &mut self.pace);
             }
-            if stopping.is_none() && !matches!(self.stop.has_changed(), Ok(false)) {
+            if self.turns.stop_asked(&self.stop, self.shared.config.grace) {
                 self.close_main();
-                stopping = Some(Instant::now() + self.shared.config.grace);
             }
         }
     }
@@ -438,7 +389,7 @@ impl Engine {
     /// slow disk or a send the kernel retries could still use that memory after the engine is
     /// gone. Registered buffers need nothing: the kernel holds their pages.
     fn abandon_in_flight(&mut self) {
-        for conn in self.conns.iter_mut().filter_map(Option::take) {
+        for conn in self.slots.drain() {
             if conn.sending {
                 std::mem::forget(conn);
             }
@@ -450,13 +401,8 @@ impl Engine {
 
     /// Submits what is queued and waits for a completion, a timer or the idle limit.
     fn wait(&mut self, now: Instant) {
-        let mut timeout = match self.wheel.next_due() {
-            Some(at) => at.saturating_duration_since(now).min(IDLE_WAIT),
-            None => IDLE_WAIT,
-        };
-        if self.main_more || !self.dirty.is_empty() || !self.rearm.is_empty() {
-            timeout = Duration::ZERO;
-        }
+        let busy = self.main.more || !self.slots.dirty.is_empty() || !self.rearm.is_empty();
+        let timeout = Turns::timeout(&self.slots.wheel, busy, now, IDLE_WAIT);
         let ts = types::Timespec::from(timeout);
         let args = types::SubmitArgs::new().timespec(&ts);
         match self.ring.submitter().submit_with_args(1, &args) {
@@ -499,12 +445,12 @@ impl Engine {
             self.recv.publish();
         }
         self.cqes = cqes;
-        if self.main_more {
+        if self.main.more {
             self.drain_main(now);
         }
         let rearm = std::mem::take(&mut self.rearm);
         for &slot in &rearm {
-            if let Some(conn) = self.conns[slot as usize].as_deref_mut() {
+            if let Some(conn) = self.slots.get_mut(slot) {
                 if !conn.receiving && conn.ending.is_none() {
                     let entry = conn.recv_entry(self.recv.group(), slot);
                     conn.receiving = true;
@@ -542,30 +488,9 @@ impl Engine {
         self.starved = true;
     }
 
-    /// Fires the timers due: those set for before `due` (when the last wait began).
-    fn expire(&mut self, due: Instant) {
-        let mut expired = std::mem::take(&mut self.expired);
-        self.wheel.expire(due, &mut expired);
-        for &((slot, gen), tick) in &expired {
-            let Some(mut conn) = self.take_conn(slot, gen) else {
-                continue;
-            };
-            // Only the entry the transfer last armed counts; older ones are stale. Every
-            // datagram that arrived before `due` has been handed in.
-            if conn.timer_at == Some(tick) {
-                conn.timer_at = None;
-                conn.session.handle_timeout(due, &mut self.pace);
-                self.mark(&mut conn, slot);
-            }
-            self.put_conn(slot, conn);
-        }
-        expired.clear();
-        self.expired = expired;
-    }
-
     /// Arms the multishot poll on the main socket.
     fn arm_main(&mut self) {
-        if let Some(main) = &self.main {
+        if let Some(main) = &self.main.socket {
             let entry = opcode::PollAdd::new(types::Fd(main.as_raw_fd()), libc::POLLIN as u32)
                 .multi(true)
                 .build()
@@ -575,7 +500,7 @@ impl Engine {
     }
 
     fn on_main(&mut self, result: i32, flags: u32, now: Instant) {
-        if self.main.is_none() {
+        if self.main.socket.is_none() {
             return;
         }
         if result < 0 && result != -libc::ECANCELED {
@@ -587,135 +512,15 @@ impl Engine {
         }
     }
 
-    /// Takes the requests waiting on the main socket, a bounded number of batches at a time.
+    /// Takes the datagrams waiting on the main socket, a bounded number of batches at a time.
     fn drain_main(&mut self, now: Instant) {
-        let Some(mut batch) = self.batch.take() else {
-            return;
-        };
-        // Still true after MAIN_BATCHES full batches: the rest wait for the ring's next turn.
-        self.main_more = true;
-        for _ in 0..MAIN_BATCHES {
-            let Some(main) = &self.main else {
-                self.main_more = false;
-                break;
-            };
-            match main.try_recv_batch(&mut batch) {
-                Ok(_) => {}
-                Err(e) => {
-                    if e.kind() != io::ErrorKind::WouldBlock {
-                        tracing::warn!(error = %e, "main socket receive failed");
-                    }
-                    self.main_more = false;
-                    break;
-                }
-            }
-            for (received, bytes) in batch.iter() {
-                if self.single_port && self.deliver(received.peer, bytes, now) {
-                    continue;
-                }
-                if !self.accepting {
-                    continue;
-                }
-                let local = received.local.or(self.main_ip);
-                self.request(
-                    received.peer,
-                    (local, received.scope),
-                    bytes,
-                    received.truncated,
-                    now,
-                );
-            }
-        }
-        self.batch = Some(batch);
-    }
-
-    /// In single-port mode, hands a datagram that is not a request to the transfer of the
-    /// client's address and port; whether it was taken (ACKs and ERRORs of no transfer — late
-    /// ones, from a transfer just ended — are dropped rather than answered).
-    fn deliver(&mut self, peer: SocketAddr, bytes: &[u8], now: Instant) -> bool {
-        let owner = self.active.get(&peer).copied();
-        let (slot, gen) = match (request::route(bytes, owner.is_some()), owner) {
-            (request::Route::Admit, _) => return false,
-            (request::Route::Transfer, Some(owner)) => owner,
-            (_, _) => return true,
-        };
-        if let Some(mut conn) = self.take_conn(slot, gen) {
-            conn.session.handle_datagram(now, bytes, &mut self.pace);
-            self.mark(&mut conn, slot);
-            self.put_conn(slot, conn);
-        }
-        true
-    }
-
-    /// Answers one datagram on the main port.
-    fn request(
-        &mut self,
-        peer: SocketAddr,
-        (local, scope): (Option<IpAddr>, u32),
-        bytes: &[u8],
-        truncated: bool,
-        now: Instant,
-    ) {
-        let (conns, active) = (&self.conns, &self.active);
-        let repeat_of = |filename: &str| {
-            active.get(&peer).is_some_and(|&(slot, gen)| {
-                conns[slot as usize]
-                    .as_deref()
-                    .is_some_and(|c| c.gen == gen && c.session.repeats(filename))
-            })
-        };
-        match admit::decide(
-            &self.shared,
-            peer,
-            (local, scope),
-            bytes,
-            truncated,
-            repeat_of,
-            &self.cache,
-        ) {
-            Decision::Ignore => {}
-            Decision::Repeat => {
-                if let Some(&(slot, gen)) = self.active.get(&peer) {
-                    if let Some(mut conn) = self.take_conn(slot, gen) {
-                        conn.session.handle_repeat(now);
-                        self.mark(&mut conn, slot);
-                        self.put_conn(slot, conn);
-                    }
-                }
-            }
-            Decision::Reject(refusal) => {
-                if let Some(main) = &self.main {
-                    admit::reject(main, peer, local, &refusal);
-                }
-            }
-            Decision::Start(prepared) => {
-                if self.single_port {
-                    // A new request from the port of a running transfer: that client has moved
-                    // on (it only asks again before it hears back, which is a repeat), and two
-                    // transfers cannot share one address on one port.
-                    if let Some(&(slot, gen)) = self.active.get(&peer) {
-                        if let Some(mut conn) = self.take_conn(slot, gen) {
-                            conn.session.close(Ending::Replaced);
-                            self.mark(&mut conn, slot);
-                            self.put_conn(slot, conn);
-                        }
-                    }
-                }
-                self.start(prepared)
-            }
-        }
+        slots::drain_main(self, MAIN_BATCHES, now);
     }
 
     /// Stops taking requests: the main socket leaves the port's `SO_REUSEPORT` group (in
     /// single-port mode it stays, for the running transfers, and requests are ignored).
     fn close_main(&mut self) {
-        self.accepting = false;
-        // Requests still waiting are not taken any more: nothing to come back for.
-        self.main_more = false;
-        if self.single_port {
-            return;
-        }
-        if self.main.take().is_some() {
+        if self.main.close() {
             let entry = opcode::AsyncCancel::new(user_data(Op::Main, 0, 0))
                 .build()
                 .user_data(user_data(Op::Cancel, 0, 0));
@@ -724,17 +529,8 @@ impl Engine {
     }
 
     /// Starts a prepared transfer in a free slot.
-    fn start(&mut self, prepared: Box<Prepared>) {
-        let slot = match self.free.pop() {
-            Some(slot) => slot,
-            None => {
-                self.conns.push(None);
-                self.gens.push(0);
-                (self.conns.len() - 1) as u32
-            }
-        };
-        let gen = (self.gens[slot as usize].wrapping_add(1)) & GEN_MASK;
-        self.gens[slot as usize] = gen;
+    fn start_transfer(&mut self, prepared: Box<Prepared>) {
+        let (slot, gen) = self.slots.open();
         let own = prepared.socket.as_ref().map(|s| s.as_raw_fd());
         let fixed = own.and_then(|fd| {
             let index = self.fixed_free.pop()?;
@@ -763,15 +559,12 @@ impl Engine {
             conn.receiving = true;
             push(&mut self.ring, &entry);
         }
-        self.active.insert(peer, (slot, gen));
-        self.running += 1;
-        self.mark(&mut conn, slot);
-        self.conns[slot as usize] = Some(conn);
+        self.slots.insert(slot, peer, conn);
     }
 
     fn on_recv(&mut self, slot: u32, gen: u32, result: i32, flags: u32, now: Instant) {
         let bid = cqueue::buffer_select(flags);
-        let Some(mut conn) = self.take_conn(slot, gen) else {
+        let Some(mut conn) = self.slots.take(slot, gen) else {
             if let Some(bid) = bid {
                 self.recv.give_back(bid);
             }
@@ -785,7 +578,7 @@ impl Engine {
                 if conn.ending.is_none() {
                     let datagram = self.recv.get(bid, result as usize);
                     conn.session.handle_datagram(now, datagram, &mut self.pace);
-                    self.mark(&mut conn, slot);
+                    self.slots.mark(&mut conn, slot);
                 }
                 self.recv.give_back(bid);
             }
@@ -798,7 +591,7 @@ impl Engine {
             // when nothing but refusals come back.
             libc::ECONNREFUSED => {
                 conn.session.handle_refused();
-                self.mark(&mut conn, slot);
+                self.slots.mark(&mut conn, slot);
             }
             libc::ENOBUFS => {
                 self.starved = true;
@@ -818,30 +611,7 @@ impl Engine {
                 return;
             }
         }
-        self.put_conn(slot, conn);
-    }
-
-    /// The transfer in `slot` if it is still generation `gen`, taken out of its slot (give it
-    /// back with [`Engine::put_conn`]).
-    fn take_conn(&mut self, slot: u32, gen: u32) -> Option<Box<Conn>> {
-        let entry = self.conns.get_mut(slot as usize)?;
-        if entry.as_ref().is_some_and(|c| c.gen == gen) {
-            entry.take()
-        } else {
-            None
-        }
-    }
-
-    fn put_conn(&mut self, slot: u32, conn: Box<Conn>) {
-        self.conns[slot as usize] = Some(conn);
-    }
-
-    /// Queues the transfer for the next flush.
-    fn mark(&mut self, conn: &mut Conn, slot: u32) {
-        if !conn.dirty {
-            conn.dirty = true;
-            self.dirty.push(slot);
-        }
+        self.slots.put(slot, conn);
     }
 
     /// The session ended: its receive is cancelled, and the slot is freed once nothing of it
@@ -868,10 +638,7 @@ impl Engine {
                 self.fixed_free.push(index);
             }
         }
-        let peer = conn.session.meta().peer;
-        if self.active.get(&peer) == Some(&(slot, conn.gen)) {
-            self.active.remove(&peer);
-        }
+        self.slots.release(slot, &conn);
         if let Some(ending) = conn.ending {
             record::ended(
                 &self.shared,
@@ -880,11 +647,11 @@ impl Engine {
                 ending,
             );
         }
-        self.running -= 1;
-        self.free.push(slot);
         drop(conn);
     }
 }
+
+slots::shard!(Engine, Conn);
 
 /// Queues one submission; a full queue is handed to the kernel first.
 fn push(ring: &mut IoUring, entry: &squeue::Entry) {

@@ -202,12 +202,12 @@ impl Engine {
             }
         };
         for (slot, gen) in op.waiters {
-            let Some(mut conn) = self.take_conn(slot, gen) else {
+            let Some(mut conn) = self.slots.take(slot, gen) else {
                 continue;
             };
             conn.session.handle_read(now, op.index, chunk.clone());
-            self.mark(&mut conn, slot);
-            self.put_conn(slot, conn);
+            self.slots.mark(&mut conn, slot);
+            self.slots.put(slot, conn);
         }
     }
 }
