@@ -30,7 +30,7 @@ use super::cache::{Chunk, ChunkCache, Lease, Lookup, CHUNK};
 use super::ending::{Ending, ReadError};
 use super::pace::Pace;
 use super::record;
-use super::session::{Io, Sent, Session};
+use super::session::{Datagrams, Io, Sent, Session};
 use super::slots::{self, MainPort, Opened, Slots, Turns};
 use super::socket::{self, MainSocket, Reply};
 use super::window::{chunk_len, read_custom, read_progress, Data, OpenFiles};
@@ -78,6 +78,8 @@ struct Conn {
     socket: Option<std::net::UdpSocket>,
     /// In single-port mode: where its datagrams from the main socket go.
     reply: Option<Reply>,
+    /// A send its socket's full buffer held back (`EAGAIN`), in flight until it goes.
+    blocked: Option<Datagrams>,
     dirty: bool,
     /// The tick of the timer entry this transfer last armed.
     timer_at: Option<u64>,
@@ -98,6 +100,8 @@ struct Poller {
     cache: ChunkCache,
     pace: Pace,
     main: MainPort,
+    /// Single-port transfers waiting for the main socket to be writable.
+    main_writers: Vec<(u32, u32)>,
     main_fd: RawFd,
     main_v6: bool,
     recv: Vec<u8>,
@@ -126,6 +130,7 @@ impl Poller {
             cache: ChunkCache::new(shared.config.block_cache),
             pace: Pace::new(Instant::now()),
             main: MainPort::new(main, shared.config.single_port),
+            main_writers: Vec::new(),
             main_fd,
             main_v6,
             recv: vec![0; RECV_SIZE],
@@ -140,13 +145,19 @@ impl Poller {
 
     /// Adds `fd` to the epoll set, readable events tagged `token`.
     fn watch(&self, fd: RawFd, token: u64) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_ADD, fd, token, false)
+    }
+
+    /// Changes `fd`'s entry in the epoll set (`EPOLL_CTL_ADD`, `MOD` or `DEL`): readable events,
+    /// and writable ones too when `writable`, tagged `token`.
+    fn ctl(&self, op: libc::c_int, fd: RawFd, token: u64, writable: bool) -> io::Result<()> {
+        let out = if writable { libc::EPOLLOUT } else { 0 };
         let mut event = libc::epoll_event {
-            events: libc::EPOLLIN as u32,
+            events: (libc::EPOLLIN | out) as u32,
             u64: token,
         };
         // SAFETY: both descriptors are open; the kernel copies `event`.
-        let rc =
-            unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event) };
+        let rc = unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), op, fd, &mut event) };
         if rc < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -165,11 +176,19 @@ impl Poller {
             let ready = self.wait(before_wait);
             let now = Instant::now();
             for i in 0..ready {
-                let token = self.events[i].u64;
+                let (token, events) = (self.events[i].u64, self.events[i].events);
+                let writable = events & libc::EPOLLOUT as u32 != 0;
                 if token == MAIN {
+                    if writable {
+                        self.main_writable();
+                    }
                     self.drain_main(now);
                 } else {
-                    self.on_readable(token as u32, (token >> 32) as u32, now);
+                    let (slot, gen) = (token as u32, (token >> 32) as u32);
+                    if writable {
+                        self.writable(slot, gen);
+                    }
+                    self.on_readable(slot, gen, now);
                 }
             }
             if self.main.more {
@@ -255,7 +274,73 @@ impl Poller {
     /// single-port mode it stays, for the running transfers, and requests are ignored).
     /// Closing the descriptor takes it out of the epoll set.
     fn close_main(&mut self) {
+        if !self.main.single_port {
+            // The socket may live on in other descriptors (systemd's, or other shards' where
+            // they share the one it passed): closing ours alone would leave it in the set.
+            let _ = self.ctl(libc::EPOLL_CTL_DEL, self.main_fd, MAIN, false);
+        }
         self.main.close();
+    }
+
+    /// Sends `datagrams` for the transfer in `slot`. A socket whose buffer is full
+    /// (`EAGAIN`) keeps them as a send in flight, as the io_uring engine's kernel would: the
+    /// session waits for it, and it goes once epoll says the socket is writable again.
+    fn send(&mut self, conn: &mut Conn, slot: u32, datagrams: Datagrams) {
+        let gso = datagrams.segment.is_some();
+        let fd = conn.socket.as_ref().map_or(self.main_fd, |s| s.as_raw_fd());
+        let reply = conn.reply.as_mut().map(|reply| (reply, gso));
+        let result = socket::sendmsg(fd, &datagrams.pieces, reply);
+        match result {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                conn.blocked = Some(datagrams);
+                let token = u64::from(conn.gen) << 32 | u64::from(slot);
+                let registered = match &conn.socket {
+                    Some(socket) => self.ctl(libc::EPOLL_CTL_MOD, socket.as_raw_fd(), token, true),
+                    None => {
+                        self.main_writers.push((slot, conn.gen));
+                        self.ctl(libc::EPOLL_CTL_MOD, self.main_fd, MAIN, true)
+                    }
+                };
+                if let Err(e) = registered {
+                    tracing::warn!(error = %e, "cannot wait for a socket to be writable");
+                }
+            }
+            result => {
+                if let Err(e) = &result {
+                    tracing::debug!(error = %e, "send failed");
+                }
+                conn.session
+                    .handle_sent(Sent::of(&result), datagrams.pieces);
+            }
+        }
+    }
+
+    /// Sends what the transfer in `slot` held back, now that its socket is writable.
+    fn writable(&mut self, slot: u32, gen: u32) {
+        let Some(mut conn) = self.slots.take(slot, gen) else {
+            return;
+        };
+        if let Some(socket) = &conn.socket {
+            let _ = self.ctl(
+                libc::EPOLL_CTL_MOD,
+                socket.as_raw_fd(),
+                u64::from(gen) << 32 | u64::from(slot),
+                false,
+            );
+        }
+        if let Some(datagrams) = conn.blocked.take() {
+            self.send(&mut conn, slot, datagrams);
+        }
+        self.slots.mark(&mut conn, slot);
+        self.slots.put(slot, conn);
+    }
+
+    /// Sends what single-port transfers held back, now that the main socket is writable.
+    fn main_writable(&mut self) {
+        let _ = self.ctl(libc::EPOLL_CTL_MOD, self.main_fd, MAIN, false);
+        for (slot, gen) in std::mem::take(&mut self.main_writers) {
+            self.writable(slot, gen);
+        }
     }
 
     /// Starts a prepared transfer in a free slot.
@@ -283,6 +368,7 @@ impl Poller {
             session,
             socket,
             reply,
+            blocked: None,
             dirty: false,
             timer_at: None,
             _lease: lease,
@@ -315,17 +401,7 @@ impl Poller {
     fn flush(&mut self, conn: &mut Conn, slot: u32, now: Instant) -> Option<Ending> {
         while let Some(io) = conn.session.poll_io(now, &self.pace) {
             match io {
-                Io::Send(datagrams) => {
-                    let gso = datagrams.segment.is_some();
-                    let fd = conn.socket.as_ref().map_or(self.main_fd, |s| s.as_raw_fd());
-                    let reply = conn.reply.as_mut().map(|reply| (reply, gso));
-                    let result = socket::sendmsg(fd, &datagrams.pieces, reply);
-                    if let Err(e) = &result {
-                        tracing::debug!(error = %e, "send failed");
-                    }
-                    conn.session
-                        .handle_sent(Sent::of(&result), datagrams.pieces);
-                }
+                Io::Send(datagrams) => self.send(conn, slot, datagrams),
                 Io::Read(index) => {
                     let chunk = self.read(&conn.session, index);
                     conn.session.handle_read(now, index, chunk);

@@ -263,7 +263,10 @@ impl MainPort {
 
     /// A batch of the datagrams waiting, or `None` (none waiting, or the socket closed).
     fn receive(&mut self) -> Option<Box<RecvBatch>> {
-        let mut batch = self.batch.take()?;
+        let Some(mut batch) = self.batch.take() else {
+            self.more = false;
+            return None;
+        };
         let received = match &self.socket {
             Some(socket) => socket.try_recv_batch(&mut batch),
             None => Err(io::ErrorKind::NotConnected.into()),
