@@ -46,6 +46,10 @@ const MAIN_BATCHES: usize = 16;
 /// Bytes read per datagram from a transfer socket: an ACK is 4, an ERROR at most 516 (RFC 1350
 /// §5); a longer datagram is cut, which no valid packet is.
 const RECV_SIZE: usize = 1024;
+/// Datagrams read from one transfer socket per event: a client flooding its own transfer
+/// socket cannot hold the shard's loop (the rest wait for the next turn, epoll reporting the
+/// socket again, and the timers with them).
+const RECV_PER_EVENT: usize = 256;
 /// The main socket's epoll token; a transfer's is its slot and generation.
 const MAIN: u64 = u64::MAX;
 /// Generations are kept to 31 bits, so no transfer's token is [`MAIN`].
@@ -175,6 +179,8 @@ impl Poller {
             let before_wait = Instant::now();
             let ready = self.wait(before_wait);
             let now = Instant::now();
+            // A wait that filled its event list may have left sockets unseen.
+            let mut starved = ready == MAX_EVENTS;
             for i in 0..ready {
                 let (token, events) = (self.events[i].u64, self.events[i].events);
                 let writable = events & libc::EPOLLOUT as u32 != 0;
@@ -188,16 +194,15 @@ impl Poller {
                     if writable {
                         self.writable(slot, gen);
                     }
-                    self.on_readable(slot, gen, now);
+                    starved |= self.on_readable(slot, gen, now);
                 }
             }
             if self.main.more {
                 self.drain_main(now);
             }
             // Timers only once every socket the wait reported is drained, and only for
-            // deadlines that passed before it began (see the module documentation); a wait
-            // that filled its event list may have left sockets unseen.
-            if self.turns.timers(ready == MAX_EVENTS) {
+            // deadlines that passed before it began (see the module documentation).
+            if self.turns.timers(starved) {
                 self.slots.expire(before_wait, &mut self.pace);
             }
             if self.turns.stop_asked(&self.stop, self.shared.config.grace) {
@@ -234,14 +239,20 @@ impl Poller {
         n as usize
     }
 
-    /// Feeds a transfer every datagram its socket holds.
-    fn on_readable(&mut self, slot: u32, gen: u32, now: Instant) {
+    /// Feeds a transfer the datagrams its socket holds, up to [`RECV_PER_EVENT`]; whether
+    /// some were left for the next turn.
+    fn on_readable(&mut self, slot: u32, gen: u32, now: Instant) -> bool {
         let Some(mut conn) = self.slots.take(slot, gen) else {
-            return;
+            return false;
         };
+        let mut left = false;
         if let Some(socket) = &conn.socket {
             let fd = socket.as_raw_fd();
-            loop {
+            for read in 0.. {
+                if read == RECV_PER_EVENT {
+                    left = true;
+                    break;
+                }
                 match socket::recv_now(fd, &mut self.recv) {
                     Ok(Some(n)) => {
                         let datagram = &self.recv[..n.min(RECV_SIZE)];
@@ -263,6 +274,7 @@ impl Poller {
         }
         self.slots.mark(&mut conn, slot);
         self.slots.put(slot, conn);
+        left
     }
 
     /// Takes the datagrams waiting on the main socket, a bounded number of batches at a time.
